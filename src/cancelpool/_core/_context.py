@@ -1,0 +1,118 @@
+"""The observable state of one operation: what it is, where it is, why it stopped."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from ._enums import CancelationReason, OperationStatus
+
+
+class OperationContext:
+    """State and metadata of one operation.
+
+    A context is created with its :class:`Cancelable` and stays readable after the
+    operation ends: status, timing, the cancellation reason and message, the error, and
+    the ``partial_result`` the operation stored before it was stopped. Contexts pickle,
+    so they cross process boundaries with a job's outcome.
+    """
+
+    __slots__ = (
+        "_id",
+        "cancel_message",
+        "cancel_reason",
+        "end_time",
+        "error",
+        "metadata",
+        "name",
+        "parent_id",
+        "partial_result",
+        "start_time",
+        "status",
+    )
+
+    def __init__(
+        self,
+        *,
+        id: str | None = None,
+        name: str | None = None,
+        parent_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._id = id
+        self.name = name
+        self.parent_id = parent_id
+        self.metadata: dict[str, Any] = metadata if metadata is not None else {}
+        self.status = OperationStatus.PENDING
+        self.start_time: float | None = None
+        self.end_time: float | None = None
+        self.cancel_reason: CancelationReason | None = None
+        self.cancel_message: str | None = None
+        self.partial_result: Any = None
+        self.error: BaseException | None = None
+
+    @property
+    def id(self) -> str:
+        """A unique id (a UUID string unless one was given), made on first use."""
+        if self._id is None:
+            self._id = str(uuid.uuid4())
+        return self._id
+
+    @property
+    def elapsed_time(self) -> float | None:
+        """Seconds from start to end (or to now while running); None before start."""
+        if self.start_time is None:
+            return None
+        end = self.end_time if self.end_time is not None else time.time()
+        return end - self.start_time
+
+    @property
+    def duration(self) -> float | None:
+        """Same as :attr:`elapsed_time`."""
+        return self.elapsed_time
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the operation has completed, failed or been cancelled."""
+        return self.status.is_terminal
+
+    def copy(self) -> OperationContext:
+        """A snapshot of this context, detached from the live operation."""
+        new = OperationContext.__new__(OperationContext)
+        for slot in OperationContext.__slots__:
+            setattr(new, slot, getattr(self, slot))
+        new.metadata = dict(self.metadata)
+        return new
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly summary (the error as its repr, enums as their values)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "parent_id": self.parent_id,
+            "status": self.status.value,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "elapsed_time": self.elapsed_time,
+            "cancel_reason": None if self.cancel_reason is None else self.cancel_reason.value,
+            "cancel_message": self.cancel_message,
+            "error": None if self.error is None else repr(self.error),
+            "metadata": dict(self.metadata),
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {slot: getattr(self, slot) for slot in OperationContext.__slots__}
+        state["_id"] = self.id
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for slot, value in state.items():
+            setattr(self, slot, value)
+
+    def __repr__(self) -> str:
+        reason = f", reason={self.cancel_reason.value}" if self.cancel_reason else ""
+        return (
+            f"<OperationContext {self.name or '-'} id={self.id[:8]} "
+            f"status={self.status.value}{reason}>"
+        )

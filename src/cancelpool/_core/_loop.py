@@ -1,0 +1,107 @@
+"""A thread-safe handle on the event loop that is running now (asyncio or trio).
+
+Cancellation may be requested from any thread; the cancel scope it must reach belongs to
+one event loop and may only be touched from that loop's thread. A :class:`LoopHandle`
+captured inside the loop lets other threads hand work back to it: directly when already
+on the loop's thread, through the loop's own thread-safe wake-up otherwise (asyncio's
+``call_soon_threadsafe``, trio's ``TrioToken.run_sync_soon``). No polling is involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+logger = logging.getLogger("cancelpool")
+
+# Fire-and-forget asyncio tasks are kept alive here until they finish: the event loop
+# only holds weak references to tasks.
+_background: set[asyncio.Task[Any]] = set()
+
+
+async def _guarded(fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    try:
+        await fn(*args)
+    except Exception:
+        logger.exception("cancelpool: background callback %r failed", fn)
+
+
+class LoopHandle:
+    """Run callables on a given event loop's thread, from any thread."""
+
+    __slots__ = ("_asyncio_loop", "_trio_token", "thread_id")
+
+    def __init__(self, asyncio_loop: asyncio.AbstractEventLoop | None, trio_token: Any) -> None:
+        self._asyncio_loop = asyncio_loop
+        self._trio_token = trio_token
+        self.thread_id = threading.get_ident()
+
+    @classmethod
+    def current(cls) -> LoopHandle:
+        """The handle of the loop running in this thread.
+
+        Raises:
+            RuntimeError: no asyncio or trio event loop runs in this thread.
+        """
+        try:
+            return cls(asyncio.get_running_loop(), None)
+        except RuntimeError:
+            pass
+        trio = sys.modules.get("trio")
+        if trio is not None:
+            try:
+                return cls(None, trio.lowlevel.current_trio_token())
+            except RuntimeError:
+                pass
+        raise RuntimeError("this must be called from inside a running asyncio or trio event loop")
+
+    @classmethod
+    def current_or_none(cls) -> LoopHandle | None:
+        """Like :meth:`current`, or None outside an event loop."""
+        try:
+            return cls.current()
+        except RuntimeError:
+            return None
+
+    def in_loop_thread(self) -> bool:
+        """True when called from the loop's own thread."""
+        return threading.get_ident() == self.thread_id
+
+    def call_soon_threadsafe(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Schedule ``fn(*args)`` on the loop; False if the loop has closed."""
+        try:
+            if self._asyncio_loop is not None:
+                self._asyncio_loop.call_soon_threadsafe(fn, *args)
+            else:
+                self._trio_token.run_sync_soon(fn, *args)
+        except RuntimeError:
+            return False
+        return True
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` now if on the loop's thread, else schedule it there."""
+        if threading.get_ident() == self.thread_id:
+            fn(*args)
+            return True
+        return self.call_soon_threadsafe(fn, *args)
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> bool:
+        """Start ``await fn(*args)`` as a background task of the loop, from any thread.
+
+        Exceptions are logged, never propagated. Returns False if the loop has closed.
+        """
+        return self.call(self._spawn_here, fn, *args)
+
+    def _spawn_here(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if self._asyncio_loop is not None:
+            task = self._asyncio_loop.create_task(_guarded(fn, *args))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+        else:
+            import trio
+
+            trio.lowlevel.spawn_system_task(_guarded, fn, *args)

@@ -1,0 +1,1 @@
+"""Cross-process cancellation tokens in shared memory."""
