@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 
 
-class OperationStatus(str, enum.Enum):
+class OperationStatus(enum.StrEnum):
     """Where an operation is in its life: PENDING -> RUNNING -> COMPLETED/CANCELLED/FAILED.
 
     SHIELDED is reported while the operation runs inside :meth:`Cancelable.shield`.
@@ -29,7 +29,7 @@ _TERMINAL = frozenset(
 )
 
 
-class CancelationReason(str, enum.Enum):
+class CancelationReason(enum.StrEnum):
     """Why an operation was cancelled."""
 
     TIMEOUT = "timeout"

@@ -145,11 +145,12 @@ class CancelationToken:
                         )
                     continue
                 result = cb(msg)
-                if inspect.isawaitable(result):
-                    if handle is None or not handle.spawn(_await, result):
-                        close = getattr(result, "close", None)
-                        if close is not None:
-                            close()
+                if inspect.isawaitable(result) and (
+                    handle is None or not handle.spawn(_await, result)
+                ):
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()
             except Exception:
                 logger.exception("cancelpool: token callback %r failed", cb)
 

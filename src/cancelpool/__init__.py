@@ -1,0 +1,96 @@
+"""cancelpool: async jobs in worker processes, with cancellation that reaches them.
+
+The in-process core (``Cancelable``, tokens, sources, registry, decorators, bridges)
+works on asyncio and trio; ``CancelPool`` carries it across processes.
+"""
+
+from __future__ import annotations
+
+from ._core._cancelable import Cancelable as Cancelable
+from ._core._cancelable import current_operation as current_operation
+from ._core._context import OperationContext as OperationContext
+from ._core._enums import CancelationReason as CancelationReason
+from ._core._enums import OperationStatus as OperationStatus
+from ._core._exceptions import CancelationError as CancelationError
+from ._core._exceptions import ConditionCancelation as ConditionCancelation
+from ._core._exceptions import JobCancelled as JobCancelled
+from ._core._exceptions import ManualCancelation as ManualCancelation
+from ._core._exceptions import ParentCancelation as ParentCancelation
+from ._core._exceptions import PoolClosed as PoolClosed
+from ._core._exceptions import PoolError as PoolError
+from ._core._exceptions import SignalCancelation as SignalCancelation
+from ._core._exceptions import TimeoutCancelation as TimeoutCancelation
+from ._core._exceptions import WorkerCrashed as WorkerCrashed
+from ._core._exceptions import WorkerLost as WorkerLost
+from ._core._registry import OperationRegistry as OperationRegistry
+from ._core._registry import RegistryStatistics as RegistryStatistics
+from ._core._registry import ThreadSafeRegistry as ThreadSafeRegistry
+from ._core._sources import AllOfSource as AllOfSource
+from ._core._sources import AnyOfSource as AnyOfSource
+from ._core._sources import CancelationSource as CancelationSource
+from ._core._sources import CompositeSource as CompositeSource
+from ._core._sources import ConditionSource as ConditionSource
+from ._core._sources import ResourceConditionSource as ResourceConditionSource
+from ._core._sources import SignalSource as SignalSource
+from ._core._sources import TimeoutSource as TimeoutSource
+from ._core._token import CancelationToken as CancelationToken
+from ._core._token import LinkedCancelationToken as LinkedCancelationToken
+
+__version__ = "0.1.0"
+
+# The double-l spellings some documents use name the same objects.
+Cancellable = Cancelable
+CancellationToken = CancelationToken
+LinkedCancellationToken = LinkedCancelationToken
+CancellationError = CancelationError
+
+__all__ = (
+    "AllOfSource",
+    "AnyOfSource",
+    "Cancelable",
+    "CancelationError",
+    "CancelationReason",
+    "CancelationSource",
+    "CancelationToken",
+    "Cancellable",
+    "CancellationError",
+    "CancellationToken",
+    "CompositeSource",
+    "ConditionCancelation",
+    "ConditionSource",
+    "JobCancelled",
+    "LinkedCancelationToken",
+    "LinkedCancellationToken",
+    "ManualCancelation",
+    "OperationContext",
+    "OperationRegistry",
+    "OperationStatus",
+    "ParentCancelation",
+    "PoolClosed",
+    "PoolError",
+    "RegistryStatistics",
+    "ResourceConditionSource",
+    "SignalCancelation",
+    "SignalSource",
+    "ThreadSafeRegistry",
+    "TimeoutCancelation",
+    "TimeoutSource",
+    "WorkerCrashed",
+    "WorkerLost",
+    "current_operation",
+)
+
+
+def _fix_module_names() -> None:
+    # Public objects show (and pickle as) ``cancelpool.X``, not their private module.
+    for name in __all__:
+        obj = globals()[name]
+        module = getattr(obj, "__module__", "")
+        if module.startswith("cancelpool.") and getattr(obj, "__name__", None) == name:
+            try:
+                obj.__module__ = __name__
+            except (AttributeError, TypeError):
+                pass
+
+
+_fix_module_names()

@@ -1,0 +1,1 @@
+"""In-process cancellation on anyio: operations, tokens, sources, registry."""

@@ -1,0 +1,771 @@
+"""``Cancelable``: one operation, its cancel scope, its sources, and what happened to it.
+
+An operation is cancelled by its own sources (a deadline, tokens, signals, conditions,
+composites, a ``cancel()`` call) or by an ancestor operation. Its own cancellation
+leaves ``async with`` as the matching :class:`CancelationError` subclass; a cancellation
+from outside (an enclosing scope, the task being cancelled) passes through untouched as
+the backend's cancelled exception. Either way ``context`` records status, reason,
+message and the partial result.
+
+How a cancellation request reaches the awaiting task:
+
+* from the same loop: ``_trigger`` cancels the anyio ``CancelScope`` directly;
+* from another thread (``cancel_sync``, a token cancelled in a thread): the request is
+  handed to the operation's loop through its thread-safe wake-up (see ``_loop.py``),
+  so a task blocked in ``await`` is woken at once, without polling;
+* a deadline is the scope's own deadline; synchronous code in threads sees it through
+  ``op.token`` which compares the monotonic clock with it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from ._context import OperationContext
+from ._enums import CancelationReason, OperationStatus
+from ._exceptions import CancelationError, error_for_reason
+from ._loop import LoopHandle
+from ._registry import OperationRegistry
+from ._sources import (
+    CancelationSource,
+    ConditionFn,
+    ConditionSource,
+    SignalSource,
+    TimeoutSource,
+)
+from ._token import CancelationToken
+
+logger = logging.getLogger("cancelpool")
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+ProgressCallback = Callable[[str, str, dict[str, Any]], "Awaitable[Any] | Any"]
+StatusCallback = Callable[[OperationContext], "Awaitable[Any] | Any"]
+
+_current: ContextVar[Cancelable | None] = ContextVar("cancelpool_current_operation", default=None)
+
+
+def current_operation() -> Cancelable | None:
+    """The innermost :class:`Cancelable` active in this task (or thread), or None.
+
+    Based on a context variable: concurrent tasks each see their own operation, and
+    :meth:`Cancelable.run_in_thread` carries it into the worker thread.
+    """
+    return _current.get()
+
+
+class _OperationToken(CancelationToken):
+    """The token of one operation: cancelled whenever the operation is.
+
+    Its ``is_cancelled`` also compares the monotonic clock with the operation's
+    deadline, so synchronous code polling it in a thread sees a timeout on time even
+    though the event loop enforces the deadline on its own.
+    """
+
+    __slots__ = ("_deadline", "_deadline_message", "_deadline_reason")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._deadline: float | None = None
+        self._deadline_reason = CancelationReason.TIMEOUT
+        self._deadline_message: str | None = None
+
+    @property
+    def is_cancelled(self) -> bool:
+        if self._cancelled:
+            return True
+        deadline = self._deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            self._raise_flag(self._deadline_reason, self._deadline_message)
+            return True
+        return False
+
+
+class _Shield:
+    """Protects a block from cancellation; the operation reports SHIELDED meanwhile."""
+
+    __slots__ = ("_op", "_previous", "_scope")
+
+    def __init__(self, op: Cancelable) -> None:
+        self._op = op
+        self._scope = anyio.CancelScope(shield=True)
+        self._previous = op.context.status
+
+    def __enter__(self) -> anyio.CancelScope:
+        self._previous = self._op.context.status
+        self._op.context.status = OperationStatus.SHIELDED
+        return self._scope.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._op.context.status is OperationStatus.SHIELDED:
+            self._op.context.status = self._previous
+        return bool(self._scope.__exit__(exc_type, exc, tb))
+
+    async def __aenter__(self) -> anyio.CancelScope:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return self.__exit__(exc_type, exc, tb)
+
+
+class Cancelable:
+    """An async context manager that runs one cancellable operation.
+
+    Example::
+
+        async with Cancelable.with_timeout(30, name="fetch") as op:
+            await op.report_progress("started")
+            data = await fetch()
+
+    Args:
+        name: a label for logs, the registry and pattern cancellation.
+        parent: the parent operation. Defaults to the operation active in this task,
+            if any. A child is cancelled when its parent is (reason PARENT).
+        operation_id: the id to use instead of a fresh UUID.
+        metadata: free-form data kept on the context.
+        register: list the operation in :class:`OperationRegistry` while it runs.
+
+    A ``Cancelable`` is single-use: enter it once.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_children",
+        "_ctx_reset",
+        "_entered",
+        "_handle",
+        "_hooks",
+        "_message",
+        "_nested",
+        "_parent",
+        "_progress",
+        "_reason",
+        "_register",
+        "_scope",
+        "_sources",
+        "_tg",
+        "_timeout",
+        "_token",
+        "_tokens",
+        "context",
+    )
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        parent: Cancelable | None = None,
+        operation_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        register: bool = True,
+    ) -> None:
+        if parent is not None and not isinstance(parent, Cancelable):
+            raise TypeError(f"parent must be a Cancelable, not {type(parent).__name__}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string, not {type(name).__name__}")
+        self.context = OperationContext(id=operation_id, name=name, metadata=metadata)
+        self._parent = parent
+        self._register = register
+        self._timeout: float | None = None
+        self._sources: list[CancelationSource] = []
+        self._tokens: list[CancelationToken] = []
+        self._scope: anyio.CancelScope | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._handle: LoopHandle | None = None
+        self._ctx_reset: contextvars.Token[Cancelable | None] | None = None
+        self._reason: CancelationReason | None = None
+        self._message: str | None = None
+        self._token: _OperationToken | None = None
+        self._children: list[Cancelable] = []
+        self._progress: list[ProgressCallback] | None = None
+        self._hooks: dict[str, list[StatusCallback]] | None = None
+        self._nested = False
+        self._entered = False
+
+    # -- construction helpers ------------------------------------------------------------
+    @classmethod
+    def with_timeout(
+        cls, timeout: float | timedelta, name: str | None = None, **kwargs: Any
+    ) -> Cancelable:
+        """An operation cancelled with reason TIMEOUT after ``timeout`` seconds.
+
+        The deadline is the cancel scope's own: no background task, no polling.
+        """
+        return cls(name, **kwargs).add_source(TimeoutSource(timeout))
+
+    @classmethod
+    def with_token(
+        cls, token: CancelationToken, name: str | None = None, **kwargs: Any
+    ) -> Cancelable:
+        """An operation cancelled when ``token`` is, from any thread, with its reason."""
+        return cls(name, **kwargs).add_token(token)
+
+    @classmethod
+    def with_signal(cls, *signals: int, name: str | None = None, **kwargs: Any) -> Cancelable:
+        """An operation cancelled with reason SIGNAL when one of ``signals`` arrives."""
+        return cls(name, **kwargs).add_source(SignalSource(*signals))
+
+    @classmethod
+    def with_condition(
+        cls,
+        condition: ConditionFn,
+        check_interval: float = 1.0,
+        condition_name: str | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> Cancelable:
+        """An operation cancelled with reason CONDITION once ``condition()`` is true."""
+        source = ConditionSource(condition, check_interval, condition_name)
+        return cls(name, **kwargs).add_source(source)
+
+    def add_source(self, source: CancelationSource) -> Cancelable:
+        """Cancel this operation when ``source`` fires; returns ``self``.
+
+        A bare :class:`TimeoutSource` becomes the scope's deadline (the earliest one
+        wins); other sources run in a background task while the operation runs.
+        """
+        if not isinstance(source, CancelationSource):
+            raise TypeError(f"add_source() takes a CancelationSource, not {source!r}")
+        self._check_not_entered("add a source")
+        if type(source) is TimeoutSource:
+            if self._timeout is None or source.timeout < self._timeout:
+                self._timeout = source.timeout
+        else:
+            self._sources.append(source)
+        return self
+
+    def add_token(self, token: CancelationToken) -> Cancelable:
+        """Cancel this operation when ``token`` is cancelled; returns ``self``."""
+        if not isinstance(token, CancelationToken):
+            raise TypeError(f"expected a CancelationToken, not {type(token).__name__}")
+        self._check_not_entered("add a token")
+        self._tokens.append(token)
+        return self
+
+    def combine(self, *others: Cancelable) -> Cancelable:
+        """A new operation cancelled by any source of ``self`` or of ``others``."""
+        combined = Cancelable(
+            self.context.name,
+            parent=self._parent,
+            metadata=dict(self.context.metadata),
+            register=self._register,
+        )
+        for op in (self, *others):
+            if not isinstance(op, Cancelable):
+                raise TypeError(f"combine() takes Cancelable objects, not {op!r}")
+            if op._timeout is not None:
+                combined.add_source(TimeoutSource(op._timeout))
+            for source in op._sources:
+                combined.add_source(source)
+            for token in op._tokens:
+                combined.add_token(token)
+        return combined
+
+    def _check_not_entered(self, what: str) -> None:
+        if self._entered:
+            raise RuntimeError(f"cannot {what} to an operation that has already started")
+
+    # -- callbacks -------------------------------------------------------------------------
+    def on_progress(self, callback: ProgressCallback) -> Cancelable:
+        """Call ``callback(operation_id, message, metadata)`` on every progress report
+        of this operation and of its descendants. Sync or async; returns ``self``."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        if self._progress is None:
+            self._progress = []
+        self._progress.append(callback)
+        return self
+
+    def _add_hook(self, event: str, callback: StatusCallback) -> Cancelable:
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        if self._hooks is None:
+            self._hooks = {}
+        self._hooks.setdefault(event, []).append(callback)
+        return self
+
+    def on_start(self, callback: StatusCallback) -> Cancelable:
+        """Call ``callback(context)`` when the operation starts."""
+        return self._add_hook("start", callback)
+
+    def on_complete(self, callback: StatusCallback) -> Cancelable:
+        """Call ``callback(context)`` when the operation completes normally."""
+        return self._add_hook("complete", callback)
+
+    def on_cancel(self, callback: StatusCallback) -> Cancelable:
+        """Call ``callback(context)`` when the operation is cancelled, for any reason."""
+        return self._add_hook("cancel", callback)
+
+    def on_error(self, callback: StatusCallback) -> Cancelable:
+        """Call ``callback(context)`` when the operation fails with an exception."""
+        return self._add_hook("error", callback)
+
+    async def _run_hooks(self, event: str) -> None:
+        callbacks = self._hooks.get(event) if self._hooks else None
+        if not callbacks:
+            return
+        # Hooks run even while the operation is being cancelled.
+        with anyio.CancelScope(shield=True):
+            for callback in callbacks:
+                try:
+                    result = callback(self.context)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    logger.exception("cancelpool: %s callback %r failed", event, callback)
+
+    async def report_progress(self, message: str, metadata: dict[str, Any] | None = None) -> None:
+        """Send a progress report to this operation's callbacks and every ancestor's.
+
+        Callbacks receive this operation's id. Async callbacks are awaited here, so a
+        cancellation of the reporting task while one runs propagates as usual; a
+        callback that raises is logged and never stops the operation.
+        """
+        meta = metadata if metadata is not None else {}
+        op_id = self.context.id
+        op: Cancelable | None = self
+        while op is not None:
+            if op._progress:
+                for callback in op._progress:
+                    try:
+                        result = callback(op_id, message, meta)
+                        if inspect.isawaitable(result):
+                            await result
+                    except Exception:
+                        logger.exception("cancelpool: progress callback %r failed", callback)
+            op = op._parent
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def name(self) -> str | None:
+        """The operation's name."""
+        return self.context.name
+
+    @property
+    def parent(self) -> Cancelable | None:
+        """The parent operation, if any."""
+        return self._parent
+
+    @property
+    def is_cancelled(self) -> bool:
+        """True once cancellation has been requested, by any source or an ancestor."""
+        if self._reason is not None:
+            return True
+        scope = self._scope
+        return scope is not None and scope.cancel_called
+
+    @property
+    def token(self) -> CancelationToken:
+        """This operation's token: cancelled whenever the operation is.
+
+        Cancelling it cancels the operation. Synchronous code (in threads, too) can
+        poll ``token.is_cancelled`` or call ``token.check()`` cheaply; both also see the
+        deadline pass.
+        """
+        token = self._token
+        if token is None:
+            token = self._token = _OperationToken()
+            if self._reason is not None:
+                token._raise_flag(self._reason, self._message)
+            else:
+                self._arm_token_deadline(token)
+                token.add_listener(self._on_token)
+        return token
+
+    def _label(self) -> str:
+        return repr(self.context.name) if self.context.name else self.context.id[:8]
+
+    # -- entering and leaving --------------------------------------------------------------
+    async def __aenter__(self) -> Cancelable:
+        if self._entered:
+            raise RuntimeError("a Cancelable can be entered only once; create a new one")
+        self._entered = True
+        current = _current.get()
+        parent = self._parent
+        if parent is None:
+            parent = self._parent = current
+            self._nested = parent is not None
+        else:
+            op = current
+            while op is not None and op is not parent:
+                op = op._parent
+            self._nested = op is not None
+        self._handle = LoopHandle.current()
+        ctx = self.context
+        scope = anyio.CancelScope()
+        if self._timeout is not None:
+            scope.deadline = anyio.current_time() + self._timeout
+        if parent is not None:
+            ctx.parent_id = parent.context.id
+            if not self._nested:
+                parent_deadline = parent._scope.deadline if parent._scope is not None else None
+                if parent_deadline is not None and parent_deadline < scope.deadline:
+                    # Another task, outside the parent's scope: carry its deadline here.
+                    scope.deadline = parent_deadline
+            parent._children.append(self)
+        if self._sources and any(source.needs_monitor for source in self._sources):
+            # The monitors' task group encloses our scope, so that cancelling the scope
+            # never cancels the monitors and the scopes unwind in order.
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
+        scope.__enter__()
+        self._scope = scope
+        self._ctx_reset = _current.set(self)
+        ctx.status = OperationStatus.RUNNING
+        ctx.start_time = time.time()
+        if self._register:
+            _registry_add(self)
+        if self._reason is not None:  # cancelled before it started
+            scope.cancel()
+        elif parent is not None and parent.is_cancelled:
+            self._parent_cancelled(parent)
+        for token in self._tokens:
+            token.add_listener(self._on_token)
+        if self._sources:
+            self._start_sources()
+        if self._hooks:
+            await self._run_hooks("start")
+        return self
+
+    def _start_sources(self) -> None:
+        for source in self._sources:
+            if self._tg is not None and source.needs_monitor:
+                self._tg.start_soon(source.run)
+            source.add_listener(self._on_source)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        scope = self._scope
+        assert scope is not None, "__aexit__ without __aenter__"
+        for token in self._tokens:
+            token.remove_listener(self._on_token)
+        for source in self._sources:
+            source.remove_listener(self._on_source)
+        try:
+            swallowed = scope.__exit__(exc_type, exc, tb)
+        finally:
+            if self._ctx_reset is not None:
+                _current.reset(self._ctx_reset)
+                self._ctx_reset = None
+            parent = self._parent
+            if parent is not None:
+                try:
+                    parent._children.remove(self)
+                except ValueError:
+                    pass
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+                await self._tg.__aexit__(None, None, None)
+                self._tg = None
+        ctx = self.context
+        ctx.end_time = time.time()
+        error: CancelationError | None = None
+        if swallowed or (scope.cancel_called and isinstance(exc, CancelationError)):
+            # Our own scope caught its cancellation: one of our sources did it.
+            reason, message = self._settle_own_reason()
+            error = error_for_reason(reason, message, ctx)
+            ctx.status = OperationStatus.CANCELLED
+            event = "cancel"
+        elif exc is None:
+            ctx.status = OperationStatus.COMPLETED
+            event = "complete"
+        elif isinstance(exc, anyio.get_cancelled_exc_class()):
+            self._settle_outside_reason()
+            ctx.status = OperationStatus.CANCELLED
+            event = "cancel"
+        elif isinstance(exc, CancelationError):
+            ctx.cancel_reason = ctx.cancel_reason or exc.reason
+            ctx.cancel_message = ctx.cancel_message or exc.message
+            if exc.context is None:
+                exc.context = ctx
+            ctx.status = OperationStatus.CANCELLED
+            event = "cancel"
+        else:
+            ctx.status = OperationStatus.FAILED
+            ctx.error = exc
+            event = "error"
+        if self._register:
+            _registry_finish(self)
+        if self._hooks:
+            await self._run_hooks(event)
+        if error is not None:
+            raise error from exc if not swallowed else None
+        return False
+
+    # -- reasons ---------------------------------------------------------------------------
+    def _settle_own_reason(self) -> tuple[CancelationReason, str]:
+        """Reason and message for a cancellation our own scope caught."""
+        if self._reason is None:
+            scope = self._scope
+            assert scope is not None
+            own = None
+            if self._timeout is not None and self.context.start_time is not None:
+                own = self._timeout
+            parent = self._parent
+            if (
+                parent is not None
+                and not self._nested
+                and parent._scope is not None
+                and (own is None or parent._scope.deadline < scope.deadline + 1e-9)
+                and parent._scope.deadline <= anyio.current_time()
+            ):
+                self._set_reason(*self._parent_message(parent))
+            else:
+                self._set_reason(CancelationReason.TIMEOUT, None)
+        assert self._reason is not None
+        assert self._message is not None
+        return self._reason, self._message
+
+    def _settle_outside_reason(self) -> None:
+        """Record why a cancellation from outside the operation reached it."""
+        if self._reason is not None:
+            return
+        op = self._parent
+        while op is not None:
+            if op.is_cancelled:
+                self._set_reason(*self._parent_message(op))
+                return
+            op = op._parent
+        self._set_reason(CancelationReason.PARENT, "cancelled by an enclosing cancel scope")
+
+    def _reason_of_own(self) -> tuple[CancelationReason, str]:
+        """Why this (cancelled) operation is cancelled, settling a passed deadline."""
+        if self._reason is None:
+            self._set_reason(CancelationReason.TIMEOUT, None)
+        assert self._reason is not None
+        assert self._message is not None
+        return self._reason, self._message
+
+    def _parent_message(self, parent: Cancelable) -> tuple[CancelationReason, str]:
+        reason, message = parent._reason_of_own()
+        return (
+            CancelationReason.PARENT,
+            f"parent operation {parent._label()} was cancelled ({reason.value}): {message}",
+        )
+
+    def _set_reason(self, reason: CancelationReason, message: str | None) -> bool:
+        if self._reason is not None:
+            return False
+        if message is None:
+            if reason is CancelationReason.TIMEOUT and self._timeout is not None:
+                message = f"operation {self._label()} timed out after {self._timeout:g}s"
+            else:
+                message = f"operation {self._label()} was cancelled ({reason.value})"
+        self._reason = reason
+        self._message = message
+        self.context.cancel_reason = reason
+        self.context.cancel_message = message
+        return True
+
+    # -- cancelling ------------------------------------------------------------------------
+    def _trigger(self, reason: CancelationReason, message: str | None) -> None:
+        """Cancel now (on the operation's loop thread)."""
+        if self.context.status.is_terminal or not self._set_reason(reason, message):
+            return
+        if self._scope is not None:
+            self._scope.cancel()
+        self._after_reason()
+
+    def _after_reason(self) -> None:
+        assert self._reason is not None
+        if self._token is not None:
+            self._token._raise_flag(self._reason, self._message)
+        for child in list(self._children):
+            child._parent_cancelled(self)
+
+    def _parent_cancelled(self, parent: Cancelable) -> None:
+        reason, message = self._parent_message(parent)
+        if self._nested:
+            # The parent's scope encloses ours: its cancellation reaches us by itself
+            # and must pass through untouched. Only record why.
+            if self._set_reason(reason, message):
+                self._after_reason()
+        elif self._handle is not None:
+            self._handle.call(self._trigger, reason, message)
+
+    def _on_token(self, token: CancelationToken) -> None:
+        handle = self._handle
+        reason = token.reason or CancelationReason.MANUAL
+        if handle is None:  # not started yet: remember it, cancel at entry
+            self._set_reason(reason, token.message)
+        else:
+            handle.call(self._trigger, reason, token.message)
+
+    def _on_source(self, source: CancelationSource) -> None:
+        if self._handle is not None:
+            self._handle.call(self._trigger, source.reason, source.message)
+
+    def _arm_token_deadline(self, token: _OperationToken) -> None:
+        # The earliest deadline among this operation and its ancestors binds.
+        binding: Cancelable | None = None
+        deadline = float("inf")
+        op: Cancelable | None = self
+        while op is not None:
+            if op._scope is not None and op._scope.deadline < deadline:
+                binding, deadline = op, op._scope.deadline
+            op = op._parent
+        if binding is None:
+            return
+        token._deadline = time.monotonic() + (deadline - anyio.current_time())
+        if binding is self:
+            token._deadline_message = f"operation {self._label()} timed out"
+        else:
+            token._deadline_reason = CancelationReason.PARENT
+            token._deadline_message = f"parent operation {binding._label()} timed out"
+
+    async def cancel(
+        self,
+        reason: CancelationReason = CancelationReason.MANUAL,
+        message: str | None = None,
+    ) -> None:
+        """Cancel the operation (and its children) now; a checkpoint for the caller.
+
+        Called from inside the operation, the cancellation is delivered at this
+        ``await``: the operation's ``async with`` then raises the matching error.
+        """
+        self.cancel_sync(reason, message)
+        await anyio.lowlevel.checkpoint()
+
+    def cancel_sync(
+        self,
+        reason: CancelationReason = CancelationReason.MANUAL,
+        message: str | None = None,
+    ) -> None:
+        """Cancel the operation from any thread, without awaiting.
+
+        From another thread the request is handed to the operation's event loop through
+        its thread-safe wake-up: a task blocked in ``await`` resumes at once.
+        """
+        if not isinstance(reason, CancelationReason):
+            raise TypeError(f"reason must be a CancelationReason, not {reason!r}")
+        handle = self._handle
+        if handle is None:
+            self._set_reason(reason, message)
+        else:
+            handle.call(self._trigger, reason, message)
+
+    # -- helpers for the body ----------------------------------------------------------------
+    def shield(self) -> _Shield:
+        """A block (``with`` or ``async with``) that cancellation cannot interrupt.
+
+        The operation reports status SHIELDED inside it; a cancellation requested
+        meanwhile is delivered at the first checkpoint after the block.
+        """
+        return _Shield(self)
+
+    async def run_in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking ``fn(*args, **kwargs)`` in a worker thread, in this operation.
+
+        ``current_operation()`` works inside ``fn``. A thread cannot be interrupted:
+        on cancellation ``fn`` keeps running until it returns (it should poll
+        ``current_operation().token.check()``), then the cancellation is raised here.
+        """
+        self.token  # noqa: B018  -- made now, so the thread and the loop share it
+        context = contextvars.copy_context()
+        call = functools.partial(context.run, fn, *args, **kwargs)
+        return await anyio.to_thread.run_sync(call)
+
+    def wrap(self, fn: Callable[P, Awaitable[T] | T]) -> Callable[P, Awaitable[T]]:
+        """Wrap ``fn`` so that every call first checks this operation's cancellation.
+
+        Calling the wrapper when the operation is cancelled raises the backend's
+        cancelled exception (inside the operation it unwinds to its ``async with``).
+        """
+        op = self
+
+        @functools.wraps(fn)
+        async def wrapped(*args: P.args, **kwargs: P.kwargs) -> T:
+            await op._checkpoint()
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                return await result
+            return result
+
+        return wrapped
+
+    @asynccontextmanager
+    async def wrapping(self) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+        """``async with op.wrapping() as call: await call(fn, *args)``: each call checks
+        cancellation first, like :meth:`wrap`."""
+
+        async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            return await self.wrap(fn)(*args, **kwargs)
+
+        yield call
+
+    async def _checkpoint(self) -> None:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if self.is_cancelled:
+            raise anyio.get_cancelled_exc_class()()
+
+    async def stream(
+        self,
+        source: AsyncIterable[T],
+        *,
+        report_interval: int | None = None,
+        buffer_partial: bool = False,
+    ) -> AsyncIterator[T]:
+        """Iterate ``source``, checking cancellation before each item.
+
+        Args:
+            source: any async iterable.
+            report_interval: report progress every this many items.
+            buffer_partial: keep the items seen so far in ``context.partial_result``,
+                so a cancelled stream still hands back what it read.
+        """
+        if report_interval is not None and (
+            not isinstance(report_interval, int) or report_interval <= 0
+        ):
+            raise ValueError(f"report_interval must be a positive int, not {report_interval!r}")
+        seen: list[T] = []
+        if buffer_partial:
+            self.context.partial_result = seen
+        count = 0
+        async for item in source:
+            await self._checkpoint()
+            count += 1
+            if buffer_partial:
+                seen.append(item)
+            if report_interval is not None and count % report_interval == 0:
+                await self.report_progress(f"{count} items processed", {"count": count})
+            yield item
+
+    def __repr__(self) -> str:
+        return f"<Cancelable {self._label()} {self.context.status.value}>"
+
+
+def _registry_add(op: Cancelable) -> None:
+    OperationRegistry.get_instance()._add(op)
+
+
+def _registry_finish(op: Cancelable) -> None:
+    OperationRegistry.get_instance()._finish(op)

@@ -1,0 +1,338 @@
+"""The operation registry: every running :class:`Cancelable`, and a bounded history.
+
+Operations register themselves when they start and move to the history when they end.
+The registry can cancel any of them, by id or by name pattern, from the event loop
+(:class:`OperationRegistry`, async verbs) or from plain threads
+(:class:`ThreadSafeRegistry`, the same verbs, sync). Cancelling from a thread wakes the
+operation's loop at once (see ``Cancelable.cancel_sync``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, ClassVar
+
+import anyio.lowlevel
+
+from ._context import OperationContext
+from ._enums import CancelationReason, OperationStatus
+
+if TYPE_CHECKING:
+    from ._cancelable import Cancelable
+
+#: Finished operations kept in the history. Bigger costs memory (one context each),
+#: smaller forgets sooner.
+DEFAULT_HISTORY_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class RegistryStatistics:
+    """Counts of the registry at one moment."""
+
+    total_operations: int
+    running_operations: int
+    completed_operations: int
+    cancelled_operations: int
+    failed_operations: int
+    history_size: int
+    average_duration: float | None
+
+
+def _check_pattern(name_pattern: str | None) -> None:
+    if name_pattern is not None and not isinstance(name_pattern, str):
+        raise TypeError(
+            f"name_pattern must be a glob string such as 'user_42_*', not {name_pattern!r}"
+        )
+
+
+def _matches(
+    ctx: OperationContext,
+    status: OperationStatus | None,
+    name_pattern: str | None,
+    parent_id: str | None,
+) -> bool:
+    if status is not None and ctx.status is not status:
+        return False
+    if parent_id is not None and ctx.parent_id != parent_id:
+        return False
+    if name_pattern is not None:
+        return ctx.name is not None and fnmatch.fnmatchcase(ctx.name, name_pattern)
+    return True
+
+
+class _Store:
+    """The shared state behind both registry front-ends (thread-safe)."""
+
+    def __init__(self, history_size: int) -> None:
+        self.lock = threading.Lock()
+        self.active: dict[int, Cancelable] = {}
+        self.history: deque[OperationContext] = deque(maxlen=history_size)
+        self.finished_total = 0
+        self.counts = {
+            OperationStatus.COMPLETED: 0,
+            OperationStatus.CANCELLED: 0,
+            OperationStatus.FAILED: 0,
+        }
+        self.duration_total = 0.0
+
+
+class OperationRegistry:
+    """Tracks running operations; async verbs for use inside an event loop.
+
+    ``OperationRegistry.get_instance()`` is the process-wide registry every
+    ``Cancelable(register=True)`` (the default) joins.
+    """
+
+    _instance: ClassVar[OperationRegistry | None] = None
+    _instance_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, history_size: int = DEFAULT_HISTORY_SIZE) -> None:
+        if not isinstance(history_size, int) or history_size < 0:
+            raise ValueError(f"history_size must be an int >= 0, not {history_size!r}")
+        self._store = _Store(history_size)
+
+    @classmethod
+    def get_instance(cls) -> OperationRegistry:
+        """The process-wide registry."""
+        instance = OperationRegistry._instance
+        if instance is None:
+            with OperationRegistry._instance_lock:
+                instance = OperationRegistry._instance
+                if instance is None:
+                    instance = OperationRegistry._instance = OperationRegistry()
+        return instance
+
+    # -- called by Cancelable ---------------------------------------------------------------
+    def _add(self, op: Cancelable) -> None:
+        with self._store.lock:
+            self._store.active[id(op)] = op
+
+    def _finish(self, op: Cancelable) -> None:
+        store = self._store
+        ctx = op.context
+        with store.lock:
+            if store.active.pop(id(op), None) is None:
+                return
+            store.history.append(ctx)
+            store.finished_total += 1
+            if ctx.status in store.counts:
+                store.counts[ctx.status] += 1
+            elapsed = ctx.elapsed_time
+            if elapsed is not None:
+                store.duration_total += elapsed
+
+    # -- sync core (also used by ThreadSafeRegistry) -----------------------------------------
+    def _active(self) -> list[Cancelable]:
+        with self._store.lock:
+            return list(self._store.active.values())
+
+    def _list(
+        self,
+        status: OperationStatus | None,
+        name_pattern: str | None,
+        parent_id: str | None,
+    ) -> list[OperationContext]:
+        _check_pattern(name_pattern)
+        return [
+            op.context
+            for op in self._active()
+            if _matches(op.context, status, name_pattern, parent_id)
+        ]
+
+    def _get(self, operation_id: str) -> Cancelable | None:
+        for op in self._active():
+            if op.context.id == operation_id:
+                return op
+        return None
+
+    def _cancel_one(
+        self, operation_id: str, reason: CancelationReason, message: str | None
+    ) -> bool:
+        op = self._get(operation_id)
+        if op is None or op.is_cancelled:
+            return False
+        op.cancel_sync(reason, message)
+        return True
+
+    def _cancel_many(
+        self,
+        name_pattern: str | None,
+        status: OperationStatus | None,
+        reason: CancelationReason,
+        message: str | None,
+    ) -> int:
+        _check_pattern(name_pattern)
+        count = 0
+        for op in self._active():
+            if not op.is_cancelled and _matches(op.context, status, name_pattern, None):
+                op.cancel_sync(reason, message)
+                count += 1
+        return count
+
+    def _history(self, limit: int | None) -> list[OperationContext]:
+        with self._store.lock:
+            items = list(self._store.history)
+        return items if limit is None else items[-limit:] if limit > 0 else []
+
+    def _cleanup(self, older_than: timedelta | float | None, keep_failed: bool) -> int:
+        if isinstance(older_than, timedelta):
+            older_than = older_than.total_seconds()
+        cutoff = None if older_than is None else time.time() - older_than
+        with self._store.lock:
+            kept = [
+                ctx
+                for ctx in self._store.history
+                if (keep_failed and ctx.status is OperationStatus.FAILED)
+                or (cutoff is not None and (ctx.end_time or 0) > cutoff)
+            ]
+            removed = len(self._store.history) - len(kept)
+            self._store.history.clear()
+            self._store.history.extend(kept)
+        return removed
+
+    def _clear(self) -> None:
+        with self._store.lock:
+            self._store.active.clear()
+            self._store.history.clear()
+
+    def _statistics(self) -> RegistryStatistics:
+        store = self._store
+        with store.lock:
+            finished = store.finished_total
+            return RegistryStatistics(
+                total_operations=len(store.active) + finished,
+                running_operations=len(store.active),
+                completed_operations=store.counts[OperationStatus.COMPLETED],
+                cancelled_operations=store.counts[OperationStatus.CANCELLED],
+                failed_operations=store.counts[OperationStatus.FAILED],
+                history_size=len(store.history),
+                average_duration=store.duration_total / finished if finished else None,
+            )
+
+    # -- async verbs ----------------------------------------------------------------------
+    async def list_operations(
+        self,
+        status: OperationStatus | None = None,
+        name_pattern: str | None = None,
+        parent_id: str | None = None,
+    ) -> list[OperationContext]:
+        """Contexts of the running operations that match every filter given."""
+        await anyio.lowlevel.checkpoint()
+        return self._list(status, name_pattern, parent_id)
+
+    async def get_operation(self, operation_id: str) -> Cancelable | None:
+        """The running operation with this id, or None."""
+        await anyio.lowlevel.checkpoint()
+        return self._get(operation_id)
+
+    async def cancel_operation(
+        self,
+        operation_id: str,
+        reason: CancelationReason = CancelationReason.MANUAL,
+        message: str | None = None,
+    ) -> bool:
+        """Cancel one running operation; False if it is unknown or already cancelled."""
+        await anyio.lowlevel.checkpoint()
+        return self._cancel_one(operation_id, reason, message)
+
+    async def cancel_all(
+        self,
+        name_pattern: str | None = None,
+        status: OperationStatus | None = None,
+        reason: CancelationReason = CancelationReason.MANUAL,
+        message: str | None = None,
+    ) -> int:
+        """Cancel every running operation matching the glob ``name_pattern`` (all if
+        None) and ``status``; returns how many were cancelled."""
+        await anyio.lowlevel.checkpoint()
+        return self._cancel_many(name_pattern, status, reason, message)
+
+    async def get_history(self, limit: int | None = None) -> list[OperationContext]:
+        """Contexts of finished operations, oldest first (the last ``limit`` ones)."""
+        await anyio.lowlevel.checkpoint()
+        return self._history(limit)
+
+    async def cleanup_completed(
+        self, older_than: timedelta | float | None = None, keep_failed: bool = False
+    ) -> int:
+        """Drop finished operations from the history (those that ended more than
+        ``older_than`` ago, or all); returns how many were dropped."""
+        await anyio.lowlevel.checkpoint()
+        return self._cleanup(older_than, keep_failed)
+
+    async def clear_all(self) -> None:
+        """Forget every operation, running or finished (running ones keep running)."""
+        await anyio.lowlevel.checkpoint()
+        self._clear()
+
+    async def get_statistics(self) -> RegistryStatistics:
+        """A snapshot of the registry's counters."""
+        await anyio.lowlevel.checkpoint()
+        return self._statistics()
+
+
+class ThreadSafeRegistry:
+    """The registry's verbs for plain threads (Flask/Django views, GUI callbacks).
+
+    Every verb takes effect at once: a cancelled operation's event loop is woken
+    through its thread-safe wake-up; no event loop is needed in the calling thread.
+    """
+
+    def __init__(self, registry: OperationRegistry | None = None) -> None:
+        self._registry = registry if registry is not None else OperationRegistry.get_instance()
+
+    def list_operations(
+        self,
+        status: OperationStatus | None = None,
+        name_pattern: str | None = None,
+        parent_id: str | None = None,
+    ) -> list[OperationContext]:
+        """Contexts of the running operations that match every filter given."""
+        return self._registry._list(status, name_pattern, parent_id)
+
+    def get_operation(self, operation_id: str) -> OperationContext | None:
+        """The context of the running operation with this id, or None."""
+        op = self._registry._get(operation_id)
+        return None if op is None else op.context
+
+    def cancel_operation(
+        self,
+        operation_id: str,
+        message: str | None = None,
+        reason: CancelationReason = CancelationReason.MANUAL,
+    ) -> bool:
+        """Cancel one running operation; False if it is unknown or already cancelled."""
+        return self._registry._cancel_one(operation_id, reason, message)
+
+    def cancel_all(
+        self,
+        name_pattern: str | None = None,
+        status: OperationStatus | None = None,
+        reason: CancelationReason = CancelationReason.MANUAL,
+        message: str | None = None,
+    ) -> int:
+        """Cancel every matching running operation; returns how many."""
+        return self._registry._cancel_many(name_pattern, status, reason, message)
+
+    def get_history(self, limit: int | None = None) -> list[OperationContext]:
+        """Contexts of finished operations, oldest first."""
+        return self._registry._history(limit)
+
+    def cleanup_completed(
+        self, older_than: timedelta | float | None = None, keep_failed: bool = False
+    ) -> int:
+        """Drop finished operations from the history; returns how many."""
+        return self._registry._cleanup(older_than, keep_failed)
+
+    def clear_all(self) -> None:
+        """Forget every operation, running or finished."""
+        self._registry._clear()
+
+    def get_statistics(self) -> RegistryStatistics:
+        """A snapshot of the registry's counters."""
+        return self._registry._statistics()
