@@ -17,7 +17,7 @@ import pytest
 if importlib.util.find_spec("cancelpool") is None:  # pragma: no cover - depends on setup
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from cancelpool.shm import TokenTable  # noqa: E402
+from cancelpool.shm import TokenTable
 
 # multiprocessing's long-lived helpers (started once per test process) are not leaks.
 _MP_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
