@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-
-# Run from a checkout without installing: make ``src/`` importable (spawned children
-# inherit sys.path from the test process).
-if importlib.util.find_spec("cancelpool") is None:  # pragma: no cover - depends on setup
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from cancelpool.shm import TokenTable
 

@@ -8,8 +8,9 @@ import threading
 import anyio
 import pytest
 
+from cancelpool import Cancelable
 from cancelpool._core._enums import CancelationReason
-from cancelpool._core._exceptions import ParentCancelation, TimeoutCancelation
+from cancelpool._core._exceptions import CancelationError, ParentCancelation, TimeoutCancelation
 from cancelpool._core._token import CancelationToken
 from cancelpool.shm import Doorbell, SharedToken, SlotRef, TokenTable
 
@@ -190,3 +191,69 @@ async def test_doorbell_wakes_a_task_waiting_on_the_token(
                 bell.ring()
             tg.cancel_scope.cancel()
     assert woken == [PARENT]
+
+
+def test_listener_added_after_a_remote_cancel_fires_at_once(
+    table: TokenTable, reader: TokenTable
+) -> None:
+    ref = table.allocate()
+    worker = SharedToken(reader, ref)
+    table.cancel(ref, TIMEOUT)  # before the worker even looks: no doorbell handled yet
+    fired: list[CancelationToken] = []
+    worker.add_listener(fired.append)
+    assert fired == [worker]
+    assert worker.reason is TIMEOUT
+
+
+@pytest.mark.anyio
+async def test_cancelable_entered_after_a_remote_cancel_is_cancelled(
+    table: TokenTable, reader: TokenTable
+) -> None:
+    """A job cancelled while still queued, entering its ``Cancelable`` in the worker."""
+    ref = table.allocate(table.allocate())
+    table.cancel(SlotRef(0, 0), TIMEOUT)  # the parent job
+    reached: list[str] = []
+
+    async def job() -> None:
+        async with Cancelable.with_token(SharedToken(reader, ref)):
+            reached.append("body")
+            await anyio.sleep(BACKSTOP)
+            reached.append("after sleep")
+
+    with anyio.fail_after(BACKSTOP), pytest.raises(CancelationError) as info:
+        await job()
+    assert info.value.reason is PARENT
+    assert "after sleep" not in reached
+
+
+@pytest.mark.anyio
+async def test_cancelable_awaiting_is_woken_by_the_doorbell(
+    table: TokenTable, reader: TokenTable
+) -> None:
+    ref = table.allocate()
+    token = SharedToken(reader, ref)
+
+    async def doorbell_handler(bell: Doorbell) -> None:
+        while True:
+            await anyio.wait_readable(bell.fileno())
+            bell.drain()
+            token.sync_from_table("cancelled by the user")
+
+    async def job(done: list[CancelationError]) -> None:
+        try:
+            async with Cancelable.with_token(token):
+                await anyio.sleep(BACKSTOP)
+        except CancelationError as exc:
+            done.append(exc)
+
+    done: list[CancelationError] = []
+    with Doorbell() as bell, anyio.fail_after(BACKSTOP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(doorbell_handler, bell)
+            async with anyio.create_task_group() as jobs:
+                jobs.start_soon(job, done)
+                await anyio.wait_all_tasks_blocked()
+                table.cancel(ref, MANUAL)
+                bell.ring()
+            tg.cancel_scope.cancel()
+    assert [(exc.reason, exc.message) for exc in done] == [(MANUAL, "cancelled by the user")]

@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from .._core._enums import CancelationReason
 from .._core._exceptions import CancelationError, error_for_reason
-from .._core._token import CancelationToken
+from .._core._token import CancelationToken, Listener
 from ._table import SlotRef, TokenTable
 
 
@@ -118,6 +118,17 @@ class SharedToken(CancelationToken):
             if table.writer:
                 table.cancel(self._ref, reason)
         super()._store(reason, message)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Run ``listener(token)`` when the token is cancelled (at once if it is).
+
+        A cancellation that already reached the slot counts: the local flag is raised
+        first (see :meth:`sync_from_table`), so a ``Cancelable`` entered in a worker
+        after its job was cancelled is cancelled at entry, without waiting for the
+        doorbell.
+        """
+        self.sync_from_table()
+        super().add_listener(listener)
 
     def sync_from_table(self, message: str | None = None) -> bool:
         """Raise the local flag if the slot (or an ancestor) reads cancelled.
