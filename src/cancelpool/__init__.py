@@ -35,6 +35,11 @@ from ._core._sources import SignalSource as SignalSource
 from ._core._sources import TimeoutSource as TimeoutSource
 from ._core._token import CancelationToken as CancelationToken
 from ._core._token import LinkedCancelationToken as LinkedCancelationToken
+from ._pool._handle import JobHandle as JobHandle
+from ._pool._handle import ProgressEvent as ProgressEvent
+from ._pool._pool import CancelPool as CancelPool
+from ._pool._pool import PoolStatistics as PoolStatistics
+from ._pool._pool import WorkerStatistics as WorkerStatistics
 
 __version__ = "0.1.0"
 
@@ -47,6 +52,7 @@ CancellationError = CancelationError
 __all__ = (
     "AllOfSource",
     "AnyOfSource",
+    "CancelPool",
     "Cancelable",
     "CancelationError",
     "CancelationReason",
@@ -59,6 +65,7 @@ __all__ = (
     "ConditionCancelation",
     "ConditionSource",
     "JobCancelled",
+    "JobHandle",
     "LinkedCancelationToken",
     "LinkedCancellationToken",
     "ManualCancelation",
@@ -68,6 +75,8 @@ __all__ = (
     "ParentCancelation",
     "PoolClosed",
     "PoolError",
+    "PoolStatistics",
+    "ProgressEvent",
     "RegistryStatistics",
     "ResourceConditionSource",
     "SignalCancelation",
@@ -77,6 +86,7 @@ __all__ = (
     "TimeoutSource",
     "WorkerCrashed",
     "WorkerLost",
+    "WorkerStatistics",
     "current_operation",
 )
 

@@ -1,0 +1,1 @@
+"""The pool: a supervisor in the caller's process, workers running jobs in event loops."""

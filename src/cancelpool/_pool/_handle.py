@@ -1,0 +1,229 @@
+"""``JobHandle``: the caller's view of one job, a ``concurrent.futures.Future``."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+
+from .._core._context import OperationContext
+from .._core._enums import CancelationReason, OperationStatus
+from .._core._loop import LoopHandle
+
+if TYPE_CHECKING:
+    from ..shm import SlotRef
+    from ._pool import CancelPool
+
+logger = logging.getLogger("cancelpool")
+
+T = TypeVar("T")
+
+ProgressCallback = Callable[[int, str, dict[str, Any]], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """One progress report of a job (or of an operation nested in it)."""
+
+    job_id: int
+    message: str
+    metadata: dict[str, Any]
+
+
+class _ProgressFeed:
+    """Carries progress events from the supervisor thread to one async consumer."""
+
+    def __init__(self) -> None:
+        self.handle = LoopHandle.current()
+        self.events: deque[ProgressEvent | None] = deque()
+        self.wakeup = anyio.Event()
+        self.scheduled = False
+        self.lock = threading.Lock()
+
+    def push(self, event: ProgressEvent | None) -> None:
+        with self.lock:
+            self.events.append(event)
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.handle.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        with self.lock:
+            self.scheduled = False
+        self.wakeup.set()
+
+
+class JobHandle(concurrent.futures.Future[T], Generic[T]):
+    """A submitted job: a ``concurrent.futures.Future`` that can also be awaited.
+
+    ``result()`` / ``await handle`` return the job's result, raise the job's own
+    exception (with the remote traceback as ``__cause__``), or raise
+    :class:`~cancelpool.JobCancelled` with the reason, message and partial result.
+
+    :meth:`cancel` stops the job wherever it is: a queued job never starts; a running
+    one is cancelled through its shared-memory token within microseconds, and the
+    handle resolves once the worker reports back (with the job's partial result).
+    """
+
+    def __init__(
+        self,
+        pool: CancelPool,
+        job_id: int,
+        name: str | None,
+        timeout: float | None,
+        metadata: dict[str, Any] | None,
+        parent: JobHandle[Any] | None,
+    ) -> None:
+        super().__init__()
+        self._pool = pool
+        self.id = job_id
+        self.name = name
+        self.timeout = timeout
+        self.metadata = metadata if metadata is not None else {}
+        self.parent = parent
+        self._status = OperationStatus.PENDING
+        self._progress: list[ProgressCallback] | None = None
+        self._feeds: list[_ProgressFeed] | None = None
+        self._partial: Any = None
+        self._cancel_reason: CancelationReason | None = None
+        self._cancel_message: str | None = None
+        self._worker: int | None = None
+        self._slot: SlotRef | None = None
+        self.submitted_at = time.time()
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def status(self) -> OperationStatus:
+        """PENDING (queued), RUNNING, COMPLETED, CANCELLED or FAILED."""
+        return self._status
+
+    @property
+    def partial_result(self) -> Any:
+        """The partial result a cancelled job recorded, else None."""
+        return self._partial
+
+    @property
+    def context(self) -> OperationContext:
+        """A snapshot of the job as an :class:`OperationContext`."""
+        ctx = OperationContext(
+            id=str(self.id),
+            name=self.name,
+            parent_id=None if self.parent is None else str(self.parent.id),
+            metadata=dict(self.metadata),
+        )
+        ctx.status = self._status
+        ctx.start_time = self.started_at
+        ctx.end_time = self.ended_at
+        ctx.cancel_reason = self._cancel_reason
+        ctx.cancel_message = self._cancel_message
+        ctx.partial_result = self._partial
+        if self._status is OperationStatus.FAILED:
+            ctx.error = self.exception(timeout=0)
+        return ctx
+
+    def cancelled(self) -> bool:
+        """True if the job ended cancelled (``result()`` raises JobCancelled)."""
+        return self._status is OperationStatus.CANCELLED
+
+    def cancel(self, message: str | None = None) -> bool:
+        """Cancel the job, queued or running; False if it had already finished.
+
+        Returns at once. A queued job is resolved as cancelled right here; a running
+        job's handle resolves when its worker reports, normally within a millisecond.
+        """
+        return self._pool._cancel_job(self, CancelationReason.MANUAL, message)
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.id} {self.name or '-'} {self._status.value}>"
+
+    # -- progress ----------------------------------------------------------------------------
+    def on_progress(self, callback: ProgressCallback) -> JobHandle[T]:
+        """Call ``callback(job_id, message, metadata)`` for each progress report.
+
+        Callbacks run in the pool's supervisor thread, in the order the job reported;
+        keep them quick. A callback that raises is logged and otherwise ignored.
+        """
+        if not callable(callback):
+            raise TypeError(f"on_progress() needs a callable, not {callback!r}")
+        if self._progress is None:
+            self._progress = []
+        self._progress.append(callback)
+        return self
+
+    async def progress(self) -> AsyncIterator[ProgressEvent]:
+        """Iterate over the job's progress reports until it ends.
+
+        Only reports made after iteration starts are seen. Cancelling the iterating
+        task stops the iteration, not the job.
+        """
+        feed = _ProgressFeed()
+        with self._pool._lock:
+            if self.done():
+                return
+            if self._feeds is None:
+                self._feeds = []
+            self._feeds.append(feed)
+        try:
+            while True:
+                while feed.events:
+                    event = feed.events.popleft()
+                    if event is None:
+                        return
+                    yield event
+                await feed.wakeup.wait()
+                feed.wakeup = anyio.Event()
+        finally:
+            with self._pool._lock:
+                if self._feeds is not None and feed in self._feeds:
+                    self._feeds.remove(feed)
+
+    def _report(self, message: str, metadata: dict[str, Any]) -> None:
+        """Deliver one progress report (supervisor thread)."""
+        if self._progress:
+            for callback in self._progress:
+                try:
+                    callback(self.id, message, metadata)
+                except Exception:
+                    logger.exception("cancelpool: progress callback %r failed", callback)
+        if self._feeds:
+            event = ProgressEvent(self.id, message, metadata)
+            for feed in self._feeds:
+                feed.push(event)
+
+    def _end_feeds(self) -> None:
+        feeds, self._feeds = self._feeds, None
+        for feed in feeds or ():
+            feed.push(None)
+
+    # -- awaiting -------------------------------------------------------------------------------
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> T:
+        """Wait for the outcome without blocking the event loop.
+
+        If the awaiting task is cancelled, the job is cancelled too (the caller no
+        longer wants its result) and the task's cancellation propagates.
+        """
+        if not self.done():
+            event = anyio.Event()
+            loop = LoopHandle.current()
+            self.add_done_callback(lambda _: loop.call_soon_threadsafe(event.set))
+            try:
+                await event.wait()
+            except anyio.get_cancelled_exc_class():
+                self._pool._cancel_job(
+                    self, CancelationReason.PARENT, "the task awaiting the job was cancelled"
+                )
+                raise
+        return self.result()

@@ -1,0 +1,313 @@
+"""The worker process: an event loop that runs many jobs, each inside a ``Cancelable``.
+
+::
+
+    supervisor                          this process
+    ----------                          ------------------------------------------------
+    inbox pipe   --- Run / Stop ----->  _on_inbox: decode batch, start a task per job
+    token table  (shared memory)        each job: Cancelable(token=SharedToken(slot))
+    doorbell     --- ring ----------->  _on_bell: every job's token re-reads its slot;
+                                        a cancelled one wakes its job's cancel scope
+    outbox pipe  <-- Started/Done/...   _flush: one frame per loop iteration (batched)
+    supervisor pid (pidfd)              readable when the supervisor dies: exit at once
+
+The worker never writes shared memory: everything it has to say goes over the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import msgspec
+
+from .._core._cancelable import Cancelable
+from .._core._enums import CancelationReason
+from .._core._exceptions import CancelationError
+from .._core._sources import TimeoutSource
+from ..shm import Doorbell, SharedToken, SlotRef, TokenTable
+from . import _protocol as proto
+
+#: Bytes asked for per read of the inbox. Frames larger than this arrive in pieces and
+#: are reassembled; smaller means more reads for big batches.
+_READ_SIZE = 1 << 20
+
+
+def _dumps(obj: Any) -> bytes:
+    return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+
+
+def _pickle_error(exc: BaseException) -> bytes:
+    """Pickle an exception so that it unpickles; else a RuntimeError that describes it."""
+    try:
+        data = _dumps(exc)
+        pickle.loads(data)
+    except Exception as problem:
+        substitute = RuntimeError(
+            f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
+            f"(the original exception could not be pickled: {problem!r})"
+        )
+        return _dumps(substitute)
+    return data
+
+
+class _Job:
+    __slots__ = ("failure", "op", "token")
+
+    def __init__(self, token: SharedToken, op: Cancelable) -> None:
+        self.token = token
+        self.op = op
+        self.failure: BaseException | None = None
+
+
+class Worker:
+    """One worker's state; :func:`main` builds it in the child process."""
+
+    def __init__(
+        self,
+        table: TokenTable,
+        bell: Doorbell,
+        inbox: Connection,
+        outbox: Connection,
+        supervisor_pid: int,
+    ) -> None:
+        self.table = table
+        self.bell = bell
+        self.inbox = inbox
+        self.outbox = outbox
+        self.supervisor_pid = supervisor_pid
+        self.jobs: dict[int, _Job] = {}
+        self.functions: dict[bytes, Callable[..., Any]] = {}
+        self.pending: list[Any] = []
+        self.flush_scheduled = False
+        self.write_buffer = bytearray()
+        self.reader = proto.FrameReader()
+        self.stopping = False
+        self.finished: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = self.loop = asyncio.get_running_loop()
+        self.finished = asyncio.Event()
+        self.in_fd = self.inbox.fileno()
+        self.out_fd = self.outbox.fileno()
+        os.set_blocking(self.in_fd, False)
+        os.set_blocking(self.out_fd, False)
+        loop.add_reader(self.in_fd, self._on_inbox)
+        loop.add_reader(self.bell.fileno(), self._on_bell)
+        self._watch_supervisor(loop)
+        await self.finished.wait()
+        self._flush()
+        if self.write_buffer:
+            os.set_blocking(self.out_fd, True)
+            os.write(self.out_fd, self.write_buffer)
+
+    def _watch_supervisor(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A pidfd becomes readable when the supervisor exits, under every start method
+        # (under forkserver our parent is the fork server, so getppid() cannot tell).
+        try:
+            pidfd = os.pidfd_open(self.supervisor_pid)
+        except ProcessLookupError:
+            os._exit(0)
+        except (AttributeError, OSError):  # pragma: no cover - no pidfd: rely on EOF
+            return
+        loop.add_reader(pidfd, self._supervisor_gone)
+
+    def _supervisor_gone(self) -> None:
+        # Nobody is left to report to: stop everything now.
+        os._exit(0)
+
+    # -- inbox ---------------------------------------------------------------------------
+    def _on_inbox(self) -> None:
+        try:
+            data = os.read(self.in_fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        if not data:  # the supervisor closed our pipe
+            self._supervisor_gone()
+        for payload in self.reader.feed(data):
+            for message in proto.to_worker_decoder.decode(payload):
+                if type(message) is proto.Run:
+                    self._start(message)
+                else:
+                    self.stopping = True
+        if self.stopping and not self.jobs:
+            assert self.finished is not None
+            self.finished.set()
+
+    def _start(self, run: proto.Run) -> None:
+        fn = self.functions.get(run.fn)
+        try:
+            if fn is None:
+                fn = self.functions[run.fn] = pickle.loads(run.fn)
+            args, kwargs = pickle.loads(run.args)
+        except BaseException as exc:
+            error = TypeError(f"job {run.job} could not be unpickled in the worker: {exc!r}")
+            self._send(proto.Failed(run.job, _pickle_error(error), traceback.format_exc()))
+            return
+        assert self.loop is not None
+        self.loop.create_task(self._run(run, fn, args, kwargs))
+
+    # -- running a job -------------------------------------------------------------------
+    async def _run(
+        self, run: proto.Run, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        job_id = run.job
+        token = SharedToken(self.table, SlotRef(run.slot, run.generation))
+        if token.is_cancelled:  # cancelled while queued: it never starts
+            reason = token.reason or CancelationReason.MANUAL
+            self._send(
+                proto.Cancelled(job_id, reason.value, "cancelled before it started", None, False)
+            )
+            return
+        op = Cancelable(run.name, operation_id=str(job_id), register=False).add_token(token)
+        if run.timeout is not None:
+            op.add_source(TimeoutSource(run.timeout))
+        job = self.jobs[job_id] = _Job(token, op)
+        op.on_progress(self._progress_callback(job_id, job))
+        self._send(proto.Started(job_id))
+        try:
+            async with op:
+                if run.is_async:
+                    result = await fn(*args, **kwargs)
+                else:
+                    result = await op.run_in_thread(fn, *args, **kwargs)
+        except CancelationError as exc:
+            if job.failure is not None:
+                self._send_failure(job_id, job.failure)
+            else:
+                self._send_cancelled(job_id, exc, op)
+        except Exception as exc:
+            self._send_failure(job_id, exc)
+        except BaseException as exc:
+            # The worker itself is being torn down (e.g. SystemExit in a job).
+            self._send_failure(job_id, RuntimeError(f"job stopped by {exc!r}"))
+            raise
+        else:
+            try:
+                data = _dumps(result)
+            except Exception as problem:
+                error = TypeError(
+                    f"the result of job {job_id} ({type(result).__name__}) cannot be "
+                    f"pickled: {problem!r}; return picklable data"
+                )
+                self._send(proto.Failed(job_id, _pickle_error(error), ""))
+            else:
+                self._send(proto.Done(job_id, data))
+        finally:
+            del self.jobs[job_id]
+            if self.stopping and not self.jobs:
+                assert self.finished is not None
+                self.finished.set()
+
+    def _send_failure(self, job_id: int, exc: BaseException) -> None:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        self._send(proto.Failed(job_id, _pickle_error(exc), text))
+
+    def _send_cancelled(self, job_id: int, exc: CancelationError, op: Cancelable) -> None:
+        partial = op.context.partial_result
+        data: bytes | None = None
+        if partial is not None:
+            try:
+                data = _dumps(partial)
+            except Exception as problem:
+                data = _dumps(f"<partial result could not be pickled: {problem!r}>")
+        self._send(proto.Cancelled(job_id, exc.reason.value, exc.message, data, True))
+
+    def _progress_callback(
+        self, job_id: int, job: _Job
+    ) -> Callable[[str, str, dict[str, Any]], None]:
+        def on_progress(op_id: str, message: str, metadata: dict[str, Any]) -> None:
+            try:
+                raw = msgspec.msgpack.encode(metadata)
+            except Exception as problem:
+                job.failure = TypeError(
+                    f"progress metadata of job {job_id} cannot be encoded ({problem}); "
+                    "report JSON-like data: dict, list, str, int, float, bool, None"
+                )
+                job.op.cancel_sync(CancelationReason.ERROR, str(job.failure))
+                return
+            self._send(proto.Progress(job_id, op_id, str(message), msgspec.Raw(raw)))
+
+        return on_progress
+
+    # -- doorbell --------------------------------------------------------------------------
+    def _on_bell(self) -> None:
+        self.bell.drain()
+        for job in list(self.jobs.values()):
+            job.token.sync_from_table()
+
+    # -- outbox ----------------------------------------------------------------------------
+    def _send(self, message: Any) -> None:
+        self.pending.append(message)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            assert self.loop is not None
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if not self.pending:
+            return
+        data = proto.frame(self.pending)
+        self.pending = []
+        if self.write_buffer:
+            self.write_buffer += data
+            return
+        try:
+            written = os.write(self.out_fd, data)
+        except BlockingIOError:
+            written = 0
+        except BrokenPipeError:
+            self._supervisor_gone()
+            return
+        if written < len(data):
+            self.write_buffer += data[written:]
+            assert self.loop is not None
+            self.loop.add_writer(self.out_fd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        try:
+            written = os.write(self.out_fd, self.write_buffer)
+        except BlockingIOError:
+            return
+        except BrokenPipeError:
+            self._supervisor_gone()
+            return
+        del self.write_buffer[:written]
+        if not self.write_buffer:
+            assert self.loop is not None
+            self.loop.remove_writer(self.out_fd)
+
+
+def main(
+    table: TokenTable,
+    bell: Doorbell,
+    inbox: Connection,
+    outbox: Connection,
+    supervisor_pid: int,
+    use_uvloop: bool,
+) -> None:
+    """Entry point of a worker process."""
+    # Ctrl-C is the supervisor's to handle: it cancels our jobs through their tokens.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker = Worker(table, bell, inbox, outbox, supervisor_pid)
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if use_uvloop:
+        try:
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+        except ImportError:
+            pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(worker.run())
+    sys.stdout.flush()
