@@ -6,9 +6,21 @@ works on asyncio and trio; ``CancelPool`` carries it across processes.
 
 from __future__ import annotations
 
+from ._core._bridges import AnyioBridge as AnyioBridge
+from ._core._bridges import BridgeStatistics as BridgeStatistics
+from ._core._bridges import ContextBridge as ContextBridge
+from ._core._bridges import call_soon_threadsafe as call_soon_threadsafe
 from ._core._cancelable import Cancelable as Cancelable
 from ._core._cancelable import current_operation as current_operation
 from ._core._context import OperationContext as OperationContext
+from ._core._decorators import cancelable as cancelable
+from ._core._decorators import cancelable_combine as cancelable_combine
+from ._core._decorators import cancelable_method as cancelable_method
+from ._core._decorators import cancelable_with_condition as cancelable_with_condition
+from ._core._decorators import cancelable_with_signal as cancelable_with_signal
+from ._core._decorators import cancelable_with_token as cancelable_with_token
+from ._core._decorators import with_cancelable as with_cancelable
+from ._core._decorators import with_current_operation as with_current_operation
 from ._core._enums import CancelationReason as CancelationReason
 from ._core._enums import OperationStatus as OperationStatus
 from ._core._exceptions import CancelationError as CancelationError
@@ -52,6 +64,8 @@ CancellationError = CancelationError
 __all__ = (
     "AllOfSource",
     "AnyOfSource",
+    "AnyioBridge",
+    "BridgeStatistics",
     "CancelPool",
     "Cancelable",
     "CancelationError",
@@ -64,6 +78,7 @@ __all__ = (
     "CompositeSource",
     "ConditionCancelation",
     "ConditionSource",
+    "ContextBridge",
     "JobCancelled",
     "JobHandle",
     "LinkedCancelationToken",
@@ -87,7 +102,16 @@ __all__ = (
     "WorkerCrashed",
     "WorkerLost",
     "WorkerStatistics",
+    "call_soon_threadsafe",
+    "cancelable",
+    "cancelable_combine",
+    "cancelable_method",
+    "cancelable_with_condition",
+    "cancelable_with_signal",
+    "cancelable_with_token",
     "current_operation",
+    "with_cancelable",
+    "with_current_operation",
 )
 
 
