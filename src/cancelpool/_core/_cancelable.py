@@ -23,6 +23,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -38,7 +39,7 @@ import anyio.to_thread
 from ._context import OperationContext
 from ._enums import CancelationReason, OperationStatus
 from ._exceptions import CancelationError, error_for_reason
-from ._loop import LoopHandle
+from ._loop import LoopHandle, raise_cancelled
 from ._registry import OperationRegistry
 from ._sources import (
     CancelationSource,
@@ -47,7 +48,7 @@ from ._sources import (
     SignalSource,
     TimeoutSource,
 )
-from ._token import CancelationToken
+from ._token import CancelationToken, split_args
 
 logger = logging.getLogger("cancelpool")
 
@@ -56,6 +57,8 @@ P = ParamSpec("P")
 
 ProgressCallback = Callable[[str, str, dict[str, Any]], "Awaitable[Any] | Any"]
 StatusCallback = Callable[[OperationContext], "Awaitable[Any] | Any"]
+
+_INF = float("inf")
 
 _current: ContextVar[Cancelable | None] = ContextVar("cancelpool_current_operation", default=None)
 
@@ -77,11 +80,12 @@ class _OperationToken(CancelationToken):
     though the event loop enforces the deadline on its own.
     """
 
-    __slots__ = ("_deadline", "_deadline_message", "_deadline_reason")
+    __slots__ = ("_deadline", "_deadline_message", "_deadline_owner", "_deadline_reason")
 
     def __init__(self) -> None:
         super().__init__()
         self._deadline: float | None = None
+        self._deadline_owner: Cancelable | None = None
         self._deadline_reason = CancelationReason.TIMEOUT
         self._deadline_message: str | None = None
 
@@ -91,6 +95,15 @@ class _OperationToken(CancelationToken):
             return True
         deadline = self._deadline
         if deadline is not None and time.monotonic() >= deadline:
+            owner = self._deadline_owner
+            if owner is not None:
+                if owner.context.status.is_terminal and owner._reason is None:
+                    # The operation that owned this deadline ended before it.
+                    self._deadline = None
+                    return False
+                # Seen here before the loop's own timer: cancel the owner first, so
+                # that the cancellation flows down the hierarchy as it would have.
+                owner._deadline_passed()
             self._raise_flag(self._deadline_reason, self._deadline_message)
             return True
         return False
@@ -161,13 +174,16 @@ class Cancelable:
         "_handle",
         "_hooks",
         "_message",
+        "_mono_deadline",
         "_nested",
+        "_own_deadline",
         "_parent",
         "_progress",
         "_reason",
         "_register",
         "_scope",
         "_sources",
+        "_task",
         "_tg",
         "_timeout",
         "_token",
@@ -206,6 +222,11 @@ class Cancelable:
         self._hooks: dict[str, list[StatusCallback]] | None = None
         self._nested = False
         self._entered = False
+        self._task: object = None
+        # Our own deadline on the loop's clock, and the binding one (ours or carried from
+        # the parent) on the monotonic clock, which threads can read too.
+        self._own_deadline = _INF
+        self._mono_deadline = _INF
 
     # -- construction helpers ------------------------------------------------------------
     @classmethod
@@ -373,11 +394,36 @@ class Cancelable:
 
     @property
     def is_cancelled(self) -> bool:
-        """True once cancellation has been requested, by any source or an ancestor."""
+        """True once cancellation has been requested, by any source or an ancestor.
+
+        Safe to read from any thread: it never touches the cancel scope, whose state
+        belongs to the event loop; a passed deadline is read from the monotonic clock.
+        """
+        if self._reason is not None:
+            return True
+        if not self._entered or self.context.status.is_terminal:
+            return False
+        now = time.monotonic()
+        thread = threading.get_ident()
+        op: Cancelable | None = self
+        while op is not None:
+            if op._cancel_requested(now, thread):
+                return True
+            if op.context.status.is_terminal:
+                break
+            op = op._parent
+        return False
+
+    def _cancel_requested(self, now: float, thread: int) -> bool:
         if self._reason is not None:
             return True
         scope = self._scope
-        return scope is not None and scope.cancel_called
+        handle = self._handle
+        if scope is not None and handle is not None and handle.thread_id == thread:
+            # On the loop's own thread the scope is the authority (the loop's clock may
+            # run a little apart from the monotonic one, e.g. uvloop's cached time).
+            return scope.cancel_called
+        return self._mono_deadline <= now
 
     @property
     def token(self) -> CancelationToken:
@@ -405,28 +451,28 @@ class Cancelable:
         if self._entered:
             raise RuntimeError("a Cancelable can be entered only once; create a new one")
         self._entered = True
-        current = _current.get()
+        handle = self._handle = LoopHandle.current()
+        task = self._task = handle.current_task()
         parent = self._parent
         if parent is None:
-            parent = self._parent = current
-            self._nested = parent is not None
-        else:
-            op = current
-            while op is not None and op is not parent:
-                op = op._parent
-            self._nested = op is not None
-        self._handle = LoopHandle.current()
+            parent = self._parent = _current.get()
         ctx = self.context
         scope = anyio.CancelScope()
-        if self._timeout is not None:
-            scope.deadline = anyio.current_time() + self._timeout
+        timeout = self._timeout
+        if timeout is not None:
+            scope.deadline = self._own_deadline = anyio.current_time() + timeout
+            self._mono_deadline = time.monotonic() + timeout
         if parent is not None:
             ctx.parent_id = parent.context.id
+            # Nested: the parent's ``async with`` encloses ours in this very task, so its
+            # cancellation reaches us by itself. Otherwise (another task, even one that
+            # inherited the parent as current operation) we must be cancelled explicitly.
+            self._nested = parent._task is task and parent._scope is not None
             if not self._nested:
-                parent_deadline = parent._scope.deadline if parent._scope is not None else None
-                if parent_deadline is not None and parent_deadline < scope.deadline:
-                    # Another task, outside the parent's scope: carry its deadline here.
-                    scope.deadline = parent_deadline
+                parent_scope = parent._scope
+                if parent_scope is not None and parent_scope.deadline < scope.deadline:
+                    scope.deadline = parent_scope.deadline
+                    self._mono_deadline = parent._mono_deadline
             parent._children.append(self)
         if self._sources and any(source.needs_monitor for source in self._sources):
             # The monitors' task group encloses our scope, so that cancelling the scope
@@ -442,8 +488,12 @@ class Cancelable:
             _registry_add(self)
         if self._reason is not None:  # cancelled before it started
             scope.cancel()
+            self._after_reason()
         elif parent is not None and parent.is_cancelled:
             self._parent_cancelled(parent)
+        own_token = self._token
+        if own_token is not None and not own_token._cancelled:
+            self._arm_token_deadline(own_token)
         for token in self._tokens:
             token.add_listener(self._on_token)
         if self._sources:
@@ -465,33 +515,56 @@ class Cancelable:
         tb: TracebackType | None,
     ) -> bool:
         scope = self._scope
-        assert scope is not None, "__aexit__ without __aenter__"
+        if scope is None or self.context.status.is_terminal:
+            raise RuntimeError("Cancelable.__aexit__() called without a matching __aenter__()")
         for token in self._tokens:
             token.remove_listener(self._on_token)
         for source in self._sources:
             source.remove_listener(self._on_source)
+        replaced: BaseException | None = None
         try:
-            swallowed = scope.__exit__(exc_type, exc, tb)
-        finally:
-            if self._ctx_reset is not None:
-                _current.reset(self._ctx_reset)
-                self._ctx_reset = None
-            parent = self._parent
-            if parent is not None:
-                try:
-                    parent._children.remove(self)
-                except ValueError:
-                    pass
-            if self._tg is not None:
-                self._tg.cancel_scope.cancel()
-                await self._tg.__aexit__(None, None, None)
-                self._tg = None
+            # trio's scope reports True for a clean exit too: only an exception can be
+            # swallowed.
+            swallowed = bool(scope.__exit__(exc_type, exc, tb)) and exc is not None
+        except BaseException as new_exc:
+            # The scope raised something else (trio strips a caught Cancelled out of an
+            # exception group): that is what leaves the block now.
+            swallowed = False
+            replaced = exc = new_exc
+        if self._ctx_reset is not None:
+            _current.reset(self._ctx_reset)
+            self._ctx_reset = None
+        parent = self._parent
+        if parent is not None:
+            try:
+                parent._children.remove(self)
+            except ValueError:
+                pass
+        pending: BaseException | None = None
+        if self._tg is not None:
+            tg, self._tg = self._tg, None
+            # Shielded: an outside cancellation must not interrupt the monitors' clean-up;
+            # they are cancelled and exit at once.
+            tg.cancel_scope.shield = True
+            tg.cancel_scope.cancel()
+            try:
+                await tg.__aexit__(None, None, None)
+            except anyio.get_cancelled_exc_class() as cancelled:
+                # An outside cancellation already requested of the asyncio task lands
+                # here despite the shield. Finish the bookkeeping, then let it out.
+                pending = cancelled
+        self._task = None
         ctx = self.context
         ctx.end_time = time.time()
         error: CancelationError | None = None
-        if swallowed or (scope.cancel_called and isinstance(exc, CancelationError)):
-            # Our own scope caught its cancellation: one of our sources did it.
-            reason, message = self._settle_own_reason()
+        if swallowed or (
+            scope.cancel_called
+            and isinstance(exc, CancelationError)
+            and (exc.context is None or exc.context is ctx)
+        ):
+            # Our own scope caught its cancellation (or our token's check() raised it):
+            # one of our sources did it.
+            reason, message = self._reason_of_own()
             error = error_for_reason(reason, message, ctx)
             ctx.status = OperationStatus.CANCELLED
             event = "cancel"
@@ -502,14 +575,16 @@ class Cancelable:
             self._settle_outside_reason()
             ctx.status = OperationStatus.CANCELLED
             event = "cancel"
-        elif isinstance(exc, CancelationError):
-            ctx.cancel_reason = ctx.cancel_reason or exc.reason
-            ctx.cancel_message = ctx.cancel_message or exc.message
-            if exc.context is None:
-                exc.context = ctx
+        elif isinstance(exc, CancelationError) and exc.context is None:
+            # A watched token's check() raised before its wake-up reached the loop.
+            if self._set_reason(exc.reason, exc.message):
+                self._after_reason()
+            exc.context = ctx
             ctx.status = OperationStatus.CANCELLED
             event = "cancel"
         else:
+            # Any other exception, including another operation's CancelationError that
+            # nobody caught: this operation failed with it.
             ctx.status = OperationStatus.FAILED
             ctx.error = exc
             event = "error"
@@ -517,30 +592,38 @@ class Cancelable:
             _registry_finish(self)
         if self._hooks:
             await self._run_hooks(event)
+        if pending is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+            raise pending
         if error is not None:
-            raise error from exc if not swallowed else None
+            # A cancellation from an enclosing scope outranks ours: if one is pending,
+            # it leaves here untouched instead of our error.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            raise error from (None if swallowed else exc)
+        if replaced is not None:
+            raise replaced
         return False
 
     # -- reasons ---------------------------------------------------------------------------
-    def _settle_own_reason(self) -> tuple[CancelationReason, str]:
-        """Reason and message for a cancellation our own scope caught."""
+    def _reason_of_own(self) -> tuple[CancelationReason, str]:
+        """Why this (cancelled) operation is cancelled, settling a passed deadline.
+
+        Every cancellation path records its reason first, except a deadline: the scope
+        enforces that on its own. The deadline is ours, or one carried from the parent.
+        """
         if self._reason is None:
             scope = self._scope
-            assert scope is not None
-            own = None
-            if self._timeout is not None and self.context.start_time is not None:
-                own = self._timeout
             parent = self._parent
             if (
                 parent is not None
                 and not self._nested
-                and parent._scope is not None
-                and (own is None or parent._scope.deadline < scope.deadline + 1e-9)
-                and parent._scope.deadline <= anyio.current_time()
+                and scope is not None
+                and scope.deadline < self._own_deadline
             ):
-                self._set_reason(*self._parent_message(parent))
+                reason, message = self._parent_message(parent)
             else:
-                self._set_reason(CancelationReason.TIMEOUT, None)
+                reason, message = CancelationReason.TIMEOUT, None
+            if self._set_reason(reason, message):
+                self._after_reason()
         assert self._reason is not None
         assert self._message is not None
         return self._reason, self._message
@@ -552,18 +635,14 @@ class Cancelable:
         op = self._parent
         while op is not None:
             if op.is_cancelled:
-                self._set_reason(*self._parent_message(op))
-                return
+                reason, message = self._parent_message(op)
+                break
             op = op._parent
-        self._set_reason(CancelationReason.PARENT, "cancelled by an enclosing cancel scope")
-
-    def _reason_of_own(self) -> tuple[CancelationReason, str]:
-        """Why this (cancelled) operation is cancelled, settling a passed deadline."""
-        if self._reason is None:
-            self._set_reason(CancelationReason.TIMEOUT, None)
-        assert self._reason is not None
-        assert self._message is not None
-        return self._reason, self._message
+        else:
+            reason = CancelationReason.PARENT
+            message = f"operation {self._label()} was cancelled by an enclosing cancel scope"
+        if self._set_reason(reason, message):
+            self._after_reason()
 
     def _parent_message(self, parent: Cancelable) -> tuple[CancelationReason, str]:
         reason, message = parent._reason_of_own()
@@ -596,6 +675,7 @@ class Cancelable:
         self._after_reason()
 
     def _after_reason(self) -> None:
+        """Propagate a newly recorded reason: raise our token, cancel our children."""
         assert self._reason is not None
         if self._token is not None:
             self._token._raise_flag(self._reason, self._message)
@@ -625,48 +705,63 @@ class Cancelable:
             self._handle.call(self._trigger, source.reason, source.message)
 
     def _arm_token_deadline(self, token: _OperationToken) -> None:
-        # The earliest deadline among this operation and its ancestors binds.
-        binding: Cancelable | None = None
-        deadline = float("inf")
+        # The earliest deadline among this operation and its ancestors binds; on a tie
+        # the highest ancestor owns it (a child carries its parent's deadline exactly).
+        owner: Cancelable | None = None
+        deadline = _INF
         op: Cancelable | None = self
         while op is not None:
-            if op._scope is not None and op._scope.deadline < deadline:
-                binding, deadline = op, op._scope.deadline
+            if op._mono_deadline <= deadline and op._mono_deadline != _INF:
+                owner, deadline = op, op._mono_deadline
             op = op._parent
-        if binding is None:
+        if owner is None:
             return
-        token._deadline = time.monotonic() + (deadline - anyio.current_time())
-        if binding is self:
-            token._deadline_message = f"operation {self._label()} timed out"
+        token._deadline = deadline
+        token._deadline_owner = owner
+        if owner is self:
+            token._deadline_reason = CancelationReason.TIMEOUT
+            token._deadline_message = (
+                f"operation {self._label()} timed out after {self._timeout:g}s"
+            )
         else:
             token._deadline_reason = CancelationReason.PARENT
-            token._deadline_message = f"parent operation {binding._label()} timed out"
+            token._deadline_message = (
+                f"parent operation {owner._label()} was cancelled "
+                f"({CancelationReason.TIMEOUT.value}): it timed out"
+            )
+
+    def _deadline_passed(self) -> None:
+        """Our deadline passed by the monotonic clock (noticed off the loop, maybe)."""
+        handle = self._handle
+        if handle is not None and self._reason is None:
+            handle.call(self._trigger, CancelationReason.TIMEOUT, None)
 
     async def cancel(
         self,
-        reason: CancelationReason = CancelationReason.MANUAL,
+        reason: CancelationReason | str | None = CancelationReason.MANUAL,
         message: str | None = None,
     ) -> None:
         """Cancel the operation (and its children) now; a checkpoint for the caller.
 
         Called from inside the operation, the cancellation is delivered at this
         ``await``: the operation's ``async with`` then raises the matching error.
+        ``await op.cancel("why")`` is shorthand for a MANUAL cancellation with a message.
         """
         self.cancel_sync(reason, message)
         await anyio.lowlevel.checkpoint()
 
     def cancel_sync(
         self,
-        reason: CancelationReason = CancelationReason.MANUAL,
+        reason: CancelationReason | str | None = CancelationReason.MANUAL,
         message: str | None = None,
     ) -> None:
         """Cancel the operation from any thread, without awaiting.
 
         From another thread the request is handed to the operation's event loop through
-        its thread-safe wake-up: a task blocked in ``await`` resumes at once.
+        its thread-safe wake-up: a task blocked in ``await`` resumes at once. Before the
+        operation starts, the request is remembered and it is cancelled on entry.
         """
-        if not isinstance(reason, CancelationReason):
-            raise TypeError(f"reason must be a CancelationReason, not {reason!r}")
+        reason, message = split_args(reason, message)
         handle = self._handle
         if handle is None:
             self._set_reason(reason, message)
@@ -725,9 +820,9 @@ class Cancelable:
     async def _checkpoint(self) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()
         if self.is_cancelled:
-            raise anyio.get_cancelled_exc_class()()
+            await raise_cancelled()
 
-    async def stream(
+    def stream(
         self,
         source: AsyncIterable[T],
         *,
@@ -736,16 +831,35 @@ class Cancelable:
     ) -> AsyncIterator[T]:
         """Iterate ``source``, checking cancellation before each item.
 
+        Cancellation is checked (a checkpoint) before each item is handed out; when the
+        operation is cancelled the iteration stops there and the operation's
+        ``async with`` raises as usual.
+
         Args:
             source: any async iterable.
             report_interval: report progress every this many items.
             buffer_partial: keep the items seen so far in ``context.partial_result``,
                 so a cancelled stream still hands back what it read.
+
+        Raises:
+            ValueError: ``report_interval`` is not a positive int (raised here, at the
+                call, not at the first iteration).
         """
         if report_interval is not None and (
-            not isinstance(report_interval, int) or report_interval <= 0
+            isinstance(report_interval, bool)
+            or not isinstance(report_interval, int)
+            or report_interval <= 0
         ):
-            raise ValueError(f"report_interval must be a positive int, not {report_interval!r}")
+            raise ValueError(
+                f"report_interval must be a positive number of items, not {report_interval!r}"
+            )
+        if not hasattr(source, "__aiter__"):
+            raise TypeError(f"stream() takes an async iterable, not {type(source).__name__}")
+        return self._stream(source, report_interval, buffer_partial)
+
+    async def _stream(
+        self, source: AsyncIterable[T], report_interval: int | None, buffer_partial: bool
+    ) -> AsyncIterator[T]:
         seen: list[T] = []
         if buffer_partial:
             self.context.partial_result = seen

@@ -14,7 +14,10 @@ import logging
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
+
+import anyio
+import anyio.lowlevel
 
 logger = logging.getLogger("cancelpool")
 
@@ -47,10 +50,11 @@ class LoopHandle:
         Raises:
             RuntimeError: no asyncio or trio event loop runs in this thread.
         """
-        try:
-            return cls(asyncio.get_running_loop(), None)
-        except RuntimeError:
-            pass
+        # ``_get_running_loop`` returns None instead of raising: on trio the asyncio
+        # probe then costs nothing.
+        loop = asyncio._get_running_loop()
+        if loop is not None:
+            return cls(loop, None)
         trio = sys.modules.get("trio")
         if trio is not None:
             try:
@@ -66,6 +70,14 @@ class LoopHandle:
             return cls.current()
         except RuntimeError:
             return None
+
+    def current_task(self) -> object:
+        """The task running now on this loop (call from the loop's thread)."""
+        if self._asyncio_loop is not None:
+            return asyncio.current_task(self._asyncio_loop)
+        import trio
+
+        return trio.lowlevel.current_task()
 
     def in_loop_thread(self) -> bool:
         """True when called from the loop's own thread."""
@@ -105,3 +117,29 @@ class LoopHandle:
             import trio
 
             trio.lowlevel.spawn_system_task(_guarded, fn, *args)
+
+
+async def raise_cancelled() -> NoReturn:
+    """Raise the running backend's cancelled exception, as a checkpoint would.
+
+    Used where a cancellation was requested (a token, an operation) but no enclosing
+    cancel scope delivers it, so that it still unwinds like any other cancellation.
+    """
+    cls = anyio.get_cancelled_exc_class()
+    try:
+        exc: BaseException = cls()
+    except TypeError:
+        # trio.Cancelled has no public constructor: obtain a genuine one from a
+        # throwaway scope and raise it outside that scope.
+        exc = await _catch_cancelled(cls)
+    raise exc
+
+
+async def _catch_cancelled(cls: type[BaseException]) -> BaseException:
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            await anyio.lowlevel.checkpoint()
+        except cls as caught:
+            return caught
+    raise RuntimeError("a cancelled scope did not deliver its cancellation")  # pragma: no cover

@@ -196,9 +196,14 @@ class OperationRegistry:
         return removed
 
     def _clear(self) -> None:
-        with self._store.lock:
-            self._store.active.clear()
-            self._store.history.clear()
+        store = self._store
+        with store.lock:
+            store.active.clear()
+            store.history.clear()
+            store.finished_total = 0
+            store.duration_total = 0.0
+            for status in store.counts:
+                store.counts[status] = 0
 
     def _statistics(self) -> RegistryStatistics:
         store = self._store

@@ -142,16 +142,27 @@ class TimeoutSource(CancelationSource):
         self.message = f"timed out after {self.timeout:g}s"
 
 
+_UNCATCHABLE = frozenset(
+    getattr(_signal, name) for name in ("SIGKILL", "SIGSTOP") if hasattr(_signal, name)
+)
+
+
 def validate_signals(signals: Iterable[int]) -> tuple[_signal.Signals, ...]:
     """Turn signal numbers into ``signal.Signals``, or raise a clear error."""
     result = []
     for sig in signals:
         try:
-            result.append(_signal.Signals(sig))
+            known = _signal.Signals(sig)
         except (ValueError, TypeError):
             raise ValueError(
                 f"{sig!r} is not a signal of this platform; use a signal.SIG* constant"
             ) from None
+        if known in _UNCATCHABLE:
+            raise ValueError(
+                f"{known.name} cannot be caught by any process; choose another signal, "
+                "e.g. signal.SIGTERM"
+            )
+        result.append(known)
     if not result:
         raise ValueError("give at least one signal, e.g. signal.SIGINT")
     return tuple(result)
@@ -213,7 +224,9 @@ class ConditionSource(CancelationSource):
 
     async def _check(self) -> bool:
         if self.run_in_thread:
-            result: Any = await anyio.to_thread.run_sync(self.condition)
+            # Abandoned on cancellation: an operation never waits for a slow check to
+            # finish before it can end; the thread completes the check on its own.
+            result: Any = await anyio.to_thread.run_sync(self.condition, abandon_on_cancel=True)
         else:
             result = self.condition()
         if inspect.isawaitable(result):

@@ -13,7 +13,7 @@ import anyio.lowlevel
 
 from ._enums import CancelationReason
 from ._exceptions import CancelationError, error_for_reason
-from ._loop import LoopHandle
+from ._loop import LoopHandle, raise_cancelled
 
 logger = logging.getLogger("cancelpool")
 
@@ -24,7 +24,7 @@ TokenCallback = Callable[[str], "Awaitable[Any] | Any"]
 Listener = Callable[["CancelationToken"], None]
 
 
-def _split_args(
+def split_args(
     reason: CancelationReason | str | None, message: str | None
 ) -> tuple[CancelationReason, str | None]:
     # ``token.cancel("why")`` passes the message positionally; accept it.
@@ -101,7 +101,7 @@ class CancelationToken:
         ``await token.cancel("why")`` is accepted as shorthand for a MANUAL
         cancellation with that message. Returns False if it was already cancelled.
         """
-        reason, message = _split_args(reason, message)
+        reason, message = split_args(reason, message)
         callbacks = self._raise_flag(reason, message)
         if callbacks is None:
             return False
@@ -127,7 +127,7 @@ class CancelationToken:
         calling thread; async callbacks are started on the loop they were registered
         from. Returns False if it was already cancelled.
         """
-        reason, message = _split_args(reason, message)
+        reason, message = split_args(reason, message)
         callbacks = self._raise_flag(reason, message)
         if callbacks is None:
             return False
@@ -235,7 +235,7 @@ class CancelationToken:
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
         if self.is_cancelled:
-            raise anyio.get_cancelled_exc_class()()
+            await raise_cancelled()
 
     async def wait_for_cancel(self) -> None:
         """Wait until the token is cancelled (returns at once if it already is).

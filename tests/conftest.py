@@ -1,0 +1,95 @@
+"""Fixtures shared by every test: the async backends, a clean registry, no leaked threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from cancelpool import OperationRegistry
+
+# How long a test's stray non-daemon threads may take to finish before it counts as a
+# leak. A backstop against a hang, not a measurement: anyio's idle worker threads and
+# executor threads stop on their own shortly after their event loop closes.
+THREAD_GRACE_SECONDS = 10.0
+
+# Joining the helper threads a test started: a backstop against a hang.
+JOIN_SECONDS = 10.0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-benchmark, when installed, warns at start-up that xdist disables it; with
+    # filterwarnings = error that warning would abort the whole run.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:Benchmarks are automatically disabled because xdist"
+    )
+    config.addinivalue_line(
+        "markers",
+        "allow_thread_leak: the test may leave non-daemon threads running "
+        "(they are owned by a longer-lived fixture)",
+    )
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+        pytest.param(("trio", {}), id="trio"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """Every async test runs on asyncio, asyncio with uvloop, and trio."""
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _clean_registry() -> Iterator[None]:
+    """Each test starts and ends with an empty process-wide operation registry."""
+    registry = OperationRegistry.get_instance()
+    registry._clear()
+    yield
+    registry._clear()
+
+
+def _live_non_daemon() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if not t.daemon and t.is_alive()}
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_leak(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves a non-daemon thread running after it ends."""
+    before = _live_non_daemon()
+    yield
+    if request.node.get_closest_marker("allow_thread_leak"):
+        return
+    deadline = time.monotonic() + THREAD_GRACE_SECONDS
+    leaked = _live_non_daemon() - before
+    while leaked and time.monotonic() < deadline:
+        for thread in leaked:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        leaked = _live_non_daemon() - before
+    assert not leaked, f"non-daemon threads left running: {sorted(t.name for t in leaked)}"
+
+
+@pytest.fixture
+def start_thread() -> Iterator[Callable[..., threading.Thread]]:
+    """Start ``fn(*args)`` in a plain ``threading.Thread`` (no event loop, no anyio).
+
+    The threads are joined when the test ends; an exception in one fails the test
+    (pytest reports it as an unhandled-thread-exception warning, an error here).
+    """
+    threads: list[threading.Thread] = []
+
+    def start(fn: Callable[..., Any], *args: Any) -> threading.Thread:
+        thread = threading.Thread(target=fn, args=args, name=f"test-{fn.__name__}")
+        threads.append(thread)
+        thread.start()
+        return thread
+
+    yield start
+    for thread in threads:
+        thread.join(JOIN_SECONDS)
