@@ -79,6 +79,7 @@ class OperationContext:
 
     def copy(self) -> OperationContext:
         """A snapshot of this context, detached from the live operation."""
+        self.id  # noqa: B018  -- made now, so that the snapshot keeps the same id
         new = OperationContext.__new__(OperationContext)
         for slot in OperationContext.__slots__:
             setattr(new, slot, getattr(self, slot))
