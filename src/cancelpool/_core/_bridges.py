@@ -216,7 +216,7 @@ class AnyioBridge:
     def __repr__(self) -> str:
         return f"<AnyioBridge {self._state} queued={len(self._queue)}/{self._buffer_size}>"
 
-    # -- producers (any thread) ---------------------------------------------------------------
+    # -- producers (any thread) ------------------------------------------------------------
     def call_soon_threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(*args)`` to run on the bridge's event loop; returns at once.
 
@@ -258,7 +258,7 @@ class AnyioBridge:
             "block runs; use a new bridge"
         )
 
-    # -- the bridge task (loop thread) -------------------------------------------------------------
+    # -- the bridge task (loop thread) -----------------------------------------------------
     def _wake(self) -> None:
         event = self._event
         if event is not None:
@@ -335,7 +335,7 @@ class AnyioBridge:
         with self._lock:
             self._running_calls += delta
 
-    # -- lifecycle -------------------------------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> AnyioBridge:
         handle = LoopHandle.current()
         with self._lock:
@@ -360,13 +360,17 @@ class AnyioBridge:
         with _running_lock:
             if self in _running:
                 _running.remove(self)
-        with self._lock:
-            self._state = _CLOSING
         tg = self._tg
         assert tg is not None, "__aexit__ without __aenter__"
-        self._wake()  # an idle bridge task sees the state change and ends
+        with self._lock:
+            self._state = _CLOSING
+            dropped = 0
+            if exc is not None:
+                dropped = len(self._queue)
+                self._queue.clear()
         if exc is not None:
             tg.cancel_scope.cancel()
+        self._wake()  # an idle bridge task sees the state change and ends
         try:
             # The body's exception propagates by itself; the task group only has to
             # wind down its tasks (which never raise: their errors are logged).
@@ -374,7 +378,7 @@ class AnyioBridge:
         finally:
             with self._lock:
                 self._state = _CLOSED
-                dropped = len(self._queue)
+                dropped += len(self._queue)
                 self._queue.clear()
             if dropped:
                 logger.warning("cancelpool: AnyioBridge closed with %d calls not run", dropped)

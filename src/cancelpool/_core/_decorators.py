@@ -88,7 +88,7 @@ class SyncOrAsyncDecorator(Protocol):
     def __call__(self, fn: Callable[P, T], /) -> Callable[P, T]: ...
 
 
-# -- checks made at decoration time ------------------------------------------------------
+# -- checks made at decoration time --------------------------------------------------------
 def _label(fn: object) -> str:
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     return f"{name}()" if name else repr(fn)
@@ -132,7 +132,7 @@ def _default_name(fn: object) -> str:
     return str(getattr(fn, "__name__", None) or type(fn).__name__)
 
 
-# -- injection -------------------------------------------------------------------------------
+# -- injection -----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class _Injection:
     """Where the operation goes in a call: decided once per decorated function."""
@@ -200,7 +200,7 @@ def _refuse_supplied(inj: _Injection, fn: Callable[..., Any], decorator: str) ->
     )
 
 
-# -- the wrapper shared by every one-operation-per-call decorator ------------------------------
+# -- the wrapper shared by every one-operation-per-call decorator --------------------------
 def _per_call(
     fn: Callable[P, Coroutine[Any, Any, T]],
     make: Callable[[tuple[Any, ...]], Cancelable],
@@ -235,7 +235,7 @@ def _per_call(
     return injected
 
 
-# -- one operation per call ----------------------------------------------------------------------
+# -- one operation per call ----------------------------------------------------------------
 @overload
 def cancelable(
     timeout: Callable[P, Coroutine[Any, Any, T]], /
@@ -585,7 +585,7 @@ def cancelable_method(
     return decorate
 
 
-# -- an operation lent to the function -----------------------------------------------------------
+# -- an operation lent to the function -----------------------------------------------------
 _LIVE = (OperationStatus.RUNNING, OperationStatus.SHIELDED)
 
 
