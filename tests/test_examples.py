@@ -1,0 +1,79 @@
+"""Every example script runs to completion and says what it demonstrates."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+# A backstop against a hung example, not a speed requirement: each takes about a
+# second, the tour about two.
+RUN_TIMEOUT = 60
+
+# script -> lines (or fragments) its output must contain
+EXPECTED = {
+    "tour.py": [
+        "stopped: operation 'slow-download' timed out",
+        "stopped: user clicked Stop",
+        "progress: 3/3 images",
+        "page-3: cancelled, reason: parent",
+        "any-of fired first on: budget",
+        "all-of fired once both held",
+        "timed out, but kept",
+        "Tour complete.",
+    ],
+    "timeouts.py": ["(a TimeoutError: True)", "the total budget ran out first", "slow call:"],
+    "tokens_from_threads.py": [
+        "render stopped: stop button",
+        "admin thread cancelled 2 jobs",
+        "worker thread noticed: operation 'crunch' timed out",
+    ],
+    "progress.py": ["[ui]  100%", "[pipeline] load finished"],
+    "streams.py": ["stopped: temperature limit reached", "kept 20 readings, last 30.0"],
+    "hierarchies.py": [
+        "worker-2: reason=parent",
+        "parent still running",
+        "TimeoutCancelation: operation 'request' timed out",
+    ],
+    "any_all_of.py": ["any-of: stopped by", "all-of: all 2 sources fired"],
+    "decorators.py": [
+        "the combined timeout fired",
+        "the token fired for upload: shutting down",
+        "indexed by Indexer.index",
+        "audit: compress done (in nightly-batch)",
+    ],
+    "wrap.py": ["got https://example.com: 200 OK", "stopped after 4 items: enough for today"],
+    "partial_results.py": ["translate timed out; kept", "status=cancelled, reason=timeout"],
+    "registry.py": ["cancelled 2 operations of user 42", "still running: user_7_report"],
+    "bridges.py": [
+        "for operation 'monthly-report'",
+        "own thread sees 'monthly-report'",
+        "stored 10 readings from the sensor thread",
+        "after the block: this AnyioBridge is closed",
+    ],
+}
+
+
+def test_every_example_is_tested() -> None:
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_example_runs(script: str) -> None:
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        env=env,
+        cwd=EXAMPLES.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    for expected in EXPECTED[script]:
+        assert expected in result.stdout, f"{expected!r} missing from:\n{result.stdout}"
