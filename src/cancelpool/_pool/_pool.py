@@ -179,7 +179,7 @@ class CancelPool(concurrent.futures.Executor):
         if start_method is None:
             methods = multiprocessing.get_all_start_methods()
             start_method = "forkserver" if "forkserver" in methods else "spawn"
-        self._mp = multiprocessing.get_context(start_method)
+        self._mp: Any = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             self._mp.set_forkserver_preload([_worker.__name__])
         self._concurrency = concurrency
@@ -189,6 +189,8 @@ class CancelPool(concurrent.futures.Executor):
         self._capacity = capacity
         self._history_size = history
         self._lock = threading.RLock()
+        # One condition for every handle's result() to wait on (see JobHandle).
+        self._results = threading.Condition(threading.Lock())
         self._idle = threading.Condition(self._lock)
         self._workers = [_WorkerProc(index) for index in range(workers)]
         self._jobs: dict[int, JobHandle[Any]] = {}
@@ -415,26 +417,29 @@ class CancelPool(concurrent.futures.Executor):
             self._ensure_started()
         if name is None:
             name = getattr(fn, "__name__", None)
+        job_id = next(self._ids)
+        handle: JobHandle[Any] = JobHandle(self, job_id, name, timeout, metadata, parent)
+        run = proto.Run(job_id, 0, 0, fn_data, args_data, name, timeout, is_async)
         with self._lock:
             if self._state != "running":
                 raise PoolClosed("this CancelPool is shut down; create a new one to submit jobs")
-            job_id = next(self._ids)
-            handle: JobHandle[Any] = JobHandle(self, job_id, name, timeout, metadata, parent)
-            run = proto.Run(
-                job_id, 0, 0, fn_data, args_data, name, timeout, is_async, time.monotonic()
-            )
             self._jobs[job_id] = handle
             self._submitted += 1
             if parent is not None and parent.done():
                 pass  # an ended parent does not cancel new children; it only cascades
             proc = self._pick_worker()
-            if proc is None or self._queue:
-                self._queue.append((handle, run))
-            else:
+            if proc is not None and not proc.inflight and not self._queue:
+                # An idle worker: write now, for the lowest latency.
                 self._dispatch(proc, [(handle, run)])
+            else:
+                # Busy workers: let the supervisor thread send queued jobs in batches,
+                # one frame (one write, one wake-up of the worker) per batch.
+                self._queue.append((handle, run))
+                if proc is not None:
+                    self._wake()
         return handle
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., T],
         *iterables: Iterable[Any],
@@ -450,7 +455,8 @@ class CancelPool(concurrent.futures.Executor):
         jobs not yet collected.
         """
         handles = [
-            self.submit(fn, *items, timeout=job_timeout, name=name) for items in zip(*iterables, strict=False)
+            self.submit(fn, *items, timeout=job_timeout, name=name)
+            for items in zip(*iterables, strict=False)
         ]
         deadline = None if timeout is None else time.monotonic() + timeout
 
@@ -469,9 +475,14 @@ class CancelPool(concurrent.futures.Executor):
     def _pick_worker(self) -> _WorkerProc | None:
         best: _WorkerProc | None = None
         for proc in self._workers:
-            if proc.alive and not proc.stop_sent and len(proc.inflight) < self._concurrency:
-                if best is None or len(proc.inflight) < len(best.inflight):
-                    best = proc
+            load = len(proc.inflight)
+            if (
+                proc.alive
+                and not proc.stop_sent
+                and load < self._concurrency
+                and (best is None or load < len(best.inflight))
+            ):
+                best = proc
         return best
 
     def _dispatch(self, proc: _WorkerProc, batch: list[tuple[JobHandle[Any], proto.Run]]) -> None:
@@ -501,7 +512,6 @@ class CancelPool(concurrent.futures.Executor):
                     run.name,
                     run.timeout,
                     run.is_async,
-                    run.submitted,
                 )
             )
         if messages:
@@ -666,6 +676,9 @@ class CancelPool(concurrent.futures.Executor):
             for fd in readable:
                 if fd == self._wake_r:
                     self._drain_wake()
+                    if self._queue:
+                        with self._lock:
+                            self._dispatch_queue()
                     continue
                 for proc in self._workers:
                     if proc.alive and fd == proc.out_fd:
@@ -860,6 +873,7 @@ class CancelPool(concurrent.futures.Executor):
         proc.process.join(0)
         code = proc.process.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        pid = proc.process.pid
         with self._lock:
             proc.alive = False
             lost = [self._jobs[job] for job in proc.inflight if job in self._jobs]
@@ -879,7 +893,7 @@ class CancelPool(concurrent.futures.Executor):
                 self._resolve_cancelled(handle, started=True)
                 continue
             error = WorkerCrashed(
-                f"job {handle.id} was lost: its worker process (pid {proc.process.pid}) died ({how})",
+                f"job {handle.id} was lost: its worker process (pid {pid}) died ({how})",
                 job_id=str(handle.id),
                 partial_result=handle._partial,
             )

@@ -28,8 +28,6 @@ class Run(msgspec.Struct, tag=1, array_like=True, frozen=True):
     name: str | None
     timeout: float | None
     is_async: bool
-    #: The supervisor's clock (time.monotonic) at submit, for latency accounting.
-    submitted: float
 
 
 class Stop(msgspec.Struct, tag=2, array_like=True, frozen=True):
