@@ -96,21 +96,26 @@ _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", 
 async def test_copy_and_restore_context_in_a_plain_thread() -> None:
     seen: dict[str, Any] = {}
 
-    async with Cancelable(name="request") as op:
-        reset = _request_id.set("r-42")
-        ctx = ContextBridge.copy_context()
-        _request_id.reset(reset)
-
-    def worker() -> None:
+    def worker(ctx: contextvars.Context) -> None:
         seen["before"] = (current_operation(), _request_id.get())
         with ContextBridge.restore_context(ctx) as restored:
-            seen["inside"] = (current_operation(), _request_id.get())
+            op = current_operation()
+            seen["inside"] = (op, _request_id.get())
+            seen["cancelled"] = op.token.is_cancelled if op is not None else None
             seen["restored"] = restored
         seen["after"] = (current_operation(), _request_id.get())
 
-    run_thread(worker).join(THREAD_BACKSTOP)
+    async with Cancelable.with_timeout(60, name="request") as op:
+        reset = _request_id.set("r-42")
+        ctx = ContextBridge.copy_context()
+        _request_id.reset(reset)
+        thread = threading.Thread(target=worker, args=(ctx,))
+        thread.start()
+        await anyio.to_thread.run_sync(thread.join, THREAD_BACKSTOP)
+
     assert seen["before"] == (None, "-")
     assert seen["inside"] == (op, "r-42")
+    assert seen["cancelled"] is False
     assert seen["restored"] is ctx
     assert seen["after"] == (None, "-")
 

@@ -38,7 +38,6 @@ import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 
-from ._cancelable import current_operation
 from ._loop import LoopHandle
 
 logger = logging.getLogger("cancelpool")
@@ -70,7 +69,6 @@ class ContextBridge:
         task is cancelled meanwhile, the cancellation is raised here once ``fn``
         returns, and ``fn``'s result is lost.
         """
-        _prepare_operation_token()
         context = contextvars.copy_context()
         call = functools.partial(context.run, fn, *args, **kwargs)
         return await anyio.to_thread.run_sync(call)
@@ -78,7 +76,6 @@ class ContextBridge:
     @staticmethod
     def copy_context() -> contextvars.Context:
         """A snapshot of the current context variables, to use in another thread."""
-        _prepare_operation_token()
         return contextvars.copy_context()
 
     @staticmethod
@@ -110,14 +107,6 @@ class ContextBridge:
         finally:
             for reset in reversed(resets):
                 reset.var.reset(reset)
-
-
-def _prepare_operation_token() -> None:
-    # An operation's token arms its deadline from the loop's clock, which a plain
-    # thread cannot read: create it now, while still on the loop.
-    op = current_operation()
-    if op is not None and LoopHandle.current_or_none() is not None:
-        op.token  # noqa: B018
 
 
 @dataclass(frozen=True)
