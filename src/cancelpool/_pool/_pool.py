@@ -697,12 +697,15 @@ class CancelPool(concurrent.futures.Executor):
                 self._fire_timers()
 
     def _drain_wake(self) -> None:
-        self._wake_pending = False
         try:
             while os.read(self._wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
+        # Cleared only after the pipe is empty: a _wake() racing with us then either
+        # left its byte in the pipe or will write a new one. Cleared before reading,
+        # its byte could be read here while the flag stays set: no wake-up ever again.
+        self._wake_pending = False
 
     def _flush(self, proc: _WorkerProc) -> None:
         try:
