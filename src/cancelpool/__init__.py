@@ -52,6 +52,9 @@ from ._pool._handle import ProgressEvent as ProgressEvent
 from ._pool._pool import CancelPool as CancelPool
 from ._pool._pool import PoolStatistics as PoolStatistics
 from ._pool._pool import WorkerStatistics as WorkerStatistics
+from ._pool._remote import ChildJob as ChildJob
+from ._pool._remote import RemotePool as RemotePool
+from ._pool._remote import current_pool as current_pool
 
 __version__ = "0.1.0"
 
@@ -75,6 +78,7 @@ __all__ = (
     "Cancellable",
     "CancellationError",
     "CancellationToken",
+    "ChildJob",
     "CompositeSource",
     "ConditionCancelation",
     "ConditionSource",
@@ -93,6 +97,7 @@ __all__ = (
     "PoolStatistics",
     "ProgressEvent",
     "RegistryStatistics",
+    "RemotePool",
     "ResourceConditionSource",
     "SignalCancelation",
     "SignalSource",
@@ -110,6 +115,7 @@ __all__ = (
     "cancelable_with_signal",
     "cancelable_with_token",
     "current_operation",
+    "current_pool",
     "with_cancelable",
     "with_current_operation",
 )

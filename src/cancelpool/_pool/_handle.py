@@ -20,6 +20,7 @@ from .._core._loop import LoopHandle
 if TYPE_CHECKING:
     from ..shm import SlotRef
     from ._pool import CancelPool
+    from ._protocol import Run
 
 logger = logging.getLogger("cancelpool")
 
@@ -85,6 +86,9 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         timeout: float | None,
         metadata: dict[str, Any] | None,
         parent: JobHandle[Any] | None,
+        *,
+        retries: int = 0,
+        cancel_grace: float | None = None,
     ) -> None:
         # The fields of Future.__init__, but with the pool's shared condition instead
         # of a new threading.Condition per job (a third of the cost of a submit).
@@ -107,8 +111,14 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         self._partial: Any = None
         self._cancel_reason: CancelationReason | None = None
         self._cancel_message: str | None = None
+        self.retries = retries
+        self.cancel_grace = cancel_grace
         self._worker: int | None = None
         self._slot: SlotRef | None = None
+        self._run: Run | None = None
+        self._remote: tuple[int, int] | None = None
+        self._checkpoint: bytes | None = None
+        self._attempts = 1
         self.submitted_at = time.time()
         self.started_at: float | None = None
         self.ended_at: float | None = None
@@ -190,8 +200,9 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
     def on_progress(self, callback: ProgressCallback) -> JobHandle[T]:
         """Call ``callback(job_id, message, metadata)`` for each progress report.
 
-        Callbacks run in the pool's supervisor thread, in the order the job reported;
-        keep them quick. A callback that raises is logged and otherwise ignored.
+        Reports of the job's children (and their children) arrive here too, with the
+        child's id. Callbacks run in the pool's supervisor thread, in the order the job
+        reported; keep them quick. A callback that raises is logged and ignored.
         """
         if not callable(callback):
             raise TypeError(f"on_progress() needs a callable, not {callback!r}")
@@ -227,18 +238,22 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
                 if self._feeds is not None and feed in self._feeds:
                     self._feeds.remove(feed)
 
-    def _report(self, message: str, metadata: dict[str, Any]) -> None:
-        """Deliver one progress report (supervisor thread)."""
-        if self._progress:
-            for callback in self._progress:
-                try:
-                    callback(self.id, message, metadata)
-                except Exception:
-                    logger.exception("cancelpool: progress callback %r failed", callback)
-        if self._feeds:
-            event = ProgressEvent(self.id, message, metadata)
-            for feed in self._feeds:
-                feed.push(event)
+    def _report(self, origin: int, message: str, metadata: dict[str, Any]) -> None:
+        """Deliver a progress report of job ``origin`` (this job or a descendant) here
+        and to every ancestor's handle (supervisor thread)."""
+        handle: JobHandle[Any] | None = self
+        while handle is not None:
+            if handle._progress:
+                for callback in handle._progress:
+                    try:
+                        callback(origin, message, metadata)
+                    except Exception:
+                        logger.exception("cancelpool: progress callback %r failed", callback)
+            if handle._feeds:
+                event = ProgressEvent(origin, message, metadata)
+                for feed in handle._feeds:
+                    feed.push(event)
+            handle = handle.parent
 
     def _end_feeds(self) -> None:
         feeds, self._feeds = self._feeds, None

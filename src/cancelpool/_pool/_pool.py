@@ -1,21 +1,10 @@
-"""``CancelPool``: the supervisor, in the caller's process.
+"""``CancelPool``: the supervisor, in the caller's process (public API half).
 
-::
-
-    caller threads                supervisor thread                 worker processes
-    --------------                -----------------                 ----------------
-    submit()  --(lock)-->  registry, queue, dispatch  --inbox pipe-->  Run
-    cancel()  --(lock)-->  token table slot := CANCELLED  (shared memory, read at once)
-                           doorbell.ring()  ------------------------>  wakes the loop
-                           select(): outbox pipes  <---------------  Started/Done/...
-                                     process sentinels  <----------  a worker died
-                                     timers (timeout backstop)
-    handle.result()  <---  Future resolved, progress callbacks run
-
-Submitting writes straight to a worker's pipe when it has room (one thread hop fewer
-for latency); otherwise the job waits in the supervisor's queue and is dispatched in
-batches as workers report results. The shared-memory flag is the truth about
-cancellation; the doorbell only makes an awaiting worker look at once.
+The caller's threads submit and cancel here; the supervisor thread
+(:mod:`._supervisor`) talks to the worker processes. Submitting writes straight to a
+worker's pipe when it is idle (one thread hop fewer for latency); otherwise the job
+waits in the supervisor's queue and is dispatched in batches. The shared-memory flag
+is the truth about cancellation; the doorbell only makes an awaiting worker look.
 """
 
 from __future__ import annotations
@@ -25,13 +14,11 @@ import concurrent.futures
 import fnmatch
 import inspect
 import itertools
-import logging
 import math
 import multiprocessing
 import os
 import pickle
 import re
-import select
 import threading
 import time
 import traceback
@@ -39,18 +26,16 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any, TypeVar
 
 from .._core._enums import CancelationReason, OperationStatus
-from .._core._exceptions import JobCancelled, PoolClosed, WorkerCrashed
-from ..shm import Doorbell, TableFull, TokenTable
+from .._core._exceptions import PoolClosed
+from ..shm import TokenTable
 from . import _protocol as proto
 from . import _worker
 from ._handle import JobHandle
-
-logger = logging.getLogger("cancelpool")
+from ._supervisor import Supervisor, WorkerProc
 
 T = TypeVar("T")
 
@@ -58,12 +43,10 @@ T = TypeVar("T")
 #: means fewer jobs wait in the supervisor's queue, lower means fairer spreading of
 #: long jobs over workers.
 DEFAULT_CONCURRENCY = 256
-#: Extra time the supervisor gives a job past its timeout before it cancels the job
-#: itself (the worker enforces timeouts precisely; this only catches a worker that
-#: missed it). Shorter fires spuriously on a loaded machine; longer stops late.
-BACKSTOP_MARGIN = 0.25
-#: How long shutdown waits for a worker to exit after asking it to, before killing it.
-WORKER_EXIT_GRACE = 5.0
+#: Seconds a running job may ignore its cancellation before its worker is killed.
+#: Shorter stops stubborn jobs sooner; longer gives cleanup code (finally blocks,
+#: partial results) more room.
+DEFAULT_CANCEL_GRACE = 5.0
 #: Finished jobs remembered for ``get()`` / ``jobs()``.
 DEFAULT_HISTORY = 1000
 
@@ -90,44 +73,23 @@ class PoolStatistics:
     workers: tuple[WorkerStatistics, ...]
 
 
-class _RemoteTraceback(Exception):
-    """Carries a worker's traceback text; set as ``__cause__`` of a job's exception."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.tb = text
-
-    def __str__(self) -> str:
-        return f"\n\n--- traceback in the worker process ---\n{self.tb}"
-
-
-class _WorkerProc:
-    """The supervisor's end of one worker process."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.process: multiprocessing.process.BaseProcess | None = None
-        self.bell: Doorbell | None = None
-        self.in_fd = -1
-        self.out_fd = -1
-        self.sentinel = -1
-        self.conns: list[Connection] = []
-        self.reader = proto.FrameReader()
-        self.write_buffer = bytearray()
-        self.inflight: set[int] = set()
-        self.completed = 0
-        self.alive = False
-        self.stop_sent = False
-
-
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
+def _check_seconds(value: float | None, what: str, *, allow_zero: bool = False) -> float | None:
+    if value is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-    if math.isnan(timeout) or timeout <= 0 or math.isinf(timeout):
-        raise ValueError(f"timeout must be a finite number of seconds > 0, not {timeout!r}")
-    return float(timeout)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds or None, not {value!r}")
+    if math.isnan(value) or math.isinf(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{what} must be a finite number of seconds {bound}, not {value!r}")
+    return float(value)
+
+
+def _check_count(value: int | None, what: str, minimum: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an int >= {minimum}, not {value!r}")
+    return value
 
 
 def _compile_pattern(pattern: str | None) -> Callable[[str], Any] | None:
@@ -144,21 +106,56 @@ def _fn_label(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-class CancelPool(concurrent.futures.Executor):
+def _is_async(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - objects with an async __call__
+    )
+
+
+def pickle_call(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[bytes, bytes]:
+    """Pickle a job's function and arguments, or raise a TypeError that says what to do."""
+    if not callable(fn):
+        raise TypeError(f"Cannot submit {fn!r}: it is not callable")
+    try:
+        fn_data = pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(
+            f"Cannot submit {_fn_label(fn)}: job functions must be importable "
+            f"module-level functions (pickle failed: {exc})"
+        ) from None
+    try:
+        args_data = pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(
+            f"Cannot submit {_fn_label(fn)}: its arguments cannot be pickled ({exc}); "
+            "pass plain data or importable objects"
+        ) from None
+    return fn_data, args_data
+
+
+class CancelPool(Supervisor, concurrent.futures.Executor):
     """A pool of worker processes running async (and sync) jobs that can be cancelled.
 
     Args:
         workers: number of worker processes (default: the number of CPUs).
-        concurrency: jobs one worker runs at once; more wait in the supervisor.
+        concurrency: async jobs one worker runs at once; more wait in the supervisor.
+            A plain (sync) function always runs alone in its worker.
         start_method: ``"forkserver"`` (default on Linux), ``"spawn"`` or ``"fork"``.
-        capacity: size of the shared-memory token table (default: enough slots for
-            every worker's ``concurrency``).
+        capacity: size of the shared-memory token table, i.e. how many jobs can be in
+            workers at once (default: enough for every worker's ``concurrency``).
+        cancel_grace: seconds a running job may ignore its cancellation before its
+            worker is killed (per job: ``submit(..., cancel_grace=...)``).
+        max_tasks_per_child: replace a worker after it has run this many jobs.
+        max_memory_per_worker: replace a worker (between jobs) once its resident
+            memory exceeds this many bytes.
         history: finished jobs kept for :meth:`get` and :meth:`jobs`.
-        use_uvloop: run workers on uvloop when it is installed (default True).
+        use_uvloop: run workers on uvloop when it is installed.
 
     Use it as a context manager (``with`` or ``async with``) or call
-    :meth:`shutdown`. Leaving the block because of an exception (Ctrl-C included)
-    cancels every job before the workers stop.
+    :meth:`shutdown`. Leaving the block because of an exception cancels every job
+    first (reason SIGNAL for Ctrl-C), so their handles resolve with partial results.
     """
 
     def __init__(
@@ -168,44 +165,55 @@ class CancelPool(concurrent.futures.Executor):
         concurrency: int = DEFAULT_CONCURRENCY,
         start_method: str | None = None,
         capacity: int | None = None,
+        cancel_grace: float = DEFAULT_CANCEL_GRACE,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_worker: int | None = None,
         history: int = DEFAULT_HISTORY,
         use_uvloop: bool = True,
     ) -> None:
-        if workers is None:
-            workers = os.cpu_count() or 1
-        for label, value in (("workers", workers), ("concurrency", concurrency)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be an int >= 1, not {value!r}")
+        workers = _check_count(os.cpu_count() or 1 if workers is None else workers, "workers", 1)
+        assert workers is not None
+        concurrency_ = _check_count(concurrency, "concurrency", 1)
+        assert concurrency_ is not None
+        methods = multiprocessing.get_all_start_methods()
         if start_method is None:
-            methods = multiprocessing.get_all_start_methods()
             start_method = "forkserver" if "forkserver" in methods else "spawn"
-        self._mp: Any = multiprocessing.get_context(start_method)
+        if start_method not in methods:
+            raise ValueError(f"start_method must be one of {methods}, not {start_method!r}")
+        grace = _check_seconds(cancel_grace, "cancel_grace", allow_zero=True)
+        assert grace is not None
+        self._mp = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             self._mp.set_forkserver_preload([_worker.__name__])
-        self._concurrency = concurrency
+        self._concurrency = concurrency_
         self._use_uvloop = use_uvloop
-        if capacity is None:
-            capacity = workers * concurrency + 64
-        self._capacity = capacity
-        self._history_size = history
+        self._cancel_grace = grace
+        self._max_tasks = _check_count(max_tasks_per_child, "max_tasks_per_child", 1)
+        self._max_memory = _check_count(max_memory_per_worker, "max_memory_per_worker", 1)
+        self._capacity = _check_count(
+            workers * concurrency_ + 64 if capacity is None else capacity, "capacity", 1
+        )
+        _check_count(history, "history", 0)
         self._lock = threading.RLock()
         # One condition for every handle's result() to wait on (see JobHandle).
         self._results = threading.Condition(threading.Lock())
         self._idle = threading.Condition(self._lock)
-        self._workers = [_WorkerProc(index) for index in range(workers)]
-        self._jobs: dict[int, JobHandle[Any]] = {}
-        self._queue: deque[tuple[JobHandle[Any], proto.Run]] = deque()
-        self._history: deque[JobHandle[Any]] = deque(maxlen=history)
+        self._workers = [WorkerProc(index) for index in range(workers)]
+        self._jobs = {}
+        self._queue = deque()
+        self._history = deque(maxlen=history)
+        self._children_of = {}
+        self._requests = {}
         self._ids = itertools.count(1)
         self._fn_cache: dict[Any, tuple[bytes, bool]] = {}
-        self._timers: list[tuple[float, int]] = []
+        self._timers = []
         self._submitted = 0
         self._counts = {
             OperationStatus.COMPLETED: 0,
             OperationStatus.CANCELLED: 0,
             OperationStatus.FAILED: 0,
         }
-        self._table: TokenTable | None = None
+        self._table = None
         self._state = "new"
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
@@ -218,6 +226,7 @@ class CancelPool(concurrent.futures.Executor):
                 return
             if self._state != "new":
                 raise PoolClosed("this CancelPool is shut down; create a new one to submit jobs")
+            assert self._capacity is not None
             self._table = TokenTable.create(self._capacity)
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
@@ -237,34 +246,6 @@ class CancelPool(concurrent.futures.Executor):
             self._thread.start()
             _live_pools.add(self)
 
-    def _spawn(self, proc: _WorkerProc) -> None:
-        assert self._table is not None
-        in_r, in_w = self._mp.Pipe(duplex=False)
-        out_r, out_w = self._mp.Pipe(duplex=False)
-        bell = Doorbell()
-        process = self._mp.Process(
-            target=_worker.main,
-            args=(self._table, bell, in_r, out_w, os.getpid(), self._use_uvloop),
-            name=f"cancelpool-worker-{proc.index}",
-            daemon=True,
-        )
-        process.start()
-        in_r.close()
-        out_w.close()
-        proc.process = process
-        proc.bell = bell
-        proc.conns = [in_w, out_r]
-        proc.in_fd = in_w.fileno()
-        proc.out_fd = out_r.fileno()
-        os.set_blocking(proc.in_fd, False)
-        os.set_blocking(proc.out_fd, False)
-        proc.sentinel = process.sentinel
-        proc.reader = proto.FrameReader()
-        proc.write_buffer = bytearray()
-        proc.inflight = set()
-        proc.alive = True
-        proc.stop_sent = False
-
     def __enter__(self) -> CancelPool:
         self._ensure_started()
         return self
@@ -275,16 +256,14 @@ class CancelPool(concurrent.futures.Executor):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
-            self.shutdown(wait=True)
-        else:
+        if exc is not None:
             reason = (
                 CancelationReason.SIGNAL
                 if isinstance(exc, KeyboardInterrupt)
                 else CancelationReason.MANUAL
             )
             self._cancel_everything(reason, f"the pool's block exited with {type(exc).__name__}")
-            self.shutdown(wait=True)
+        self.shutdown(wait=True)
 
     async def __aenter__(self) -> CancelPool:
         import anyio.to_thread
@@ -301,6 +280,8 @@ class CancelPool(concurrent.futures.Executor):
         import anyio
         import anyio.to_thread
 
+        # Shielded: the workers are stopped and the memory released even when the
+        # task leaving the block is being cancelled.
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self.__exit__, exc_type, exc, tb)
 
@@ -316,7 +297,9 @@ class CancelPool(concurrent.futures.Executor):
 
         Args:
             wait: block until every job has resolved and every worker has exited.
-            cancel_futures: ``concurrent.futures`` name of ``cancel_pending``.
+                With cancellations, that takes at most ``cancel_grace`` plus a small
+                bound: stubborn jobs are force-stopped.
+            cancel_futures: the ``concurrent.futures`` name of ``cancel_pending``.
             cancel_pending: cancel jobs that have not started (they never run).
             cancel_running: cancel running jobs too (their handles resolve as
                 :class:`JobCancelled` with their partial results).
@@ -329,46 +312,45 @@ class CancelPool(concurrent.futures.Executor):
                 return
             if self._state == "running":
                 self._state = "closing"
-        if cancel_pending:
+        if cancel_pending or cancel_running:
             self._cancel_everything(
                 CancelationReason.MANUAL, "the pool shut down", queued_only=not cancel_running
             )
-        elif cancel_running:
-            self._cancel_everything(CancelationReason.MANUAL, "the pool shut down")
         self._wake()
-        if wait and self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        thread = self._thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._lock:
+            if self._state == "closed":
+                _live_pools.discard(self)
 
     def close(self) -> None:
         """Same as ``shutdown(wait=True)``."""
         self.shutdown(wait=True)
 
     # -- submitting -----------------------------------------------------------------------
-    def _pickle_fn(self, fn: Callable[..., Any]) -> tuple[bytes, bool]:
+    def _prepare(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[bytes, bytes, bool]:
         try:
             cached = self._fn_cache.get(fn)
-        except TypeError:  # unhashable callable
+        except TypeError:  # an unhashable callable
             cached = None
-        if cached is not None:
-            return cached
-        if not callable(fn):
-            raise TypeError(f"Cannot submit {fn!r}: it is not callable")
+        if cached is None:
+            fn_data, _ = pickle_call(fn, (), {})
+            cached = (fn_data, _is_async(fn))
+            try:
+                self._fn_cache[fn] = cached
+            except TypeError:
+                pass
         try:
-            data = pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
+            args_data = pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise TypeError(
-                f"Cannot submit {_fn_label(fn)}: job functions must be importable "
-                f"module-level functions (pickle failed: {exc})"
+                f"Cannot submit {_fn_label(fn)}: its arguments cannot be pickled ({exc}); "
+                "pass plain data or importable objects"
             ) from None
-        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)  # noqa: B004 - async __call__ objects
-        )
-        result = (data, is_async)
-        try:
-            self._fn_cache[fn] = result
-        except TypeError:
-            pass
-        return result
+        return cached[0], args_data, cached[1]
 
     def submit(  # type: ignore[override]
         self,
@@ -379,64 +361,111 @@ class CancelPool(concurrent.futures.Executor):
         timeout: float | None = None,
         metadata: dict[str, Any] | None = None,
         parent: JobHandle[Any] | None = None,
+        retries: int = 0,
+        cancel_grace: float | None = None,
         **kwargs: Any,
     ) -> JobHandle[Any]:
         """Run ``fn(*args, **kwargs)`` in a worker; returns its :class:`JobHandle`.
 
-        ``fn`` may be an async function (runs in the worker's event loop, among other
-        jobs) or a plain function (runs in a worker thread; it can poll
-        ``current_operation().token.check()``). Inside, ``current_operation()`` is
-        the job's ``Cancelable``.
+        ``fn`` may be an async function (runs in a worker's event loop among other
+        jobs) or a plain function (runs alone in a worker, in a thread; it can poll
+        ``current_operation().token.check()``). Inside, ``current_operation()`` is the
+        job's ``Cancelable`` and ``current_pool()`` submits child jobs.
 
         Args:
             name: a label for ``cancel_all(name_pattern=...)`` (default: fn's name).
-            timeout: seconds the job may run; it is then cancelled (reason TIMEOUT).
+            timeout: seconds the job may run once started; then it is cancelled
+                (reason TIMEOUT) in its worker, with a supervisor backstop.
             metadata: free-form data kept on the handle.
-            parent: a parent job: cancelling it cancels this one too.
+            parent: a parent job: cancelling or ending it cancels this one too.
+            retries: run the job again (from the start) this many times if its worker
+                dies under it.
+            cancel_grace: this job's ``cancel_grace`` (see :class:`CancelPool`).
 
         Raises:
             TypeError: ``fn`` or the arguments cannot be sent to a worker.
+            ValueError: a bad timeout, retries or cancel_grace.
             PoolClosed: the pool is shut down.
         """
-        timeout = _check_timeout(timeout)
+        timeout = _check_seconds(timeout, "timeout")
+        cancel_grace = _check_seconds(cancel_grace, "cancel_grace", allow_zero=True)
+        _check_count(retries, "retries", 0)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string, not {name!r}")
         if metadata is not None and not isinstance(metadata, dict):
             raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
         if parent is not None and not isinstance(parent, JobHandle):
             raise TypeError(f"parent must be a JobHandle, not {type(parent).__name__}")
-        fn_data, is_async = self._pickle_fn(fn)
-        try:
-            args_data = pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            raise TypeError(
-                f"Cannot submit {_fn_label(fn)}: its arguments cannot be pickled ({exc}); "
-                "pass plain data or importable objects"
-            ) from None
+        fn_data, args_data, is_async = self._prepare(fn, args, kwargs)
         if self._state != "running":
             self._ensure_started()
         if name is None:
             name = getattr(fn, "__name__", None)
-        job_id = next(self._ids)
-        handle: JobHandle[Any] = JobHandle(self, job_id, name, timeout, metadata, parent)
-        run = proto.Run(job_id, 0, 0, fn_data, args_data, name, timeout, is_async)
         with self._lock:
-            if self._state != "running":
-                raise PoolClosed("this CancelPool is shut down; create a new one to submit jobs")
-            self._jobs[job_id] = handle
-            self._submitted += 1
-            if parent is not None and parent.done():
-                pass  # an ended parent does not cancel new children; it only cascades
-            proc = self._pick_worker()
-            if proc is not None and not proc.inflight and not self._queue:
-                # An idle worker: write now, for the lowest latency.
-                self._dispatch(proc, [(handle, run)])
-            else:
-                # Busy workers: let the supervisor thread send queued jobs in batches,
-                # one frame (one write, one wake-up of the worker) per batch.
-                self._queue.append((handle, run))
-                if proc is not None:
-                    self._wake()
+            return self._new_job(
+                fn_data,
+                args_data,
+                is_async,
+                name=name,
+                timeout=timeout,
+                metadata=metadata,
+                parent=parent,
+                retries=retries,
+                cancel_grace=cancel_grace,
+            )
+
+    def _new_job(
+        self,
+        fn: bytes,
+        args: bytes,
+        is_async: bool,
+        *,
+        name: str | None,
+        timeout: float | None,
+        metadata: dict[str, Any] | None,
+        parent: JobHandle[Any] | None,
+        retries: int,
+        cancel_grace: float | None,
+        remote: tuple[int, int] | None = None,
+    ) -> JobHandle[Any]:
+        """Register a job and queue or dispatch it (lock held)."""
+        if self._state != "running":
+            raise PoolClosed("this CancelPool is shut down; create a new one to submit jobs")
+        handle: JobHandle[Any] = JobHandle(
+            self,
+            next(self._ids),
+            name,
+            timeout,
+            metadata,
+            parent,
+            retries=retries,
+            cancel_grace=cancel_grace,
+        )
+        handle._run = proto.Run(0, 0, 0, fn, args, name, timeout, is_async)
+        handle._remote = remote
+        if remote is not None:
+            self._requests[remote] = handle
+        self._jobs[handle.id] = handle
+        self._submitted += 1
+        if parent is not None:
+            if parent._cancel_reason is not None or parent.id not in self._jobs:
+                # A child of a cancelled or finished job never starts.
+                handle._cancel_reason = CancelationReason.PARENT
+                handle._cancel_message = f"parent job {parent.id} has already ended"
+                self._retire(handle)
+                self._resolve_cancelled(handle)
+                return handle
+            self._children_of.setdefault(parent.id, []).append(handle)
+        proc = self._pick_worker(not is_async)
+        if proc is not None and not proc.inflight and not self._queue:
+            # An idle worker: write now, for the lowest latency.
+            self._dispatch(proc, [handle])
+        else:
+            # Busy workers: the supervisor thread sends queued jobs in batches, one
+            # frame (one write, one wake-up of the worker) per batch.
+            self._queue.append(handle)
+            if proc is not None:
+                self._wake()
         return handle
 
     def map(
@@ -452,7 +481,7 @@ class CancelPool(concurrent.futures.Executor):
 
         ``timeout`` bounds the whole iteration (as in ``concurrent.futures``);
         ``job_timeout`` bounds each job. Leaving the iteration early cancels the
-        jobs not yet collected.
+        jobs not yet collected. ``chunksize`` is accepted and ignored.
         """
         handles = [
             self.submit(fn, *items, timeout=job_timeout, name=name)
@@ -472,82 +501,17 @@ class CancelPool(concurrent.futures.Executor):
 
         return results()
 
-    def _pick_worker(self) -> _WorkerProc | None:
-        best: _WorkerProc | None = None
-        for proc in self._workers:
-            load = len(proc.inflight)
-            if (
-                proc.alive
-                and not proc.stop_sent
-                and load < self._concurrency
-                and (best is None or load < len(best.inflight))
-            ):
-                best = proc
-        return best
-
-    def _dispatch(self, proc: _WorkerProc, batch: list[tuple[JobHandle[Any], proto.Run]]) -> None:
-        """Send jobs to a worker (lock held): allocate their slots, write one frame."""
-        assert self._table is not None
-        messages = []
-        for handle, run in batch:
-            parent = handle.parent
-            parent_slot = parent._slot if parent is not None and not parent.done() else None
-            try:
-                slot = self._table.allocate(parent_slot)
-            except TableFull:
-                self._queue.appendleft((handle, run))
-                continue
-            handle._slot = slot
-            handle._worker = proc.index
-            proc.inflight.add(handle.id)
-            if handle._cancel_reason is not None:
-                self._table.cancel(slot, handle._cancel_reason)
-            messages.append(
-                proto.Run(
-                    run.job,
-                    slot.index,
-                    slot.generation,
-                    run.fn,
-                    run.args,
-                    run.name,
-                    run.timeout,
-                    run.is_async,
-                )
-            )
-        if messages:
-            self._write(proc, proto.frame(messages))
-
-    def _write(self, proc: _WorkerProc, data: bytes) -> None:
-        if proc.write_buffer:
-            proc.write_buffer += data
-            return
-        try:
-            written = os.write(proc.in_fd, data)
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            return  # the worker is dead; the supervisor thread will notice
-        if written < len(data):
-            proc.write_buffer += data[written:]
-            self._wake()
-
-    def _wake(self) -> None:
-        if self._wake_pending or self._wake_w < 0:
-            return
-        self._wake_pending = True
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass
-
     # -- cancelling -------------------------------------------------------------------------
     def cancel(self, job: JobHandle[Any] | int, message: str | None = None) -> bool:
-        """Cancel one job by handle or id; False if it is unknown or already finished."""
-        handle = self._jobs.get(job) if isinstance(job, int) else job
+        """Cancel one job (and its descendants) by handle or id.
+
+        Returns False if the job is unknown or has already finished.
+        """
+        if isinstance(job, bool) or not isinstance(job, (int, JobHandle)):
+            raise TypeError(f"cancel() takes a JobHandle or a job id, not {job!r}")
+        handle = self.get(job) if isinstance(job, int) else job
         if handle is None:
             return False
-        if not isinstance(handle, JobHandle):
-            raise TypeError(f"cancel() takes a JobHandle or a job id, not {job!r}")
         return self._cancel_job(handle, CancelationReason.MANUAL, message)
 
     def cancel_all(
@@ -559,8 +523,8 @@ class CancelPool(concurrent.futures.Executor):
         """Cancel every live job whose name matches the glob ``name_pattern`` (all if
         None) and whose status is ``status`` (PENDING or RUNNING; any if None).
 
-        Returns how many jobs were cancelled. Queued ones never start; running ones
-        see their shared-memory flag at once and their workers are woken.
+        Returns how many jobs matched. Queued ones never start; running ones see their
+        shared-memory flag at once and their workers are woken; descendants follow.
         """
         match = _compile_pattern(name_pattern)
         if status is not None and not isinstance(status, OperationStatus):
@@ -590,363 +554,19 @@ class CancelPool(concurrent.futures.Executor):
     def _cancel_job(
         self, handle: JobHandle[Any], reason: CancelationReason, message: str | None
     ) -> bool:
-        return self._cancel_many([handle], reason, message) > 0 or (
-            not handle.done() and handle._cancel_reason is not None
-        )
+        if handle._pool is not self:
+            raise ValueError(f"{handle!r} belongs to another pool")
+        self._cancel_many([handle], reason, message)
+        return handle._cancel_reason is not None and handle._status is not OperationStatus.COMPLETED
 
     def _cancel_many(
         self, handles: list[JobHandle[Any]], reason: CancelationReason, message: str | None
     ) -> int:
-        resolved: list[JobHandle[Any]] = []
-        bells: set[int] = set()
-        count = 0
         with self._lock:
-            table = self._table
-            for handle in handles:
-                if (
-                    handle.done()
-                    or handle._cancel_reason is not None
-                    or handle.id not in self._jobs
-                ):
-                    continue
-                count += 1
-                handle._cancel_reason = reason
-                handle._cancel_message = (
-                    message or f"job {handle.id} was cancelled ({reason.value})"
-                )
-                if handle._slot is None:
-                    # Still in our queue: it never starts. Resolve it right here.
-                    resolved.append(handle)
-                    self._retire(handle)
-                elif table is not None:
-                    table.cancel(handle._slot, reason)
-                    if handle._worker is not None:
-                        bells.add(handle._worker)
-            for index in bells:
-                bell = self._workers[index].bell
-                if bell is not None:
-                    bell.ring()
+            count, resolved = self._cancel_locked(handles, reason, message)
         for handle in resolved:
-            self._resolve_cancelled(handle, started=False)
+            self._resolve_cancelled(handle)
         return count
-
-    # -- the supervisor thread ------------------------------------------------------------------
-    def _supervise(self) -> None:
-        try:
-            self._loop()
-        except BaseException:
-            logger.exception("cancelpool: the supervisor thread failed; stopping the pool")
-            self._fail_everything("the pool's supervisor thread failed")
-        finally:
-            self._kill_all()
-            with self._lock:
-                self._close_resources()
-                self._state = "closed"
-                _live_pools.discard(self)
-                self._idle.notify_all()
-
-    def _loop(self) -> None:
-        while True:
-            with self._lock:
-                if self._state == "closing" and not self._jobs:
-                    for proc in self._workers:
-                        if proc.alive and not proc.stop_sent:
-                            proc.stop_sent = True
-                            self._write(proc, proto.frame([proto.Stop()]))
-                    if not any(proc.alive for proc in self._workers):
-                        return
-                readers = [self._wake_r]
-                writers = []
-                for proc in self._workers:
-                    if proc.alive:
-                        readers.append(proc.out_fd)
-                        readers.append(proc.sentinel)
-                        if proc.write_buffer:
-                            writers.append(proc.in_fd)
-                timeout = None
-                if self._timers:
-                    timeout = max(0.0, min(self._timers)[0] - time.monotonic())
-                if self._state == "closing" and all(p.stop_sent for p in self._workers if p.alive):
-                    timeout = (
-                        WORKER_EXIT_GRACE if timeout is None else min(timeout, WORKER_EXIT_GRACE)
-                    )
-            readable, writable, _ = select.select(readers, writers, [], timeout)
-            if not readable and not writable and self._state == "closing" and not self._jobs:
-                self._kill_all()
-            for fd in readable:
-                if fd == self._wake_r:
-                    self._drain_wake()
-                    if self._queue:
-                        with self._lock:
-                            self._dispatch_queue()
-                    continue
-                for proc in self._workers:
-                    if proc.alive and fd == proc.out_fd:
-                        self._read(proc)
-                        break
-                    if proc.alive and fd == proc.sentinel:
-                        self._read(proc)  # whatever it said before dying
-                        self._worker_died(proc)
-                        break
-            if writable:
-                with self._lock:
-                    for proc in self._workers:
-                        if proc.alive and proc.in_fd in writable and proc.write_buffer:
-                            self._flush(proc)
-            if self._timers:
-                self._fire_timers()
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        # Cleared only after the pipe is empty: a _wake() racing with us then either
-        # left its byte in the pipe or will write a new one. Cleared before reading,
-        # its byte could be read here while the flag stays set: no wake-up ever again.
-        self._wake_pending = False
-
-    def _flush(self, proc: _WorkerProc) -> None:
-        try:
-            written = os.write(proc.in_fd, proc.write_buffer)
-        except BlockingIOError:
-            return
-        except OSError:
-            proc.write_buffer.clear()
-            return
-        del proc.write_buffer[:written]
-
-    def _read(self, proc: _WorkerProc) -> None:
-        chunks = []
-        while True:
-            try:
-                data = os.read(proc.out_fd, 1 << 20)
-            except BlockingIOError:
-                break
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-            if len(data) < (1 << 20):
-                break
-        if not chunks:
-            return
-        messages: list[Any] = []
-        for payload in proc.reader.feed(b"".join(chunks)):
-            messages.extend(proto.from_worker_decoder.decode(payload))
-        self._handle_messages(proc, messages)
-
-    def _handle_messages(self, proc: _WorkerProc, messages: list[Any]) -> None:
-        finished: list[tuple[JobHandle[Any], Any, bool]] = []
-        progress: list[tuple[JobHandle[Any], proto.Progress]] = []
-        now = time.monotonic()
-        with self._lock:
-            jobs = self._jobs
-            for message in messages:
-                handle = jobs.get(message.job)
-                if handle is None:
-                    continue
-                kind = type(message)
-                if kind is proto.Started:
-                    handle._status = OperationStatus.RUNNING
-                    handle.started_at = time.time()
-                    handle.set_running_or_notify_cancel()
-                    if handle.timeout is not None:
-                        self._timers.append((now + handle.timeout + BACKSTOP_MARGIN, handle.id))
-                elif kind is proto.Progress:
-                    progress.append((handle, message))
-                else:
-                    self._retire(handle)
-                    finished.append((handle, message, True))
-            if self._queue:
-                self._dispatch_queue()
-        for handle, message in progress:
-            handle._report(message.message, proto_decode_metadata(message.metadata))
-        for handle, message, _ in finished:
-            self._resolve(handle, message)
-        if finished and self._state == "closing":
-            self._wake()
-
-    def _retire(self, handle: JobHandle[Any]) -> None:
-        """Forget a live job (lock held): free its slot and its worker's place."""
-        self._jobs.pop(handle.id, None)
-        if handle._slot is not None and self._table is not None:
-            self._table.release(handle._slot)
-        if handle._worker is not None:
-            proc = self._workers[handle._worker]
-            proc.inflight.discard(handle.id)
-            proc.completed += 1
-        self._history.append(handle)
-        if not self._jobs:
-            self._idle.notify_all()
-
-    def _dispatch_queue(self) -> None:
-        """Move queued jobs to workers with room (lock held), one frame per worker."""
-        batches: dict[int, list[tuple[JobHandle[Any], proto.Run]]] = {}
-        room = {
-            proc.index: self._concurrency - len(proc.inflight)
-            for proc in self._workers
-            if proc.alive and not proc.stop_sent
-        }
-        queue = self._queue
-        while queue and room:
-            handle, run = queue.popleft()
-            if handle._cancel_reason is not None or handle.id not in self._jobs:
-                continue
-            index = max(room, key=room.__getitem__)
-            batches.setdefault(index, []).append((handle, run))
-            room[index] -= 1
-            if room[index] <= 0:
-                del room[index]
-        for index, batch in batches.items():
-            self._dispatch(self._workers[index], batch)
-
-    def _resolve(self, handle: JobHandle[Any], message: Any) -> None:
-        handle.ended_at = time.time()
-        kind = type(message)
-        if kind is proto.Done:
-            try:
-                result = pickle.loads(message.result)
-            except Exception as exc:
-                self._set_failed(
-                    handle,
-                    TypeError(f"the result of job {handle.id} could not be unpickled: {exc!r}"),
-                )
-                return
-            handle._status = OperationStatus.COMPLETED
-            self._counts[OperationStatus.COMPLETED] += 1
-            handle._end_feeds()
-            handle.set_result(result)
-        elif kind is proto.Failed:
-            try:
-                error = pickle.loads(message.error)
-            except Exception as exc:
-                error = RuntimeError(
-                    f"job {handle.id} failed and its exception could not be unpickled: {exc!r}"
-                )
-            if message.traceback:
-                error.__cause__ = _RemoteTraceback(message.traceback)
-            self._set_failed(handle, error)
-        else:
-            partial = None
-            if message.partial is not None:
-                try:
-                    partial = pickle.loads(message.partial)
-                except Exception as exc:
-                    partial = f"<partial result could not be unpickled: {exc!r}>"
-            handle._partial = partial
-            reason = CancelationReason(message.reason)
-            if handle._cancel_reason is None or reason is not handle._cancel_reason:
-                handle._cancel_reason = reason
-                handle._cancel_message = message.message
-            self._resolve_cancelled(handle, started=message.started)
-
-    def _set_failed(self, handle: JobHandle[Any], error: BaseException) -> None:
-        handle._status = OperationStatus.FAILED
-        self._counts[OperationStatus.FAILED] += 1
-        handle._end_feeds()
-        handle.set_exception(error)
-
-    def _resolve_cancelled(self, handle: JobHandle[Any], *, started: bool) -> None:
-        reason = handle._cancel_reason or CancelationReason.MANUAL
-        message = handle._cancel_message or f"job {handle.id} was cancelled ({reason.value})"
-        handle._status = OperationStatus.CANCELLED
-        handle.ended_at = handle.ended_at or time.time()
-        self._counts[OperationStatus.CANCELLED] += 1
-        error = JobCancelled(
-            reason, message, None, job_id=str(handle.id), partial_result=handle._partial
-        )
-        handle._end_feeds()
-        handle.set_exception(error)
-
-    def _fire_timers(self) -> None:
-        now = time.monotonic()
-        due = [job for deadline, job in self._timers if deadline <= now]
-        if not due:
-            return
-        self._timers = [(d, j) for d, j in self._timers if d > now]
-        targets = [self._jobs[job] for job in due if job in self._jobs]
-        if targets:
-            self._cancel_many(targets, CancelationReason.TIMEOUT, "the job ran past its timeout")
-
-    def _worker_died(self, proc: _WorkerProc) -> None:
-        assert proc.process is not None
-        proc.process.join(0)
-        code = proc.process.exitcode
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        pid = proc.process.pid
-        with self._lock:
-            proc.alive = False
-            lost = [self._jobs[job] for job in proc.inflight if job in self._jobs]
-            for handle in lost:
-                self._retire(handle)
-            self._close_worker(proc)
-            if self._state == "running":
-                try:
-                    self._spawn(proc)
-                except Exception:
-                    logger.exception("cancelpool: could not start a replacement worker")
-            if self._queue:
-                self._dispatch_queue()
-        for handle in lost:
-            handle.ended_at = time.time()
-            if handle._cancel_reason is not None:
-                self._resolve_cancelled(handle, started=True)
-                continue
-            error = WorkerCrashed(
-                f"job {handle.id} was lost: its worker process (pid {pid}) died ({how})",
-                job_id=str(handle.id),
-                partial_result=handle._partial,
-            )
-            self._set_failed(handle, error)
-        if self._state == "closing":
-            self._wake()
-
-    def _fail_everything(self, why: str) -> None:
-        with self._lock:
-            handles = list(self._jobs.values())
-            for handle in handles:
-                self._retire(handle)
-            self._queue.clear()
-        for handle in handles:
-            if not handle.done():
-                self._set_failed(handle, PoolClosed(f"job {handle.id} was lost: {why}"))
-
-    def _close_worker(self, proc: _WorkerProc) -> None:
-        for conn in proc.conns:
-            conn.close()
-        proc.conns = []
-        if proc.bell is not None:
-            proc.bell.close()
-            proc.bell = None
-
-    def _kill_all(self) -> None:
-        for proc in self._workers:
-            process = proc.process
-            if process is None:
-                continue
-            if process.exitcode is None:
-                process.kill()
-            process.join(WORKER_EXIT_GRACE)
-            proc.alive = False
-            self._close_worker(proc)
-            if hasattr(process, "close"):
-                try:
-                    process.close()
-                except ValueError:
-                    pass
-            proc.process = None
-
-    def _close_resources(self) -> None:
-        if self._table is not None:
-            self._table.close()
-            self._table = None
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                os.close(fd)
-        self._wake_r = self._wake_w = -1
 
     # -- registry ---------------------------------------------------------------------------
     def get(self, job_id: int) -> JobHandle[Any] | None:
@@ -985,24 +605,13 @@ class CancelPool(concurrent.futures.Executor):
                 cancelled=self._counts[OperationStatus.CANCELLED],
                 failed=self._counts[OperationStatus.FAILED],
                 workers=tuple(
-                    WorkerStatistics(
-                        pid=None if p.process is None else p.process.pid,
-                        running=len(p.inflight),
-                        completed=p.completed,
-                    )
+                    WorkerStatistics(pid=p.pid, running=len(p.inflight), completed=p.completed)
                     for p in self._workers
                 ),
             )
 
     def __repr__(self) -> str:
         return f"<CancelPool workers={len(self._workers)} {self._state} jobs={len(self._jobs)}>"
-
-
-def proto_decode_metadata(raw: Any) -> dict[str, Any]:
-    import msgspec
-
-    value = msgspec.msgpack.decode(raw)
-    return value if isinstance(value, dict) else {"value": value}
 
 
 # Pools still running at interpreter exit are stopped hard: their jobs are cancelled,

@@ -31,7 +31,7 @@ class Run(msgspec.Struct, tag=1, array_like=True, frozen=True):
 
 
 class Stop(msgspec.Struct, tag=2, array_like=True, frozen=True):
-    """Finish the running jobs' cancellation, then exit."""
+    """Exit once the running jobs are done (the supervisor sends it when idle)."""
 
 
 # -- worker -> supervisor -------------------------------------------------------------------
@@ -77,8 +77,64 @@ class Progress(msgspec.Struct, tag=14, array_like=True, frozen=True):
     metadata: msgspec.Raw
 
 
-ToWorker = Run | Stop
-FromWorker = Started | Done | Failed | Cancelled | Progress
+class ChildAccepted(msgspec.Struct, tag=3, array_like=True, frozen=True):
+    """A child job a worker asked for was submitted under id ``job``."""
+
+    request: int
+    job: int
+
+
+class ChildRefused(msgspec.Struct, tag=4, array_like=True, frozen=True):
+    """A child job could not be submitted; ``error`` is the exception's pickle."""
+
+    request: int
+    error: bytes
+
+
+class ChildOutcome(msgspec.Struct, tag=5, array_like=True, frozen=True):
+    """How a child job ended: ``outcome`` is a Done, Failed or Cancelled message."""
+
+    request: int
+    outcome: Done | Failed | Cancelled
+
+
+class ChildProgress(msgspec.Struct, tag=6, array_like=True, frozen=True):
+    """A child's progress report, for the parent job's own callbacks."""
+
+    parent: int
+    child: int
+    message: str
+    metadata: msgspec.Raw
+
+
+class SubmitChild(msgspec.Struct, tag=20, array_like=True, frozen=True):
+    """A job asks for a child job (``current_pool().submit`` in the worker)."""
+
+    request: int
+    parent: int
+    fn: bytes
+    args: bytes
+    name: str | None
+    timeout: float | None
+    is_async: bool
+
+
+class CancelChild(msgspec.Struct, tag=21, array_like=True, frozen=True):
+    """A job cancels one of its children."""
+
+    request: int
+    message: str | None
+
+
+class Checkpoint(msgspec.Struct, tag=15, array_like=True, frozen=True):
+    """The job's latest partial result (pickled), kept in case its worker dies."""
+
+    job: int
+    partial: bytes
+
+
+ToWorker = Run | Stop | ChildAccepted | ChildRefused | ChildOutcome | ChildProgress
+FromWorker = Started | Done | Failed | Cancelled | Progress | Checkpoint | SubmitChild | CancelChild
 
 _HEADER: Final = struct.Struct("<I")
 HEADER_SIZE: Final = _HEADER.size

@@ -21,6 +21,8 @@ import os
 import pickle
 import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -34,10 +36,15 @@ from .._core._exceptions import CancelationError
 from .._core._sources import TimeoutSource
 from ..shm import Doorbell, SharedToken, SlotRef, TokenTable
 from . import _protocol as proto
+from . import _remote
 
 #: Bytes asked for per read of the inbox. Frames larger than this arrive in pieces and
 #: are reassembled; smaller means more reads for big batches.
 _READ_SIZE = 1 << 20
+#: Minimum seconds between two checkpoints of a job's partial result (sent with its
+#: progress reports, kept by the supervisor in case the worker dies). Shorter keeps a
+#: fresher partial result; longer pickles it less often.
+CHECKPOINT_INTERVAL = 0.05
 
 
 def _dumps(obj: Any) -> bytes:
@@ -59,12 +66,14 @@ def _pickle_error(exc: BaseException) -> bytes:
 
 
 class _Job:
-    __slots__ = ("failure", "op", "token")
+    __slots__ = ("checkpoint_at", "failure", "forwarder", "op", "token")
 
     def __init__(self, token: SharedToken, op: Cancelable) -> None:
         self.token = token
         self.op = op
         self.failure: BaseException | None = None
+        self.forwarder: Callable[..., Any] | None = None
+        self.checkpoint_at = 0.0
 
 
 class Worker:
@@ -92,10 +101,13 @@ class Worker:
         self.stopping = False
         self.finished: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread_id: int | None = None
+        self.children: dict[int, _remote.ChildJob] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
+        self.thread_id = threading.get_ident()
         self.finished = asyncio.Event()
         self.in_fd = self.inbox.fileno()
         self.out_fd = self.outbox.fileno()
@@ -135,10 +147,14 @@ class Worker:
             self._supervisor_gone()
         for payload in self.reader.feed(data):
             for message in proto.to_worker_decoder.decode(payload):
-                if type(message) is proto.Run:
+                if isinstance(message, proto.Run):
                     self._start(message)
-                else:
+                elif isinstance(message, proto.Stop):
                     self.stopping = True
+                elif isinstance(message, proto.ChildProgress):
+                    self._child_progress(message)
+                else:
+                    _remote.settle_child(self, message)
         if self.stopping and not self.jobs:
             assert self.finished is not None
             self.finished.set()
@@ -172,7 +188,9 @@ class Worker:
         if run.timeout is not None:
             op.add_source(TimeoutSource(run.timeout))
         job = self.jobs[job_id] = _Job(token, op)
-        op.on_progress(self._progress_callback(job_id, job))
+        job.forwarder = self._progress_callback(job_id, job)
+        op.on_progress(job.forwarder)
+        _remote.current_job.set(job_id)
         self._send(proto.Started(job_id))
         try:
             async with op:
@@ -236,8 +254,43 @@ class Worker:
                 job.op.cancel_sync(CancelationReason.ERROR, str(job.failure))
                 return
             self._send(proto.Progress(job_id, op_id, str(message), msgspec.Raw(raw)))
+            partial = job.op.context.partial_result
+            if partial is not None:
+                now = time.monotonic()
+                if now - job.checkpoint_at >= CHECKPOINT_INTERVAL:
+                    job.checkpoint_at = now
+                    try:
+                        self._send(proto.Checkpoint(job_id, _dumps(partial)))
+                    except Exception:
+                        pass  # it is reported (or not) when the job ends
 
         return on_progress
+
+    def _child_progress(self, message: proto.ChildProgress) -> None:
+        """A child's report, for the parent job's own callbacks (not forwarded again:
+        the supervisor already delivered it to the caller's handles)."""
+        job = self.jobs.get(message.parent)
+        if job is None or not job.op._progress:
+            return
+        metadata = msgspec.msgpack.decode(message.metadata)
+        for callback in job.op._progress:
+            if callback is job.forwarder:
+                continue
+            try:
+                result = callback(str(message.child), message.message, metadata)
+                if asyncio.iscoroutine(result):
+                    assert self.loop is not None
+                    self.loop.create_task(result)
+            except Exception:
+                traceback.print_exc()
+
+    def post_threadsafe(self, message: Any) -> None:
+        """Send a message to the supervisor from any thread of this worker."""
+        if threading.get_ident() == self.thread_id:
+            self._send(message)
+        else:
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(self._send, message)
 
     # -- doorbell --------------------------------------------------------------------------
     def _on_bell(self) -> None:
@@ -300,6 +353,7 @@ def main(
     # Ctrl-C is the supervisor's to handle: it cancels our jobs through their tokens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = Worker(table, bell, inbox, outbox, supervisor_pid)
+    _remote._worker = worker
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if use_uvloop:
         try:

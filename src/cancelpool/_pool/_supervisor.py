@@ -1,0 +1,841 @@
+"""The supervisor thread: everything the pool does that is not a caller's call.
+
+::
+
+    caller threads                supervisor thread                 worker processes
+    --------------                -----------------                 ----------------
+    submit()  --(lock)-->  registry, queue, dispatch  --inbox pipe-->  Run, Child*
+    cancel()  --(lock)-->  token table slot := CANCELLED  (shared memory, read at once)
+                           doorbell.ring()  ------------------------>  wakes the loop
+                           select(): outbox pipes  <---------------  Started/Done/...
+                                     process sentinels  <----------  a worker died
+                                     wake pipe  <-- callers           (queue, timers)
+                                     timers: timeout backstops, forced stops
+    handle.result()  <---  Future resolved, progress callbacks run
+
+A job that ignores its cancellation for ``cancel_grace`` seconds gets its worker
+killed; the other jobs of that worker end with ``WorkerLost`` (or run again, under
+``retries``). A worker that dies on its own fails only its own jobs and is replaced.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import pickle
+import select
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .._core._enums import CancelationReason, OperationStatus
+from .._core._exceptions import JobCancelled, PoolClosed, WorkerCrashed, WorkerLost
+from ..shm import Doorbell, TableFull, TokenTable
+from . import _protocol as proto
+from . import _worker
+from ._handle import JobHandle
+
+if TYPE_CHECKING:
+    import multiprocessing.process
+
+logger = logging.getLogger("cancelpool")
+
+#: Extra time the supervisor gives a job past its timeout before it cancels the job
+#: itself (the worker enforces timeouts precisely; this only catches a worker whose
+#: loop is blocked). Shorter fires spuriously on a loaded machine; longer stops late.
+BACKSTOP_MARGIN = 0.25
+#: How long shutdown waits for a worker to exit after asking it to, before killing it.
+WORKER_EXIT_GRACE = 5.0
+#: Minimum seconds between two RSS readings of one worker (``max_memory_per_worker``):
+#: a reading costs tens of microseconds, so not after every job.
+MEMORY_CHECK_INTERVAL = 0.2
+#: Bytes asked for per read of a worker's outbox.
+_READ_SIZE = 1 << 20
+
+_BACKSTOP = 0
+_FORCE = 1
+
+
+class _RemoteTraceback(Exception):
+    """Carries a worker's traceback text; set as ``__cause__`` of a job's exception."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.tb = text
+
+    def __str__(self) -> str:
+        return f"\n\n--- traceback in the worker process ---\n{self.tb}"
+
+
+def rebuild_error(data: bytes, traceback_text: str, job_id: int) -> BaseException:
+    """Unpickle a job's exception and hang the worker's traceback on it."""
+    try:
+        error: BaseException = pickle.loads(data)
+    except Exception as exc:
+        error = RuntimeError(
+            f"job {job_id} failed and its exception could not be unpickled: {exc!r}"
+        )
+    if traceback_text:
+        error.__cause__ = _RemoteTraceback(traceback_text)
+    return error
+
+
+def load_partial(data: bytes | None) -> Any:
+    """Unpickle a partial result (a description of the problem if that fails)."""
+    if data is None:
+        return None
+    try:
+        return pickle.loads(data)
+    except Exception as exc:
+        return f"<partial result could not be unpickled: {exc!r}>"
+
+
+class WorkerProc:
+    """The supervisor's end of one worker process (one slot of the pool)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.pid: int | None = None
+        self.bell: Doorbell | None = None
+        self.in_fd = -1
+        self.out_fd = -1
+        self.sentinel = -1
+        self.conns: list[Connection] = []
+        self.reader = proto.FrameReader()
+        self.write_buffer = bytearray()
+        self.outbox: list[Any] = []
+        self.inflight: set[int] = set()
+        self.completed = 0
+        self.tasks = 0
+        self.memory_checked = 0.0
+        self.alive = False
+        self.stop_sent = False
+        self.retiring = False
+        self.exclusive = False
+        self.forced_for: int | None = None
+
+    def accepts(self, concurrency: int) -> bool:
+        """Whether new jobs may be sent to this worker now."""
+        return (
+            self.alive
+            and not self.stop_sent
+            and not self.retiring
+            and not self.exclusive
+            and len(self.inflight) < concurrency
+        )
+
+
+class Supervisor:
+    """The supervisor-thread half of :class:`CancelPool` (state lives on the pool)."""
+
+    _lock: threading.RLock
+    _idle: threading.Condition
+    _workers: list[WorkerProc]
+    _jobs: dict[int, JobHandle[Any]]
+    _queue: deque[JobHandle[Any]]
+    _history: deque[JobHandle[Any]]
+    _timers: list[tuple[float, int, int]]
+    _counts: dict[OperationStatus, int]
+    _table: TokenTable | None
+    _state: str
+    _wake_r: int
+    _wake_w: int
+    _wake_pending: bool
+    _concurrency: int
+    _use_uvloop: bool
+    _mp: Any
+    _cancel_grace: float
+    _max_tasks: int | None
+    _max_memory: int | None
+    _children_of: dict[int, list[JobHandle[Any]]]
+    _requests: dict[tuple[int, int], JobHandle[Any]]
+
+    def _new_job(
+        self,
+        fn: bytes,
+        args: bytes,
+        is_async: bool,
+        *,
+        name: str | None,
+        timeout: float | None,
+        metadata: dict[str, Any] | None,
+        parent: JobHandle[Any] | None,
+        retries: int,
+        cancel_grace: float | None,
+        remote: tuple[int, int] | None = None,
+    ) -> JobHandle[Any]:
+        raise NotImplementedError  # CancelPool provides it
+
+    # -- workers ------------------------------------------------------------------------------
+    def _spawn(self, proc: WorkerProc) -> None:
+        assert self._table is not None
+        in_r, in_w = self._mp.Pipe(duplex=False)
+        out_r, out_w = self._mp.Pipe(duplex=False)
+        bell = Doorbell()
+        process = self._mp.Process(
+            target=_worker.main,
+            args=(self._table, bell, in_r, out_w, os.getpid(), self._use_uvloop),
+            name=f"cancelpool-worker-{proc.index}",
+            daemon=True,
+        )
+        try:
+            process.start()
+        except BaseException:
+            for conn in (in_r, in_w, out_r, out_w):
+                conn.close()
+            bell.close()
+            raise
+        in_r.close()
+        out_w.close()
+        proc.process = process
+        proc.pid = process.pid
+        proc.bell = bell
+        proc.conns = [in_w, out_r]
+        proc.in_fd = in_w.fileno()
+        proc.out_fd = out_r.fileno()
+        os.set_blocking(proc.in_fd, False)
+        os.set_blocking(proc.out_fd, False)
+        proc.sentinel = process.sentinel
+        proc.reader = proto.FrameReader()
+        proc.write_buffer = bytearray()
+        proc.outbox = []
+        proc.inflight = set()
+        proc.tasks = 0
+        proc.memory_checked = time.monotonic()
+        proc.alive = True
+        proc.stop_sent = False
+        proc.retiring = False
+        proc.exclusive = False
+        proc.forced_for = None
+
+    def _close_worker(self, proc: WorkerProc) -> None:
+        for conn in proc.conns:
+            conn.close()
+        proc.conns = []
+        if proc.bell is not None:
+            proc.bell.close()
+            proc.bell = None
+
+    def _kill_all(self) -> None:
+        for proc in self._workers:
+            process = proc.process
+            if process is None:
+                continue
+            if process.exitcode is None:
+                process.kill()
+            process.join(WORKER_EXIT_GRACE)
+            proc.alive = False
+            self._close_worker(proc)
+            try:
+                process.close()
+            except ValueError:
+                pass
+            proc.process = None
+
+    def _close_resources(self) -> None:
+        if self._table is not None:
+            self._table.close()
+            self._table = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    # -- writing to workers ------------------------------------------------------------------
+    def _write(self, proc: WorkerProc, data: bytes) -> None:
+        """Send a frame (lock held); what the pipe cannot take now is kept for later."""
+        if proc.write_buffer:
+            proc.write_buffer += data
+            return
+        try:
+            written = os.write(proc.in_fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return  # the worker is dead; its sentinel tells the supervisor thread
+        if written < len(data):
+            proc.write_buffer += data[written:]
+            self._wake()
+
+    def _post(self, proc: WorkerProc, message: Any) -> None:
+        """Queue a message for a worker (lock held); sent by :meth:`_send_posts`."""
+        proc.outbox.append(message)
+
+    def _send_posts(self) -> None:
+        for proc in self._workers:
+            if proc.outbox:
+                messages, proc.outbox = proc.outbox, []
+                if proc.alive:
+                    self._write(proc, proto.frame(messages))
+
+    def _flush(self, proc: WorkerProc) -> None:
+        try:
+            written = os.write(proc.in_fd, proc.write_buffer)
+        except BlockingIOError:
+            return
+        except OSError:
+            proc.write_buffer.clear()
+            return
+        del proc.write_buffer[:written]
+
+    def _wake(self) -> None:
+        """Make the supervisor thread run its loop once more (from any thread)."""
+        if self._wake_pending or self._wake_w < 0:
+            return
+        self._wake_pending = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        # Cleared only after the pipe is empty: a _wake() racing with us then either
+        # left its byte in the pipe or will write a new one. Cleared before reading,
+        # its byte could be read here while the flag stays set: no wake-up ever again.
+        self._wake_pending = False
+
+    # -- dispatching ---------------------------------------------------------------------------
+    def _pick_worker(self, exclusive: bool) -> WorkerProc | None:
+        """The least loaded worker that can take a job (lock held).
+
+        A plain function runs alone in its worker, so that killing the worker to stop
+        it (forced stop) hits no other job: it needs an idle worker.
+        """
+        best: WorkerProc | None = None
+        for proc in self._workers:
+            if not proc.accepts(self._concurrency) or (exclusive and proc.inflight):
+                continue
+            if best is None or len(proc.inflight) < len(best.inflight):
+                best = proc
+        return best
+
+    def _dispatch(self, proc: WorkerProc, handles: list[JobHandle[Any]]) -> None:
+        """Send jobs to a worker (lock held): allocate their slots, write one frame."""
+        assert self._table is not None
+        messages = []
+        for handle in handles:
+            parent = handle.parent
+            parent_slot = parent._slot if parent is not None and not parent.done() else None
+            run = handle._run
+            assert run is not None
+            try:
+                slot = self._table.allocate(parent_slot)
+            except TableFull:
+                self._queue.appendleft(handle)
+                if not proc.inflight:
+                    proc.exclusive = False
+                continue
+            handle._slot = slot
+            handle._worker = proc.index
+            proc.inflight.add(handle.id)
+            if not run.is_async:
+                proc.exclusive = True
+            messages.append(
+                proto.Run(
+                    handle.id,
+                    slot.index,
+                    slot.generation,
+                    run.fn,
+                    run.args,
+                    run.name,
+                    run.timeout,
+                    run.is_async,
+                )
+            )
+        if messages:
+            self._write(proc, proto.frame(messages))
+
+    def _dispatch_queue(self) -> None:
+        """Move queued jobs to workers with room (lock held), one frame per worker."""
+        batches: dict[int, list[JobHandle[Any]]] = {}
+        queue = self._queue
+        while queue:
+            handle = queue[0]
+            if handle._cancel_reason is not None or handle.id not in self._jobs:
+                queue.popleft()
+                continue
+            exclusive = handle._run is not None and not handle._run.is_async
+            proc = self._pick_worker(exclusive)
+            if proc is None:
+                break
+            queue.popleft()
+            batch = batches.setdefault(proc.index, [])
+            batch.append(handle)
+            # Count it now so that the next pick sees this worker's new load.
+            proc.inflight.add(handle.id)
+            if exclusive:
+                proc.exclusive = True
+        for index, batch in batches.items():
+            proc = self._workers[index]
+            for handle in batch:
+                proc.inflight.discard(handle.id)
+            self._dispatch(proc, batch)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _supervise(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            logger.exception("cancelpool: the supervisor thread failed; stopping the pool")
+            self._fail_everything("the pool's supervisor thread failed")
+        finally:
+            self._kill_all()
+            with self._lock:
+                self._close_resources()
+                self._state = "closed"
+                self._idle.notify_all()
+
+    def _loop(self) -> None:
+        stop_deadline: float | None = None
+        while True:
+            with self._lock:
+                if self._state == "closing" and not self._jobs:
+                    for proc in self._workers:
+                        if proc.alive and not proc.stop_sent:
+                            proc.stop_sent = True
+                            self._write(proc, proto.frame([proto.Stop()]))
+                    if not any(proc.alive for proc in self._workers):
+                        return
+                    if stop_deadline is None:
+                        stop_deadline = time.monotonic() + WORKER_EXIT_GRACE
+                readers = [self._wake_r]
+                writers = []
+                for proc in self._workers:
+                    if proc.alive:
+                        readers.append(proc.out_fd)
+                        readers.append(proc.sentinel)
+                        if proc.write_buffer:
+                            writers.append(proc.in_fd)
+                deadline = self._timers[0][0] if self._timers else None
+                if stop_deadline is not None:
+                    deadline = stop_deadline if deadline is None else min(deadline, stop_deadline)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            readable, writable, _ = select.select(readers, writers, [], timeout)
+            if stop_deadline is not None and time.monotonic() >= stop_deadline:
+                self._kill_all()  # workers that ignored Stop
+                return
+            for fd in readable:
+                if fd == self._wake_r:
+                    self._drain_wake()
+                    with self._lock:
+                        if self._queue:
+                            self._dispatch_queue()
+                    continue
+                for proc in self._workers:
+                    if proc.alive and fd == proc.out_fd:
+                        self._read(proc)
+                        break
+                    if proc.alive and fd == proc.sentinel:
+                        self._read(proc)  # whatever it said before dying
+                        self._worker_died(proc)
+                        break
+            if writable:
+                with self._lock:
+                    for proc in self._workers:
+                        if proc.alive and proc.in_fd in writable and proc.write_buffer:
+                            self._flush(proc)
+            if self._timers and self._timers[0][0] <= time.monotonic():
+                self._fire_timers()
+
+    # -- reading from workers ---------------------------------------------------------------------
+    def _read(self, proc: WorkerProc) -> None:
+        chunks = []
+        while True:
+            try:
+                data = os.read(proc.out_fd, _READ_SIZE)
+            except OSError:  # BlockingIOError included: nothing more for now
+                break
+            if not data:
+                break
+            chunks.append(data)
+            if len(data) < _READ_SIZE:
+                break
+        if not chunks:
+            return
+        messages: list[Any] = []
+        for payload in proc.reader.feed(b"".join(chunks)):
+            messages.extend(proto.from_worker_decoder.decode(payload))
+        self._handle_messages(proc, messages)
+
+    def _handle_messages(self, proc: WorkerProc, messages: list[Any]) -> None:
+        finished: list[tuple[JobHandle[Any], Any]] = []
+        progress: list[tuple[JobHandle[Any], proto.Progress]] = []
+        refused: list[tuple[int, BaseException]] = []
+        resolved: list[JobHandle[Any]] = []
+        now = time.monotonic()
+        with self._lock:
+            jobs = self._jobs
+            for message in messages:
+                kind = type(message)
+                if kind is proto.SubmitChild:
+                    error = self._submit_child(proc, message)
+                    if error is not None:
+                        refused.append((message.request, error))
+                    continue
+                if kind is proto.CancelChild:
+                    child = self._requests.get((proc.index, message.request))
+                    if child is not None:
+                        reason = CancelationReason.MANUAL
+                        resolved += self._cancel_locked([child], reason, message.message)[1]
+                    continue
+                handle = jobs.get(message.job)
+                if handle is None:
+                    continue
+                if kind is proto.Started:
+                    handle._status = OperationStatus.RUNNING
+                    handle.started_at = time.time()
+                    handle.set_running_or_notify_cancel()
+                    if handle.timeout is not None:
+                        deadline = now + handle.timeout + BACKSTOP_MARGIN
+                        heapq.heappush(self._timers, (deadline, handle.id, _BACKSTOP))
+                elif kind is proto.Progress:
+                    progress.append((handle, message))
+                    parent = handle.parent
+                    if parent is not None and parent._worker is not None and not parent.done():
+                        # The parent job's own callbacks, in its worker, hear it too.
+                        self._post(
+                            self._workers[parent._worker],
+                            proto.ChildProgress(
+                                parent.id, handle.id, message.message, message.metadata
+                            ),
+                        )
+                elif kind is proto.Checkpoint:
+                    handle._checkpoint = message.partial
+                else:
+                    self._retire(handle)
+                    finished.append((handle, message))
+            for request, error in refused:
+                self._post(proc, proto.ChildRefused(request, _pickle_error(error)))
+            if finished:
+                resolved += self._after_finish(proc, finished)
+            if self._queue:
+                self._dispatch_queue()
+            self._send_posts()
+        for handle, message in progress:
+            metadata = _decode_metadata(message.metadata)
+            handle._report(handle.id, message.message, metadata)
+        for handle, message in finished:
+            self._resolve(handle, message)
+        for handle in resolved:
+            self._resolve_cancelled(handle)
+        if finished and self._state == "closing":
+            self._wake()
+
+    def _after_finish(
+        self, proc: WorkerProc, finished: list[tuple[JobHandle[Any], Any]]
+    ) -> list[JobHandle[Any]]:
+        """Bookkeeping after jobs ended (lock held): cascades, recycling, children.
+
+        Children never outlive their parent: the live ones are cancelled now.
+        Returns the handles to resolve as cancelled (children that never started).
+        """
+        resolved: list[JobHandle[Any]] = []
+        for handle, message in finished:
+            if handle.id in self._children_of:
+                resolved += self._cascade(handle, _how_it_ended(message))
+            remote = handle._remote
+            if remote is not None:
+                target = self._workers[remote[0]]
+                if target.alive:
+                    self._post(target, proto.ChildOutcome(remote[1], message))
+        proc.tasks += len(finished)
+        if self._max_tasks is not None and proc.tasks >= self._max_tasks:
+            proc.retiring = True
+        if self._max_memory is not None and proc.pid is not None:
+            now = time.monotonic()
+            if now - proc.memory_checked >= MEMORY_CHECK_INTERVAL:
+                proc.memory_checked = now
+                if _rss(proc.pid) > self._max_memory:
+                    proc.retiring = True
+        if proc.retiring and not proc.inflight and not proc.stop_sent:
+            proc.stop_sent = True
+            self._post(proc, proto.Stop())
+        return resolved
+
+    def _submit_child(self, proc: WorkerProc, message: proto.SubmitChild) -> BaseException | None:
+        parent = self._jobs.get(message.parent)
+        if parent is None or parent._cancel_reason is not None:
+            return JobCancelled(
+                CancelationReason.PARENT,
+                f"job {message.parent} cannot start children: it is ending",
+                job_id="",
+            )
+        if self._state != "running":
+            return PoolClosed("the pool is shutting down; it starts no new jobs")
+        handle = self._new_job(
+            message.fn,
+            message.args,
+            message.is_async,
+            name=message.name,
+            timeout=message.timeout,
+            metadata=None,
+            parent=parent,
+            retries=0,
+            cancel_grace=None,
+            remote=(proc.index, message.request),
+        )
+        self._post(proc, proto.ChildAccepted(message.request, handle.id))
+        return None
+
+    def _retire(self, handle: JobHandle[Any]) -> None:
+        """Forget a live job (lock held): free its slot and its worker's place."""
+        self._jobs.pop(handle.id, None)
+        if handle._slot is not None and self._table is not None:
+            self._table.release(handle._slot)
+        if handle._worker is not None:
+            proc = self._workers[handle._worker]
+            proc.inflight.discard(handle.id)
+            if not proc.inflight:
+                proc.exclusive = False
+            proc.completed += 1
+        parent = handle.parent
+        if parent is not None:
+            siblings = self._children_of.get(parent.id)
+            if siblings is not None:
+                try:
+                    siblings.remove(handle)
+                except ValueError:
+                    pass
+                if not siblings:
+                    del self._children_of[parent.id]
+        if handle._remote is not None:
+            self._requests.pop(handle._remote, None)
+        self._history.append(handle)
+        if not self._jobs:
+            self._idle.notify_all()
+
+    # -- resolving handles (outside the lock) --------------------------------------------------
+    def _resolve(self, handle: JobHandle[Any], message: Any) -> None:
+        handle.ended_at = time.time()
+        kind = type(message)
+        if kind is proto.Done:
+            try:
+                result = pickle.loads(message.result)
+            except Exception as exc:
+                error = TypeError(f"the result of job {handle.id} could not be unpickled: {exc!r}")
+                self._set_failed(handle, error)
+                return
+            handle._status = OperationStatus.COMPLETED
+            self._counts[OperationStatus.COMPLETED] += 1
+            handle._end_feeds()
+            handle.set_result(result)
+        elif kind is proto.Failed:
+            self._set_failed(handle, rebuild_error(message.error, message.traceback, handle.id))
+        else:
+            handle._partial = load_partial(message.partial)
+            reason = CancelationReason(message.reason)
+            if handle._cancel_reason is None or reason is not handle._cancel_reason:
+                handle._cancel_reason = reason
+                handle._cancel_message = message.message
+            self._resolve_cancelled(handle)
+
+    def _set_failed(self, handle: JobHandle[Any], error: BaseException) -> None:
+        handle._status = OperationStatus.FAILED
+        handle.ended_at = handle.ended_at or time.time()
+        self._counts[OperationStatus.FAILED] += 1
+        handle._end_feeds()
+        handle.set_exception(error)
+
+    def _resolve_cancelled(self, handle: JobHandle[Any], *, forced: bool = False) -> None:
+        reason = handle._cancel_reason or CancelationReason.MANUAL
+        message = handle._cancel_message or f"job {handle.id} was cancelled ({reason.value})"
+        handle._status = OperationStatus.CANCELLED
+        handle.ended_at = handle.ended_at or time.time()
+        self._counts[OperationStatus.CANCELLED] += 1
+        error = JobCancelled(
+            reason,
+            message,
+            None,
+            job_id=str(handle.id),
+            partial_result=handle._partial,
+            forced=forced,
+        )
+        handle._end_feeds()
+        handle.set_exception(error)
+
+    # -- cancelling (lock held) ---------------------------------------------------------------
+    def _cancel_locked(
+        self, handles: list[JobHandle[Any]], reason: CancelationReason, message: str | None
+    ) -> tuple[int, list[JobHandle[Any]]]:
+        """Cancel jobs and their descendants; returns (count, handles to resolve now)."""
+        resolved: list[JobHandle[Any]] = []
+        bells: set[int] = set()
+        count = 0
+        now = time.monotonic()
+        table = self._table
+        for handle in handles:
+            if handle._cancel_reason is not None or handle.id not in self._jobs:
+                continue
+            count += 1
+            handle._cancel_reason = reason
+            handle._cancel_message = message or f"job {handle.id} was cancelled ({reason.value})"
+            if handle._slot is None:
+                # Still in our queue: it never starts. Resolved right here.
+                self._retire(handle)
+                resolved.append(handle)
+            elif table is not None:
+                table.cancel(handle._slot, reason)
+                if handle._worker is not None:
+                    bells.add(handle._worker)
+                grace = handle.cancel_grace
+                if grace is None:
+                    grace = self._cancel_grace
+                heapq.heappush(self._timers, (now + grace, handle.id, _FORCE))
+            if handle.id in self._children_of:
+                resolved.extend(self._cascade(handle, f"was cancelled ({reason.value})"))
+        for index in bells:
+            bell = self._workers[index].bell
+            if bell is not None:
+                bell.ring()
+        if bells:
+            self._wake()  # the supervisor must watch the new forced-stop timers
+        return count, resolved
+
+    def _cascade(self, parent: JobHandle[Any], what: str) -> list[JobHandle[Any]]:
+        """Cancel every live descendant of ``parent`` with reason PARENT (lock held)."""
+        children = list(self._children_of.get(parent.id, ()))
+        if not children:
+            return []
+        message = f"parent job {parent.id} ({parent.name or '-'}) {what}"
+        _, resolved = self._cancel_locked(children, CancelationReason.PARENT, message)
+        return resolved
+
+    def _fire_timers(self) -> None:
+        now = time.monotonic()
+        backstops: list[JobHandle[Any]] = []
+        forced: list[JobHandle[Any]] = []
+        with self._lock:
+            while self._timers and self._timers[0][0] <= now:
+                _, job, kind = heapq.heappop(self._timers)
+                handle = self._jobs.get(job)
+                if handle is None:
+                    continue
+                if kind == _BACKSTOP:
+                    backstops.append(handle)
+                elif handle._slot is not None and handle._worker is not None:
+                    forced.append(handle)
+            _, resolved = self._cancel_locked(
+                backstops, CancelationReason.TIMEOUT, "the job ran past its timeout"
+            )
+            for handle in forced:
+                proc = self._workers[handle._worker]  # type: ignore[index]
+                if proc.alive and proc.process is not None and proc.forced_for is None:
+                    # It ignored its cancellation for the whole grace period.
+                    proc.forced_for = handle.id
+                    proc.process.kill()
+        for handle in resolved:
+            self._resolve_cancelled(handle)
+
+    # -- deaths ----------------------------------------------------------------------------------
+    def _worker_died(self, proc: WorkerProc) -> None:
+        process = proc.process
+        assert process is not None
+        process.join(0)
+        code = process.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        forced_for = proc.forced_for
+        retry: list[JobHandle[Any]] = []
+        cancelled: list[JobHandle[Any]] = []
+        lost: list[tuple[JobHandle[Any], BaseException]] = []
+        with self._lock:
+            proc.alive = False
+            handles = [self._jobs[job] for job in proc.inflight if job in self._jobs]
+            for handle in handles:
+                handle._partial = load_partial(handle._checkpoint)
+                if handle._cancel_reason is not None:
+                    self._retire(handle)
+                    cancelled.append(handle)
+                    continue
+                if handle._attempts <= handle.retries and self._state == "running":
+                    retry.append(handle)
+                    continue
+                self._retire(handle)
+                if forced_for is not None:
+                    error: BaseException = WorkerLost(
+                        f"job {handle.id} was lost: its worker (pid {proc.pid}) was killed to "
+                        f"force-stop job {forced_for}, which ignored its cancellation",
+                        job_id=str(handle.id),
+                        partial_result=handle._partial,
+                    )
+                else:
+                    error = WorkerCrashed(
+                        f"job {handle.id} was lost: its worker process (pid {proc.pid}) "
+                        f"died ({how})",
+                        job_id=str(handle.id),
+                        partial_result=handle._partial,
+                    )
+                lost.append((handle, error))
+            for handle in retry:
+                # Run it again from the start, on whichever worker is free first.
+                if handle._slot is not None and self._table is not None:
+                    self._table.release(handle._slot)
+                handle._slot = None
+                handle._worker = None
+                handle._status = OperationStatus.PENDING
+                handle._attempts += 1
+                self._queue.appendleft(handle)
+            proc.inflight.clear()
+            self._close_worker(proc)
+            try:
+                process.close()
+            except ValueError:
+                pass
+            proc.process = None
+            if self._state == "running":
+                try:
+                    self._spawn(proc)
+                except Exception:
+                    logger.exception("cancelpool: could not start a replacement worker")
+            if self._queue:
+                self._dispatch_queue()
+        for handle in cancelled:
+            self._resolve_cancelled(handle, forced=handle.id == forced_for)
+        for handle, error in lost:
+            self._set_failed(handle, error)
+        if self._state == "closing":
+            self._wake()
+
+    def _fail_everything(self, why: str) -> None:
+        with self._lock:
+            handles = list(self._jobs.values())
+            for handle in handles:
+                self._retire(handle)
+            self._queue.clear()
+        for handle in handles:
+            if not handle.done():
+                self._set_failed(handle, PoolClosed(f"job {handle.id} was lost: {why}"))
+
+
+def _how_it_ended(message: Any) -> str:
+    if type(message) is proto.Cancelled:
+        return f"was cancelled ({message.reason})"
+    return "failed" if type(message) is proto.Failed else "completed"
+
+
+def _decode_metadata(raw: Any) -> dict[str, Any]:
+    value = msgspec.msgpack.decode(raw)
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _pickle_error(error: BaseException) -> bytes:
+    return pickle.dumps(error, pickle.HIGHEST_PROTOCOL)
+
+
+def _rss(pid: int) -> int:
+    import psutil
+
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return 0
