@@ -1,0 +1,295 @@
+"""``Queue``: the producer's side of the durable queue, usable from any process."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._exceptions import InvalidJob, JobNotFinished, TaskNotAllowed
+from ._model import (
+    MAX_ARGS_BYTES,
+    JobRecord,
+    JobStatus,
+    check_job_id,
+    check_name,
+    check_pattern,
+    check_priority,
+    check_task,
+    check_timeout,
+    encode_json,
+    task_allowed,
+)
+
+if TYPE_CHECKING:
+    from ._store import CancelOutcome, ServerInfo, Store
+
+#: How long a producer trusts its list of live servers (for the allow-list check and
+#: wake-ups) before reading it again. Longer saves a query per submit; shorter notices
+#: a newly started server sooner (it polls the db anyway, so nothing is lost).
+SERVER_CACHE_SECONDS = 1.0
+#: ``wait()`` polls the job's status with a back-off from the first to the last value:
+#: quick results are seen quickly, long jobs cost few queries.
+WAIT_POLL_FIRST = 0.002
+WAIT_POLL_MAX = 0.1
+
+
+@dataclass(frozen=True)
+class QueueStatistics:
+    """Jobs per status and the live servers, at one moment."""
+
+    queued: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    interrupted: int
+    servers: tuple[ServerInfo, ...]
+
+    @property
+    def total(self) -> int:
+        return (
+            self.queued
+            + self.running
+            + self.completed
+            + self.failed
+            + self.cancelled
+            + self.interrupted
+        )
+
+
+class Queue:
+    """A durable job queue in a SQLite file, drained by ``cancelpool serve`` processes.
+
+    Every method commits before it returns, so jobs survive the death of any process.
+    Safe to share between threads; open one per process.
+
+    Args:
+        path: the database file (default: ``$CANCELPOOL_DB`` or
+            ``~/.local/state/cancelpool/queue.db``). Created (0600, in a 0700
+            directory) if missing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        from ._store import Store, default_db_path
+
+        self.path = Path(path) if path is not None else default_db_path()
+        self._store: Store = Store(self.path)
+        self._servers: tuple[ServerInfo, ...] = ()
+        self._servers_at = -SERVER_CACHE_SECONDS
+        self._lock = threading.Lock()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the database connection."""
+        self._store.close()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.path}>"
+
+    @property
+    def store(self) -> Store:
+        """The underlying store (for the CLI and tests)."""
+        return self._store
+
+    def live_servers(self, *, refresh: bool = False) -> tuple[ServerInfo, ...]:
+        """Servers running on this database (cached for a second)."""
+        with self._lock:
+            now = time.monotonic()
+            if refresh or now - self._servers_at >= SERVER_CACHE_SECONDS:
+                self._servers = tuple(self._store.servers(live_only=True))
+                self._servers_at = now
+            return self._servers
+
+    def _wake(self, owners: Iterable[str] | None = None) -> None:
+        from ._server import poke_path
+
+        wanted = None if owners is None else set(owners)
+        for info in self.live_servers():
+            if wanted is None or info.id in wanted:
+                poke_path(info.wake_path)
+
+    # -- producing ----------------------------------------------------------------------------
+    def submit(
+        self,
+        task: str,
+        /,
+        *args: Any,
+        name: str | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        parent: int | None = None,
+        **kwargs: Any,
+    ) -> int:
+        """Queue ``task(*args, **kwargs)``; returns the job id.
+
+        Args:
+            task: import path ``package.module:function`` of an async or plain function.
+            name: a label for ``cancel_all(name_pattern=...)`` (letters, digits, ``_.:@/+=,-``).
+            timeout: seconds the job may run once started; then it is cancelled.
+            priority: higher runs first; equal priorities run in submission order.
+            parent: id of a parent job: cancelling it cancels this one too.
+
+        Raises:
+            InvalidJob: a malformed task path, name or argument, arguments that are not
+                JSON data or larger than 1 MiB encoded, an unknown parent.
+            TaskNotAllowed: servers are running and none allows this task.
+        """
+        return self._submit(task, list(args), kwargs, name, timeout, priority, parent)
+
+    def _submit(
+        self,
+        task: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        name: str | None,
+        timeout: float | None,
+        priority: int,
+        parent: int | None,
+    ) -> int:
+        check_task(task)
+        check_name(name)
+        timeout = check_timeout(timeout)
+        check_priority(priority)
+        if parent is not None:
+            check_job_id(parent)
+        args_json = encode_json(args, "the arguments", MAX_ARGS_BYTES)
+        kwargs_json = encode_json(kwargs, "the keyword arguments", MAX_ARGS_BYTES)
+        if len(args_json) + len(kwargs_json) > MAX_ARGS_BYTES:
+            raise InvalidJob(
+                f"the arguments are {len(args_json) + len(kwargs_json)} bytes of JSON; "
+                f"the limit is {MAX_ARGS_BYTES} bytes"
+            )
+        servers = self.live_servers()
+        if servers and not any(task_allowed(task, info.allow) for info in servers):
+            patterns = sorted({p for info in servers for p in info.allow})
+            raise TaskNotAllowed(
+                f"task {task!r} matches none of the running servers' --allow patterns "
+                f"({', '.join(patterns)}); start a server with --allow for it"
+            )
+        job_id = self._store.submit(
+            task,
+            args_json,
+            kwargs_json,
+            name=name,
+            priority=priority,
+            timeout=timeout,
+            parent=parent,
+        )
+        self._wake()
+        return job_id
+
+    def cancel(self, *job_ids: int, message: str | None = None) -> int:
+        """Cancel jobs (and their descendants) by id; returns how many were cancelled.
+
+        Queued jobs are cancelled at once and never run; for running jobs, the request is
+        committed and their servers woken, which cancel them through the pool within
+        milliseconds. Finished jobs are left alone (not counted).
+
+        Raises:
+            JobNotFound: an id is unknown (nothing is cancelled).
+        """
+        return self.cancel_jobs(job_ids, message=message).count
+
+    def cancel_jobs(
+        self,
+        job_ids: Iterable[int] = (),
+        *,
+        name_pattern: str | None = None,
+        message: str | None = None,
+    ) -> CancelOutcome:
+        """Like :meth:`cancel` / :meth:`cancel_all`, returning what happened to each job."""
+        ids = [check_job_id(job_id) for job_id in job_ids]
+        if name_pattern is not None:
+            check_pattern(name_pattern)
+        outcome = self._store.request_cancel(
+            ids, pattern=name_pattern, reason="manual", message=message
+        )
+        if outcome.owners:
+            self._wake(outcome.owners)
+        return outcome
+
+    def cancel_all(self, name_pattern: str = "*", *, message: str | None = None) -> int:
+        """Cancel every unfinished job whose name matches the glob ``name_pattern``
+        (and their descendants); returns how many were cancelled."""
+        return self.cancel_jobs(name_pattern=name_pattern, message=message).count
+
+    # -- reading ------------------------------------------------------------------------------
+    def get(self, job_id: int) -> JobRecord | None:
+        """The job as stored now, or None if there is no such job."""
+        return self._store.get(check_job_id(job_id))
+
+    def list(
+        self,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        name_pattern: str | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[JobRecord]:
+        """Jobs in submission order, filtered by status(es) and name pattern."""
+        if status is None:
+            statuses: tuple[str, ...] = ()
+        elif isinstance(status, (str, JobStatus)):
+            statuses = (JobStatus(status).value,)
+        else:
+            statuses = tuple(JobStatus(s).value for s in status)
+        if name_pattern is not None:
+            check_pattern(name_pattern)
+        return self._store.list_jobs(status=statuses, pattern=name_pattern, limit=limit)
+
+    def wait(self, job_id: int, timeout: float | None = None) -> JobRecord:
+        """Block until the job has finished; returns its record.
+
+        Raises:
+            JobNotFound: no such job.
+            JobNotFinished: it has not finished within ``timeout`` seconds.
+        """
+        from ._exceptions import JobNotFound
+
+        check_job_id(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = WAIT_POLL_FIRST
+        while True:
+            status = self._store.status_of(job_id)
+            if status is None:
+                raise JobNotFound(f"no job with id {job_id}")
+            if JobStatus(status).finished:
+                record = self._store.get(job_id)
+                assert record is not None
+                return record
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise JobNotFinished(f"job {job_id} is still {status} after {timeout} s")
+                pause = min(pause, remaining)
+            time.sleep(pause)
+            pause = min(pause * 2, WAIT_POLL_MAX)
+
+    def statistics(self) -> QueueStatistics:
+        """Jobs per status and the live servers."""
+        counts = self._store.counts()
+        return QueueStatistics(
+            queued=counts["queued"],
+            running=counts["running"],
+            completed=counts["completed"],
+            failed=counts["failed"],
+            cancelled=counts["cancelled"],
+            interrupted=counts["interrupted"],
+            servers=self.live_servers(refresh=True),
+        )

@@ -1,0 +1,155 @@
+"""``cancelpool demo``: a real server on a temporary queue, driven like a user would.
+
+It starts ``cancelpool serve`` as a child process, submits a batch of demo tasks,
+cancels some of them while they run (by name pattern, and a parent with its children),
+lets one time out and one fail, then prints the outcome table and stops the server with
+SIGTERM. The temporary directory and every process are gone when it returns.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._client import Queue
+from ._format import jobs_table
+
+TASKS = "cancelpool.demo_tasks"
+#: Backstops, not schedule: the demo takes about five seconds; these only stop it from
+#: hanging on a broken machine.
+SERVER_START_TIMEOUT = 30.0
+DEMO_TIMEOUT = 45.0
+SERVER_STOP_TIMEOUT = 15.0
+
+
+def run_demo(workers: int, *, colour: bool, watch: Callable[..., None]) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="cancelpool-demo-"))
+    db = tmp / "demo.db"
+    log_path = tmp / "server.log"
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        with open(log_path, "wb") as log:
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "cancelpool.cli",
+                    "serve",
+                    "--db",
+                    str(db),
+                    "--workers",
+                    str(workers),
+                    "--allow",
+                    f"{TASKS}:*",
+                    "--grace",
+                    "5",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        with Queue(db) as queue:
+            _wait_for_server(queue, server, log_path)
+            click.echo(f"$ cancelpool serve --db {db} --workers {workers} --allow '{TASKS}:*'")
+            ids = _submit_batch(queue)
+            script = _Script(queue, ids)
+            watch(
+                queue, list(ids.values()), timeout=DEMO_TIMEOUT, as_json=False, on_tick=script.tick
+            )
+            for line in script.log:
+                click.echo(line)
+            click.echo("")
+            click.echo("$ cancelpool ls")
+            click.echo(jobs_table(queue.list(), colour))
+            counts = queue.statistics()
+            click.echo(
+                f"\n{counts.completed} completed, {counts.cancelled} cancelled "
+                f"(with partial results), {counts.failed} failed; every running job "
+                "stopped within milliseconds of its cancel."
+            )
+        return 0
+    finally:
+        if server is not None:
+            _stop(server)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wait_for_server(queue: Queue, server: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while not queue.live_servers(refresh=True):
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise click.ClickException(
+                "the demo server did not start:\n" + log_path.read_text(errors="replace")
+            )
+        time.sleep(0.02)  # polling the db for the server's registration
+
+
+def _submit_batch(queue: Queue) -> dict[str, int]:
+    ids: dict[str, int] = {}
+    for n in (1, 2, 3):
+        ids[f"user_42_report_{n}"] = queue.submit(
+            f"{TASKS}:crunch", 40, 0.05, name=f"user_42_report_{n}"
+        )
+    for n in (1, 2):
+        ids[f"user_7_report_{n}"] = queue.submit(
+            f"{TASKS}:crunch", 10 + 5 * n, 0.05, name=f"user_7_report_{n}"
+        )
+    parent = ids["pipeline"] = queue.submit(f"{TASKS}:fetch_pages", 60, 0.05, name="pipeline")
+    for n in (1, 2):
+        ids[f"pipeline.step_{n}"] = queue.submit(
+            f"{TASKS}:crunch", 60, 0.05, name=f"pipeline.step_{n}", parent=parent
+        )
+    ids["slow_download"] = queue.submit(
+        f"{TASKS}:fetch_pages", 100, 0.05, name="slow_download", timeout=0.8
+    )
+    ids["flaky"] = queue.submit(f"{TASKS}:fail", "upstream returned 503", name="flaky")
+    ids["primes"] = queue.submit(f"{TASKS}:count_primes", 30_000, name="primes", priority=5)
+    return ids
+
+
+class _Script:
+    """The user's actions, each taken once the jobs it acts on show progress."""
+
+    def __init__(self, queue: Queue, ids: dict[str, int]) -> None:
+        self.queue = queue
+        self.ids = ids
+        self.log: list[str] = []
+        self.pattern_done = False
+        self.parent_done = False
+
+    def _done_steps(self, name: str) -> int:
+        job = self.queue.get(self.ids[name])
+        meta: Any = job.progress if job is not None else None
+        return int(meta.get("done", 0)) if isinstance(meta, dict) else 0
+
+    def tick(self) -> None:
+        if not self.pattern_done and self._done_steps("user_42_report_1") >= 8:
+            self.pattern_done = True
+            count = self.queue.cancel_all("user_42_*", message="user 42 closed the tab")
+            self.log.append(f"$ cancelpool cancel --pattern 'user_42_*'   -> {count} jobs")
+        if not self.parent_done and self._done_steps("pipeline") >= 15:
+            self.parent_done = True
+            outcome = self.queue.cancel_jobs([self.ids["pipeline"]])
+            self.log.append(
+                f"$ cancelpool cancel {self.ids['pipeline']}   -> the pipeline and its "
+                f"{outcome.count - 1} child jobs"
+            )
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(SERVER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

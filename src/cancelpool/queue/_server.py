@@ -1,0 +1,420 @@
+"""``cancelpool serve``: drain the queue into a ``CancelPool``.
+
+::
+
+    cancelpool submit/cancel, Queue      this server (main thread)              CancelPool
+    ------------------------------      --------------------------------       ----------
+    commit to SQLite, then write a  ->  wake-up FIFO (0600, private dir)
+    byte to each live server's FIFO     select(): FIFO, poll timer
+                                        claim queued jobs (BEGIN IMMEDIATE) ->  submit()
+                                        cancel requests in the db           ->  handle.cancel()
+                                                                                (shm token)
+                                        progress, outcomes  <- deque + FIFO <-  callbacks in
+                                        committed in batches                    supervisor
+    SIGTERM / SIGINT  -> signal wake-up fd: stop claiming, cancel running jobs, keep their
+                         partial results, requeue (or cancel) them, exit 0.
+
+Only the main thread touches the database; the pool's supervisor thread hands
+progress and outcomes over through a deque and a byte in the FIFO.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .._core._exceptions import JobCancelled
+from .._pool._handle import JobHandle
+from .._pool._pool import CancelPool
+from ._model import MAX_RESULT_BYTES, decode_json, encode_json_lossy
+from ._store import ServerInfo, Store, control_dir, make_private_dir, process_start_time
+from ._task import run_task
+
+#: How often the server looks at the database when nobody wakes it: the safety net for
+#: a lost wake-up (a client killed between its commit and its poke) and the pace at
+#: which it notices jobs submitted by hand with sqlite3. Shorter costs idle CPU.
+POLL_INTERVAL = 0.5
+#: Progress reports are committed at most this often (the latest one per job wins):
+#: ``watch`` redraws at about this rate; shorter means more write transactions.
+PROGRESS_INTERVAL = 0.1
+#: How often dead servers are looked for (their running jobs requeued) and this
+#: server's heartbeat is written.
+HOUSEKEEPING_INTERVAL = 2.0
+#: Default jobs one server runs at once per worker process: claimed jobs are
+#: ``running`` in the database, so more means other servers find less to do.
+DEFAULT_JOBS_PER_WORKER = 16
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Settings of one ``cancelpool serve``."""
+
+    allow: tuple[str, ...]
+    workers: int = 2
+    concurrency: int | None = None
+    max_attempts: int = 3
+    on_shutdown: str = "requeue"  # or "cancel"
+    grace: float = 10.0
+
+
+class Server:
+    """One queue server. :meth:`run` blocks until SIGTERM/SIGINT (or :meth:`stop`)."""
+
+    def __init__(
+        self, db: str | os.PathLike[str], options: ServerOptions, log: Callable[[str], None]
+    ) -> None:
+        if not options.allow:
+            raise ValueError("a server needs at least one --allow pattern, e.g. 'myapp.tasks:*'")
+        if options.on_shutdown not in ("requeue", "cancel"):
+            raise ValueError("on_shutdown must be 'requeue' or 'cancel'")
+        self.options = options
+        self.log = log
+        self.store = Store(db)
+        self.id = uuid.uuid4().hex[:12]
+        self.concurrency = options.concurrency or options.workers * DEFAULT_JOBS_PER_WORKER
+        self._running: dict[int, JobHandle[Any]] = {}
+        self._cancel_sent: set[int] = set()
+        self._done: deque[tuple[int, JobHandle[Any]]] = deque()
+        self._progress: dict[int, tuple[str, dict[str, Any]]] = {}
+        self._progress_lock = threading.Lock()
+        self._stop_signal: str | None = None
+        self._signals = 0
+        ctl = control_dir(self.store.path)
+        make_private_dir(ctl)
+        self.wake_path = ctl / f"{self.id}.wake"
+        self._rfd = self._wfd = -1
+        self.stats = {"completed": 0, "failed": 0, "cancelled": 0, "released": 0}
+
+    # -- wake-ups ---------------------------------------------------------------------------
+    def _open_fifo(self) -> None:
+        os.mkfifo(self.wake_path, 0o600)
+        self._rfd = os.open(self.wake_path, os.O_RDONLY | os.O_NONBLOCK)
+        # Our own writer keeps the FIFO from reporting EOF when clients close theirs,
+        # and carries wake-ups from signal handlers and the pool's thread.
+        self._wfd = os.open(self.wake_path, os.O_WRONLY | os.O_NONBLOCK)
+
+    def _close_fifo(self) -> None:
+        for fd in (self._rfd, self._wfd):
+            if fd >= 0:
+                os.close(fd)
+        self._rfd = self._wfd = -1
+        try:
+            os.unlink(self.wake_path)
+        except FileNotFoundError:
+            pass
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wfd, b"w")
+        except OSError:
+            pass  # full: a wake-up is pending anyway
+
+    def _drain(self) -> None:
+        try:
+            while os.read(self._rfd, 65536):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _wait(self, timeout: float) -> None:
+        import select
+
+        select.select([self._rfd], [], [], max(0.0, timeout))
+        self._drain()
+
+    def stop(self, reason: str = "stop") -> None:
+        """Ask :meth:`run` to shut down (thread-safe)."""
+        self._stop_signal = reason
+        self._poke()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:  # main thread
+        self._signals += 1
+        self._stop_signal = signal.Signals(signum).name
+
+    # -- pool callbacks (supervisor thread) --------------------------------------------------
+    def _on_done_for(self, job_id: int) -> Callable[[Any], None]:
+        def on_done(handle: Any) -> None:
+            self._done.append((job_id, handle))
+            self._poke()
+
+        return on_done
+
+    def _on_progress_for(self, job_id: int) -> Callable[[int, str, dict[str, Any]], None]:
+        def on_progress(_pool_id: int, message: str, metadata: dict[str, Any]) -> None:
+            with self._progress_lock:
+                first = not self._progress
+                self._progress[job_id] = (message, metadata)
+            if first:
+                self._poke()
+
+        return on_progress
+
+    # -- main loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until a signal or :meth:`stop`; returns the exit status (0)."""
+        options = self.options
+        recovered = self.store.recover(None, options.max_attempts)
+        if any(recovered.values()):
+            self.log(
+                "recovered jobs of dead servers: "
+                + ", ".join(f"{n} {status}" for status, n in recovered.items() if n)
+            )
+        self._open_fifo()
+        old_handlers: dict[int, Any] = {}
+        old_wakeup = -1
+        in_main = threading.current_thread() is threading.main_thread()
+        try:
+            if in_main:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    old_handlers[sig] = signal.signal(sig, self._on_signal)
+                old_wakeup = signal.set_wakeup_fd(self._wfd, warn_on_full_buffer=False)
+            with CancelPool(options.workers) as pool:
+                now = time.time()
+                self.store.register_server(
+                    ServerInfo(
+                        id=self.id,
+                        pid=os.getpid(),
+                        proc_start=process_start_time(os.getpid()),
+                        wake_path=str(self.wake_path),
+                        allow=options.allow,
+                        workers=options.workers,
+                        started_at=now,
+                        heartbeat=now,
+                        stopped_at=None,
+                        stop_reason=None,
+                    )
+                )
+                self.log(
+                    f"serving {self.store.path} (server {self.id}, pid {os.getpid()}, "
+                    f"{options.workers} workers, allow {' '.join(options.allow)})"
+                )
+                try:
+                    self._serve(pool)
+                finally:
+                    self._shutdown(pool)
+        finally:
+            if in_main:
+                signal.set_wakeup_fd(old_wakeup)
+                for signum, handler in old_handlers.items():
+                    signal.signal(signum, handler)
+            self._close_fifo()
+            self.store.close()
+        return 0
+
+    def _serve(self, pool: CancelPool) -> None:
+        last_progress = 0.0
+        next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
+        while self._stop_signal is None:
+            self._record_done()
+            self._apply_cancels()
+            self._claim(pool)
+            now = time.monotonic()
+            if self._progress and now - last_progress >= PROGRESS_INTERVAL:
+                self._flush_progress()
+                last_progress = now
+            if now >= next_housekeeping:
+                self._housekeeping()
+                next_housekeeping = now + HOUSEKEEPING_INTERVAL
+            timeout = min(POLL_INTERVAL, next_housekeeping - now)
+            if self._progress:
+                timeout = min(timeout, last_progress + PROGRESS_INTERVAL - now)
+            if self._done or self._stop_signal is not None:
+                continue
+            self._wait(timeout)
+
+    def _housekeeping(self) -> None:
+        self.store.heartbeat(self.id)
+        recovered = self.store.recover(self.id, self.options.max_attempts)
+        if any(recovered.values()):
+            self.log(
+                "recovered jobs of a dead server: "
+                + ", ".join(f"{n} {status}" for status, n in recovered.items() if n)
+            )
+            self._poke()
+
+    def _claim(self, pool: CancelPool) -> None:
+        room = self.concurrency - len(self._running)
+        if room <= 0:
+            return
+        claimed, refused = self.store.claim(self.id, room, self.options.allow)
+        if refused:
+            self.stats["failed"] += refused
+        for job in claimed:
+            parent = self._running.get(job.parent) if job.parent is not None else None
+            try:
+                handle = pool.submit(
+                    run_task,
+                    job.task,
+                    decode_json(job.args),
+                    decode_json(job.kwargs),
+                    self.options.allow,
+                    name=job.name,
+                    timeout=job.timeout,
+                    parent=parent,
+                    metadata={"queue_id": job.id},
+                )
+            except Exception as exc:
+                self.store.record_outcomes(
+                    self.id,
+                    [{"id": job.id, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}],
+                )
+                continue
+            self._running[job.id] = handle
+            handle.on_progress(self._on_progress_for(job.id))
+            handle.add_done_callback(self._on_done_for(job.id))
+
+    def _apply_cancels(self) -> None:
+        if not self._running:
+            return
+        for job_id, message in self.store.cancel_requests(self.id):
+            handle = self._running.get(job_id)
+            if handle is not None and job_id not in self._cancel_sent:
+                self._cancel_sent.add(job_id)
+                handle.cancel(message)
+
+    def _flush_progress(self) -> None:
+        with self._progress_lock:
+            updates, self._progress = self._progress, {}
+        rows: dict[int, tuple[str, str, str | None]] = {}
+        for job_id, (message, metadata) in updates.items():
+            partial = None
+            if isinstance(metadata, dict) and "partial_result" in metadata:
+                partial = encode_json_lossy(metadata["partial_result"], MAX_RESULT_BYTES)
+            rows[job_id] = (message, encode_json_lossy(metadata, MAX_RESULT_BYTES), partial)
+        if rows:
+            self.store.save_progress(rows)
+
+    def _record_done(self, *, releasing: bool = False) -> None:
+        if not self._done:
+            return
+        if self._progress:
+            self._flush_progress()  # a job's last report lands before its outcome
+        outcomes: list[dict[str, Any]] = []
+        released: list[tuple[int, str | None]] = []
+        while self._done:
+            job_id, handle = self._done.popleft()
+            self._running.pop(job_id, None)
+            self._cancel_sent.discard(job_id)
+            outcome = _outcome(job_id, handle)
+            if releasing and outcome["status"] == "cancelled":
+                released.append((job_id, outcome.get("partial_result")))
+                continue
+            self.stats[outcome["status"]] += 1
+            outcomes.append(outcome)
+        if outcomes:
+            cascade = self.store.record_outcomes(self.id, outcomes)
+            if cascade:
+                result = self.store.cascade_cancel(cascade)
+                if result.owners:
+                    poke_servers(self.store, result.owners, skip=self.id)
+                if self.id in result.owners:
+                    self._apply_cancels()
+        if released:
+            self._release(released)
+
+    def _release(self, jobs: Sequence[tuple[int, str | None]]) -> None:
+        requeue = self.options.on_shutdown == "requeue"
+        self.store.release(
+            self.id,
+            jobs,
+            requeue=requeue,
+            message=f"the server stopped ({self._stop_signal})",
+        )
+        self.stats["released"] += len(jobs)
+
+    def _shutdown(self, pool: CancelPool) -> None:
+        why = self._stop_signal or "error"
+        running = list(self._running.items())
+        if running:
+            self.log(
+                f"{why}: stopping; cancelling {len(running)} running job(s), then "
+                + (
+                    "requeueing them"
+                    if self.options.on_shutdown == "requeue"
+                    else "marking them cancelled"
+                )
+            )
+        for _job_id, handle in running:
+            handle.cancel(f"the server is shutting down ({why})")
+        deadline = time.monotonic() + self.options.grace
+        signals_seen = self._signals
+        while self._running and time.monotonic() < deadline and self._signals == signals_seen:
+            self._record_done(releasing=True)
+            if self._running:
+                self._wait(min(0.05, deadline - time.monotonic()))
+        self._record_done(releasing=True)
+        if self._progress:
+            self._flush_progress()
+        stuck = list(self._running)
+        if stuck:
+            self.log(f"{len(stuck)} job(s) ignored cancellation; giving them up")
+            self._release([(job_id, None) for job_id in stuck])
+            self._running.clear()
+            pool.shutdown(wait=False, cancel_pending=True, cancel_running=True)
+            pool._kill_all()
+        self.store.unregister_server(self.id, why)
+        s = self.stats
+        self.log(
+            f"stopped: {s['completed']} completed, {s['failed']} failed, "
+            f"{s['cancelled']} cancelled, {s['released']} "
+            + ("requeued" if self.options.on_shutdown == "requeue" else "cancelled at shutdown")
+        )
+
+
+def _outcome(job_id: int, handle: JobHandle[Any]) -> dict[str, Any]:
+    exc = handle.exception(timeout=0)
+    if exc is None:
+        return {"id": job_id, "status": "completed", "result": handle.result(timeout=0)}
+    if isinstance(exc, JobCancelled):
+        partial = exc.partial_result
+        return {
+            "id": job_id,
+            "status": "cancelled",
+            "partial_result": None if partial is None else encode_json_lossy(partial),
+            "cancel_reason": exc.reason.value,
+            "cancel_message": exc.message,
+        }
+    remote = getattr(exc.__cause__, "tb", None)
+    partial = getattr(exc, "partial_result", None)  # WorkerCrashed keeps the last one
+    return {
+        "id": job_id,
+        "status": "failed",
+        "error": f"{type(exc).__name__}: {exc}",
+        "traceback": remote if isinstance(remote, str) else None,
+        "partial_result": None if partial is None else encode_json_lossy(partial),
+    }
+
+
+def poke_servers(store: Store, owners: Sequence[str] | None = None, *, skip: str = "") -> None:
+    """Wake the live servers (all, or ``owners``) of ``store``: one byte in each FIFO."""
+    for info in store.servers(live_only=False):
+        if info.stopped_at is not None or info.id == skip:
+            continue
+        if owners is not None and info.id not in owners:
+            continue
+        poke_path(info.wake_path)
+
+
+def poke_path(path: str | Path) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno not in (errno.ENXIO, errno.ENOENT, errno.EACCES):
+            raise
+        return  # no reader: that server is gone
+    try:
+        os.write(fd, b"!")
+    except OSError:
+        pass  # full: it has wake-ups pending already
+    finally:
+        os.close(fd)
