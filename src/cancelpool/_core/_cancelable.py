@@ -97,7 +97,7 @@ class _OperationToken(CancelationToken):
         if deadline is not None and time.monotonic() >= deadline:
             owner = self._deadline_owner
             if owner is not None:
-                if owner.context.status.is_terminal and owner._reason is None:
+                if owner._done and owner._reason is None:
                     # The operation that owned this deadline ended before it.
                     self._deadline = None
                     return False
@@ -170,6 +170,7 @@ class Cancelable:
         "__weakref__",
         "_children",
         "_ctx_reset",
+        "_done",
         "_entered",
         "_handle",
         "_hooks",
@@ -222,6 +223,7 @@ class Cancelable:
         self._hooks: dict[str, list[StatusCallback]] | None = None
         self._nested = False
         self._entered = False
+        self._done = False
         self._task: object = None
         # Our own deadline on the loop's clock, and the binding one (ours or carried from
         # the parent) on the monotonic clock, which threads can read too.
@@ -401,7 +403,7 @@ class Cancelable:
         """
         if self._reason is not None:
             return True
-        if not self._entered or self.context.status.is_terminal:
+        if not self._entered or self._done:
             return False
         now = time.monotonic()
         thread = threading.get_ident()
@@ -409,7 +411,7 @@ class Cancelable:
         while op is not None:
             if op._cancel_requested(now, thread):
                 return True
-            if op.context.status.is_terminal:
+            if op._done:
                 break
             op = op._parent
         return False
@@ -457,10 +459,10 @@ class Cancelable:
         if parent is None:
             parent = self._parent = _current.get()
         ctx = self.context
-        scope = anyio.CancelScope()
+        scope = handle.cancel_scope()
         timeout = self._timeout
         if timeout is not None:
-            scope.deadline = self._own_deadline = anyio.current_time() + timeout
+            scope.deadline = self._own_deadline = handle.time() + timeout
             self._mono_deadline = time.monotonic() + timeout
         if parent is not None:
             ctx.parent_id = parent.context.id
@@ -485,7 +487,7 @@ class Cancelable:
         ctx.status = OperationStatus.RUNNING
         ctx.start_time = time.time()
         if self._register:
-            _registry_add(self)
+            (OperationRegistry._instance or OperationRegistry.get_instance())._add(self)
         if self._reason is not None:  # cancelled before it started
             scope.cancel()
             self._after_reason()
@@ -515,12 +517,15 @@ class Cancelable:
         tb: TracebackType | None,
     ) -> bool:
         scope = self._scope
-        if scope is None or self.context.status.is_terminal:
+        if scope is None or self._done:
             raise RuntimeError("Cancelable.__aexit__() called without a matching __aenter__()")
-        for token in self._tokens:
-            token.remove_listener(self._on_token)
-        for source in self._sources:
-            source.remove_listener(self._on_source)
+        self._done = True
+        if self._tokens:
+            for token in self._tokens:
+                token.remove_listener(self._on_token)
+        if self._sources:
+            for source in self._sources:
+                source.remove_listener(self._on_source)
         replaced: BaseException | None = None
         try:
             # trio's scope reports True for a clean exit too: only an exception can be
@@ -558,9 +563,9 @@ class Cancelable:
         ctx.end_time = time.time()
         error: CancelationError | None = None
         if swallowed or (
-            scope.cancel_called
-            and isinstance(exc, CancelationError)
+            isinstance(exc, CancelationError)
             and (exc.context is None or exc.context is ctx)
+            and scope.cancel_called
         ):
             # Our own scope caught its cancellation (or our token's check() raised it):
             # one of our sources did it.
@@ -589,7 +594,7 @@ class Cancelable:
             ctx.error = exc
             event = "error"
         if self._register:
-            _registry_finish(self)
+            (OperationRegistry._instance or OperationRegistry.get_instance())._finish(self)
         if self._hooks:
             await self._run_hooks(event)
         if pending is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -668,7 +673,7 @@ class Cancelable:
     # -- cancelling ------------------------------------------------------------------------
     def _trigger(self, reason: CancelationReason, message: str | None) -> None:
         """Cancel now (on the operation's loop thread)."""
-        if self.context.status.is_terminal or not self._set_reason(reason, message):
+        if self._done or not self._set_reason(reason, message):
             return
         if self._scope is not None:
             self._scope.cancel()
@@ -875,11 +880,3 @@ class Cancelable:
 
     def __repr__(self) -> str:
         return f"<Cancelable {self._label()} {self.context.status.value}>"
-
-
-def _registry_add(op: Cancelable) -> None:
-    OperationRegistry.get_instance()._add(op)
-
-
-def _registry_finish(op: Cancelable) -> None:
-    OperationRegistry.get_instance()._finish(op)

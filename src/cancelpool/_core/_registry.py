@@ -73,11 +73,9 @@ class _Store:
         self.active: dict[int, Cancelable] = {}
         self.history: deque[OperationContext] = deque(maxlen=history_size)
         self.finished_total = 0
-        self.counts = {
-            OperationStatus.COMPLETED: 0,
-            OperationStatus.CANCELLED: 0,
-            OperationStatus.FAILED: 0,
-        }
+        self.completed = 0
+        self.cancelled = 0
+        self.failed = 0
         self.duration_total = 0.0
 
 
@@ -115,16 +113,22 @@ class OperationRegistry:
     def _finish(self, op: Cancelable) -> None:
         store = self._store
         ctx = op.context
+        status = ctx.status
+        start, end = ctx.start_time, ctx.end_time
         with store.lock:
             if store.active.pop(id(op), None) is None:
                 return
             store.history.append(ctx)
             store.finished_total += 1
-            if ctx.status in store.counts:
-                store.counts[ctx.status] += 1
-            elapsed = ctx.elapsed_time
-            if elapsed is not None:
-                store.duration_total += elapsed
+            # Identity tests: hashing an enum member runs Python code, this is hot.
+            if status is OperationStatus.COMPLETED:
+                store.completed += 1
+            elif status is OperationStatus.CANCELLED:
+                store.cancelled += 1
+            elif status is OperationStatus.FAILED:
+                store.failed += 1
+            if start is not None and end is not None:
+                store.duration_total += end - start
 
     # -- sync core (also used by ThreadSafeRegistry) -----------------------------------------
     def _active(self) -> list[Cancelable]:
@@ -200,10 +204,8 @@ class OperationRegistry:
         with store.lock:
             store.active.clear()
             store.history.clear()
-            store.finished_total = 0
+            store.finished_total = store.completed = store.cancelled = store.failed = 0
             store.duration_total = 0.0
-            for status in store.counts:
-                store.counts[status] = 0
 
     def _statistics(self) -> RegistryStatistics:
         store = self._store
@@ -212,9 +214,9 @@ class OperationRegistry:
             return RegistryStatistics(
                 total_operations=len(store.active) + finished,
                 running_operations=len(store.active),
-                completed_operations=store.counts[OperationStatus.COMPLETED],
-                cancelled_operations=store.counts[OperationStatus.CANCELLED],
-                failed_operations=store.counts[OperationStatus.FAILED],
+                completed_operations=store.completed,
+                cancelled_operations=store.cancelled,
+                failed_operations=store.failed,
                 history_size=len(store.history),
                 average_duration=store.duration_total / finished if finished else None,
             )
