@@ -1,0 +1,89 @@
+"""``cancelpool.queue.Queue`` in one process, without a server: validation and bookkeeping."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from qhelpers import DEMO
+
+from cancelpool.queue import InvalidJob, JobNotFinished, JobNotFound, JobStatus, Queue
+
+
+def test_submit_get_list(queue: Queue) -> None:
+    a = queue.submit(f"{DEMO}:add", 1, 2, name="user_1_a", priority=3, timeout=2)
+    b = queue.submit(f"{DEMO}:echo", x=[1, {"y": None}], name="user_2_b")
+    job = queue.get(a)
+    assert job is not None
+    assert (job.task, job.args, job.kwargs, job.priority, job.timeout) == (
+        f"{DEMO}:add",
+        [1, 2],
+        {},
+        3,
+        2.0,
+    )
+    assert job.status is JobStatus.QUEUED
+    assert not job.finished
+    assert queue.get(b).kwargs == {"x": [1, {"y": None}]}
+    assert queue.get(999) is None
+    assert [j.id for j in queue.list(name_pattern="user_2_*")] == [b]
+    assert [j.id for j in queue.list(status="queued")] == [a, b]
+    assert queue.list(status=["completed", "failed"]) == []
+    assert queue.statistics().queued == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"task": "no colon"},
+        {"task": "mod:fn", "name": "a b"},
+        {"task": "mod:fn", "timeout": 0},
+        {"task": "mod:fn", "priority": 1.5},
+        {"task": "mod:fn", "parent": 0},
+        {"task": "mod:fn", "args": (object(),)},
+        {"task": "mod:fn", "args": ("x" * (2 << 20),)},
+    ],
+)
+def test_invalid_submit_raises_and_writes_nothing(queue: Queue, kwargs: dict) -> None:
+    kwargs = dict(kwargs)
+    args = kwargs.pop("args", ())
+    task = kwargs.pop("task")
+    with pytest.raises(InvalidJob):
+        queue.submit(task, *args, **kwargs)
+    assert queue.list() == []
+
+
+def test_cancel_queued_jobs_and_their_children(queue: Queue) -> None:
+    parent = queue.submit(f"{DEMO}:add", 1, 1, name="p")
+    child = queue.submit(f"{DEMO}:add", 1, 1, name="c", parent=parent)
+    other = queue.submit(f"{DEMO}:add", 1, 1, name="o")
+    assert queue.cancel(parent, message="not needed") == 2
+    assert queue.get(parent).status == "cancelled"
+    assert queue.get(parent).cancel_message == "not needed"
+    assert queue.get(child).cancel_reason == "parent"
+    assert queue.get(other).status == "queued"
+    assert queue.cancel(parent) == 0  # already finished
+    with pytest.raises(JobNotFound):
+        queue.cancel(other, 12345)
+    assert queue.get(other).status == "queued"
+    assert queue.cancel_all("o") == 1
+    assert queue.wait(other, timeout=0).status == "cancelled"
+
+
+def test_wait_times_out_and_unknown_jobs(queue: Queue) -> None:
+    job_id = queue.submit(f"{DEMO}:add", 1, 1)
+    with pytest.raises(JobNotFinished):
+        queue.wait(job_id, timeout=0.01)
+    with pytest.raises(JobNotFound):
+        queue.wait(job_id + 1, timeout=0.01)
+
+
+def test_import_stays_light() -> None:
+    code = (
+        "import sys, cancelpool, cancelpool.queue; "
+        "assert 'sqlite3' not in sys.modules, 'sqlite3'; "
+        "assert 'click' not in sys.modules, 'click'; "
+        "assert 'cancelpool._pool._pool' not in sys.modules or True"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
