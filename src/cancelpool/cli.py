@@ -365,8 +365,14 @@ def _watch_loop(
     *,
     timeout: float | None,
     as_json: bool,
-    on_tick: Callable[[], None] | None = None,
+    on_tick: Callable[[], list[str]] | None = None,
+    erase: bool = False,
 ) -> None:
+    """Redraw (terminal) or print changes (pipe) until every job in ``ids`` finished.
+
+    ``on_tick`` runs before each frame; the lines it returns are printed above the
+    live view, once. ``erase`` clears the live view at the end.
+    """
     from .queue._format import live_lines, progress_text, to_json
 
     live = sys.stdout.isatty() and not as_json
@@ -375,15 +381,16 @@ def _watch_loop(
     drawn = 0
     last: dict[int, tuple[str, str]] = {}
     while True:
-        if on_tick is not None:
-            on_tick()
+        messages = on_tick() if on_tick is not None else []
         jobs = queue.store.list_jobs(ids=ids)
+        finished = all(job.finished for job in jobs)
         if live:
-            lines = live_lines(jobs, colour)
-            out = (f"\x1b[{drawn}F\x1b[J" if drawn else "") + "\n".join(lines)
-            click.echo(out)
-            drawn = len(lines)
+            lines = [*messages, *live_lines(jobs, colour)]
+            click.echo((f"\x1b[{drawn}F\x1b[J" if drawn else "") + "\n".join(lines))
+            drawn = len(lines) - len(messages)
         else:
+            for message in messages:
+                click.echo(message)
             for job in jobs:
                 state = (job.status.value, job.progress_message or "")
                 if last.get(job.id) != state:
@@ -395,9 +402,9 @@ def _watch_loop(
                             f"{job.id} {job.name or job.task} {job.status.value} "
                             f"{progress_text(job)} {job.progress_message or ''}".rstrip()
                         )
-        if all(job.finished for job in jobs):
-            return
-        if deadline is not None and time.monotonic() >= deadline:
+        if finished or (deadline is not None and time.monotonic() >= deadline):
+            if live and erase and drawn:
+                click.echo(f"\x1b[{drawn}F\x1b[J", nl=False)
             return
         time.sleep(WATCH_INTERVAL)
 

@@ -121,7 +121,10 @@ class Queue:
         from ._server import poke_path
 
         wanted = None if owners is None else set(owners)
-        for info in self.live_servers():
+        servers = self.live_servers()
+        if wanted is not None and not wanted <= {info.id for info in servers}:
+            servers = self.live_servers(refresh=True)  # a server newer than our cache
+        for info in servers:
             if wanted is None or info.id in wanted:
                 poke_path(info.wake_path)
 

@@ -61,12 +61,19 @@ def run_demo(workers: int, *, colour: bool, watch: Callable[..., None]) -> int:
             _wait_for_server(queue, server, log_path)
             click.echo(f"$ cancelpool serve --db {db} --workers {workers} --allow '{TASKS}:*'")
             ids = _submit_batch(queue)
+            click.echo(
+                f"$ cancelpool submit ...   -> {len(ids)} jobs (ids {min(ids.values())}"
+                f"-{max(ids.values())})"
+            )
             script = _Script(queue, ids)
             watch(
-                queue, list(ids.values()), timeout=DEMO_TIMEOUT, as_json=False, on_tick=script.tick
+                queue,
+                list(ids.values()),
+                timeout=DEMO_TIMEOUT,
+                as_json=False,
+                on_tick=script.tick,
+                erase=True,
             )
-            for line in script.log:
-                click.echo(line)
             click.echo("")
             click.echo("$ cancelpool ls")
             click.echo(jobs_table(queue.list(), colour))
@@ -97,19 +104,19 @@ def _submit_batch(queue: Queue) -> dict[str, int]:
     ids: dict[str, int] = {}
     for n in (1, 2, 3):
         ids[f"user_42_report_{n}"] = queue.submit(
-            f"{TASKS}:crunch", 40, 0.05, name=f"user_42_report_{n}"
+            f"{TASKS}:crunch", 40, 0.1, name=f"user_42_report_{n}"
         )
     for n in (1, 2):
         ids[f"user_7_report_{n}"] = queue.submit(
-            f"{TASKS}:crunch", 10 + 5 * n, 0.05, name=f"user_7_report_{n}"
+            f"{TASKS}:crunch", 10 + 5 * n, 0.1, name=f"user_7_report_{n}"
         )
-    parent = ids["pipeline"] = queue.submit(f"{TASKS}:fetch_pages", 60, 0.05, name="pipeline")
+    parent = ids["pipeline"] = queue.submit(f"{TASKS}:fetch_pages", 60, 0.1, name="pipeline")
     for n in (1, 2):
         ids[f"pipeline.step_{n}"] = queue.submit(
-            f"{TASKS}:crunch", 60, 0.05, name=f"pipeline.step_{n}", parent=parent
+            f"{TASKS}:crunch", 60, 0.1, name=f"pipeline.step_{n}", parent=parent
         )
     ids["slow_download"] = queue.submit(
-        f"{TASKS}:fetch_pages", 100, 0.05, name="slow_download", timeout=0.8
+        f"{TASKS}:fetch_pages", 100, 0.1, name="slow_download", timeout=1.5
     )
     ids["flaky"] = queue.submit(f"{TASKS}:fail", "upstream returned 503", name="flaky")
     ids["primes"] = queue.submit(f"{TASKS}:count_primes", 30_000, name="primes", priority=5)
@@ -117,12 +124,12 @@ def _submit_batch(queue: Queue) -> dict[str, int]:
 
 
 class _Script:
-    """The user's actions, each taken once the jobs it acts on show progress."""
+    """The user's actions, each taken once the jobs it acts on show progress; each
+    returns what to print."""
 
     def __init__(self, queue: Queue, ids: dict[str, int]) -> None:
         self.queue = queue
         self.ids = ids
-        self.log: list[str] = []
         self.pattern_done = False
         self.parent_done = False
 
@@ -131,18 +138,20 @@ class _Script:
         meta: Any = job.progress if job is not None else None
         return int(meta.get("done", 0)) if isinstance(meta, dict) else 0
 
-    def tick(self) -> None:
-        if not self.pattern_done and self._done_steps("user_42_report_1") >= 8:
+    def tick(self) -> list[str]:
+        said: list[str] = []
+        if not self.pattern_done and self._done_steps("user_42_report_1") >= 10:
             self.pattern_done = True
             count = self.queue.cancel_all("user_42_*", message="user 42 closed the tab")
-            self.log.append(f"$ cancelpool cancel --pattern 'user_42_*'   -> {count} jobs")
-        if not self.parent_done and self._done_steps("pipeline") >= 15:
+            said.append(f"$ cancelpool cancel --pattern 'user_42_*'   -> {count} jobs")
+        if not self.parent_done and self._done_steps("pipeline") >= 20:
             self.parent_done = True
             outcome = self.queue.cancel_jobs([self.ids["pipeline"]])
-            self.log.append(
+            said.append(
                 f"$ cancelpool cancel {self.ids['pipeline']}   -> the pipeline and its "
                 f"{outcome.count - 1} child jobs"
             )
+        return said
 
 
 def _stop(server: subprocess.Popen[bytes]) -> None:
