@@ -69,3 +69,72 @@ def announce(path: str) -> None:
     with open(tmp, "w") as f:
         f.write(str(os.getpid()))
     os.replace(tmp, path)
+
+
+# --------------------------------------------------------------- cancelpool's jobs (_ours.py)
+# Async jobs for CancelPool workers. cancelpool and anyio are imported inside the
+# functions so that the peer pools never pay for them.
+
+
+async def astarted_ns() -> int:
+    """Return when the job started (async: runs on a CancelPool worker's event loop)."""
+    return time.perf_counter_ns()
+
+
+async def cancel_probe(seconds: float) -> None:
+    """Report "ready" (with the time) right before awaiting; record when the cancel lands.
+
+    The progress event tells the caller the job is running and about to block in
+    ``anyio.sleep``; the flush that carries it happens after the job has suspended. When
+    the cancellation arrives, the job records ``perf_counter_ns()`` as its partial
+    result, which comes back in ``JobCancelled.partial_result``.
+    """
+    import anyio
+
+    from cancelpool import current_operation
+
+    op = current_operation()
+    assert op is not None
+    await op.report_progress("ready", {"t": time.perf_counter_ns()})
+    try:
+        await anyio.sleep(seconds)
+    except BaseException:
+        op.context.partial_result = time.perf_counter_ns()
+        raise
+
+
+async def block_loop(start_path: str, release_path: str) -> None:
+    """Announce the start, then block the worker's whole event loop until released.
+
+    Jobs sent to this worker meanwhile stay unread in its pipe: dispatched to the
+    worker, not started. Cancelling them then must still keep them from starting.
+    """
+    block_until(start_path, release_path)
+
+
+async def progress_burst(n: int) -> int:
+    """Report *n* progress events ``{"i": i}`` (the first also carries ``"t"``, when)."""
+    from cancelpool import current_operation
+
+    op = current_operation()
+    assert op is not None
+    await op.report_progress("x", {"i": 0, "t": time.perf_counter_ns()})
+    for i in range(1, n):
+        await op.report_progress("x", {"i": i})
+    return n
+
+
+async def progress_stream(n: int) -> int:
+    """Like :func:`progress_burst`, but the job yields to its loop after every report
+    (as a job doing I/O between reports would), so events leave the worker as they go."""
+    import anyio.lowlevel
+
+    from cancelpool import current_operation
+
+    op = current_operation()
+    assert op is not None
+    await op.report_progress("x", {"i": 0, "t": time.perf_counter_ns()})
+    for i in range(1, n):
+        await anyio.lowlevel.checkpoint()
+        await op.report_progress("x", {"i": i})
+    return n
