@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from qhelpers import DEMO, TASKS, wait_for, wait_progress, wait_status
+from qhelpers import DEMO, TASKS, env, wait_for, wait_progress, wait_status
 
 from cancelpool.queue import Queue
 
@@ -277,3 +279,52 @@ def test_queue_in_another_process_sees_what_the_cli_did(db, cli, start_server) -
     job_id = int(cli("submit", f"{DEMO}:add", "[1, 2]").stdout)
     with Queue(db) as other:
         assert other.wait(job_id, timeout=60).result == 3
+
+
+def test_sigterm_with_a_blocking_job_that_never_checks(queue, start_server) -> None:
+    server = start_server("--grace", "0.5")
+    job_id = queue.submit(f"{TASKS}:blocking_sleep", 3600)  # a thread that never checks
+    wait_status(queue, job_id, "running")
+    started = time.monotonic()
+    assert server.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 30  # backstop: the grace is 0.5 s
+    server.assert_family_gone()
+    job = queue.get(job_id)
+    assert job.status == "queued"
+    assert job.attempts == 1
+
+
+def test_watch_a_pattern(db, queue, start_server, tmp_path) -> None:
+    release = tmp_path / "release"
+    start_server()
+    ids = [
+        queue.submit(f"{TASKS}:checkpoint_then_wait", str(release), name=f"batch_{n}")
+        for n in range(3)
+    ]
+    queue.submit(f"{DEMO}:wait_for_cancel", name="other")
+    for job_id in ids:
+        wait_progress(queue, job_id)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "cancelpool.cli", "watch", "--db", str(db), "--pattern", "batch_*"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
+    try:
+        assert watcher.stdout is not None
+        first = watcher.stdout.readline()  # the handshake: it is watching
+        assert "batch_" in first
+        release.touch()
+        rest = watcher.stdout.read()
+        assert watcher.wait(60) == 0
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+        if watcher.stdout is not None:
+            watcher.stdout.close()
+    out = first + rest
+    for job_id in ids:
+        assert f"{job_id} batch_{job_id - ids[0]} completed" in out
+    assert "other" not in out
+    queue.cancel_all("other")
