@@ -1,0 +1,221 @@
+"""Job functions for the pool tests: importable, so that workers can unpickle them.
+
+Sleeping inside a job stands for work; it never orders the test against the job (the
+gate in ``_gate.py`` does that).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from cancelpool import current_operation
+
+from ._gate import BACKSTOP, announce, arrive, arrive_sync
+
+
+def _op() -> Any:
+    op = current_operation()
+    assert op is not None, "pool jobs run inside their Cancelable"
+    return op
+
+
+class JobError(Exception):
+    """A job's own exception type, which must arrive as itself in the caller."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message, code)
+        self.code = code
+
+
+class UnpicklableError(Exception):
+    """An exception that carries something pickle refuses."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+# -- plain results ------------------------------------------------------------------------
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+def add_sync(a: int, b: int) -> int:
+    return a + b
+
+
+async def echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
+
+
+def echo_sync(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
+
+
+async def square(x: int) -> int:
+    return x * x
+
+
+async def where() -> dict[str, Any]:
+    """Facts about the worker the job runs in."""
+    op = _op()
+    return {
+        "pid": os.getpid(),
+        "name": op.name,
+        "thread": threading.current_thread().name,
+        "main_thread": threading.current_thread() is threading.main_thread(),
+    }
+
+
+def where_sync() -> dict[str, Any]:
+    op = _op()
+    return {
+        "pid": os.getpid(),
+        "name": op.name,
+        "main_thread": threading.current_thread() is threading.main_thread(),
+    }
+
+
+async def nap(seconds: float, value: Any = None) -> Any:
+    await anyio.sleep(seconds)
+    return value
+
+
+async def touch(path: str, value: Any = "ran") -> Any:
+    """Leave a side effect that proves the job ran."""
+    Path(path).write_text(str(value))
+    return value
+
+
+# -- failures -----------------------------------------------------------------------------
+def _deep_failure(message: str, code: int) -> None:
+    raise JobError(message, code)
+
+
+async def fail(message: str, code: int = 7) -> None:
+    await anyio.lowlevel.checkpoint()
+    _deep_failure(message, code)
+
+
+def fail_sync(message: str, code: int = 7) -> None:
+    _deep_failure(message, code)
+
+
+async def fail_unpicklable(message: str) -> None:
+    raise UnpicklableError(message)
+
+
+async def unpicklable_result() -> Any:
+    return threading.Lock()
+
+
+async def bad_progress_then_wait() -> str:
+    """Reports metadata msgpack cannot encode, then would wait a long time."""
+    await _op().report_progress("bad", {"payload": object()})
+    await anyio.sleep(BACKSTOP)
+    return "not failed"
+
+
+async def bad_progress_then_return() -> str:
+    """Reports metadata msgpack cannot encode, then returns at once."""
+    await _op().report_progress("bad", {"payload": {1, 2, 3}.__iter__()})
+    return "not failed"
+
+
+async def kill_own_worker() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- jobs that wait at the gate -------------------------------------------------------------
+async def hold(gate: str, tag: str = "-", partial: Any = None, marker: str | None = None) -> str:
+    """Record ``partial``, leave ``marker``, wait at the gate; returns "released"."""
+    if marker is not None:
+        Path(marker).write_text(tag)
+    if partial is not None:
+        _op().context.partial_result = partial
+    await arrive(gate, tag)
+    return "released"
+
+
+async def hold_running(gate: str, tag: str = "-", partial: Any = None) -> str:
+    """Two visits to the gate with a progress report between them.
+
+    The first visit lets the test attach ``on_progress`` before anything is reported;
+    the report ("running") then reaches the supervisor after the job's Started message,
+    so once the test has seen it the job's status is RUNNING; the second visit holds
+    the job until the test releases it (or cancels it).
+    """
+    op = _op()
+    if partial is not None:
+        op.context.partial_result = partial
+    await arrive(gate, f"{tag}-ready")
+    await op.report_progress("running", {"tag": tag})
+    await arrive(gate, tag)
+    return "released"
+
+
+def hold_sync(gate: str, tag: str = "-", partial: Any = None) -> str:
+    """A sync job in a worker thread: wait at the gate while polling ``token.check()``."""
+    if partial is not None:
+        _op().context.partial_result = partial
+    arrive_sync(gate, tag)
+    return "released"
+
+
+async def hold_then_sleep(gate: str, seconds: float, tag: str = "-") -> str:
+    """Arrive and get released, then work (sleep) for a while; for timeout tests."""
+    await arrive(gate, tag)
+    await anyio.sleep(seconds)
+    return "slept"
+
+
+async def steps(gate: str, count: int) -> int:
+    """Wait at the gate, then report ``count`` progress events and return ``count``."""
+    await arrive(gate)
+    op = _op()
+    for i in range(count):
+        op.context.partial_result = i
+        await op.report_progress(f"step {i}", {"i": i, "of": count, "items": [i, str(i)]})
+    return count
+
+
+async def ticker(interval: float) -> int:
+    """Report progress every ``interval`` seconds until cancelled (backstop: BACKSTOP)."""
+    op = _op()
+    deadline = time.monotonic() + BACKSTOP
+    i = 0
+    while time.monotonic() < deadline:
+        op.context.partial_result = {"ticks": i}
+        await op.report_progress("tick", {"i": i})
+        i += 1
+        await anyio.sleep(interval)
+    return -1
+
+
+def spin(gate: str | None = None, limit: float = BACKSTOP) -> int:
+    """A sync CPU-style loop that only stops through ``token.check()`` (or at ``limit``,
+    returning -1). Announces itself at ``gate`` once its first partial result is set."""
+    op = _op()
+    token = op.token
+    count = 0
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        token.check()
+        count += 1
+        if count % 1000 == 1:
+            op.context.partial_result = count
+            if count == 1 and gate is not None:
+                announce(gate)
+    return -1
+
+
+async def spin_async(gate: str | None = None, limit: float = BACKSTOP) -> int:
+    """An async job that never awaits: only ``token.check()`` can stop it."""
+    return spin(gate, limit)
