@@ -87,3 +87,22 @@ def test_import_stays_light() -> None:
         "assert 'cancelpool.queue._store' not in sys.modules, 'store'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_files_are_private_even_in_a_shared_directory(tmp_path, capsys) -> None:
+    import stat
+
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with Queue(shared / "q.db") as q:
+        q.submit(f"{DEMO}:add", 1, 1)
+    assert "can be entered by other users" in capsys.readouterr().err
+    for name in ("q.db", "q.db-wal", "q.db-shm"):
+        path = shared / name
+        if path.exists():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+    private = tmp_path / "new" / "deeper"
+    with Queue(private / "q.db"):
+        pass
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700

@@ -116,9 +116,11 @@ def make_private_dir(path: Path) -> None:
     info = path.stat()
     if not stat.S_ISDIR(info.st_mode):
         raise QueueError(f"{path} is not a directory")
-    if info.st_mode & 0o077 and info.st_uid == os.getuid():
-        if path.name.endswith(".ctl"):
-            os.chmod(path, 0o700)
+    if info.st_mode & 0o077:
+        if path.name.endswith(".ctl") and info.st_uid == os.getuid():
+            os.chmod(path, 0o700)  # ours alone: the wake-up FIFOs live here
+        elif path.name.endswith(".ctl"):
+            raise QueueError(f"{path} belongs to another user; refusing to use it")
         else:
             print(
                 f"cancelpool: warning: {path} can be entered by other users; the queue's "
