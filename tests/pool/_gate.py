@@ -12,6 +12,7 @@ and :func:`announce` (report and go on without waiting).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -107,13 +108,17 @@ class Gate:
 
 
 async def arrive(path: str, tag: str = "-") -> None:
-    """Job side, async: report at the gate and wait for "go" (a cancellation point)."""
-    async with await anyio.connect_unix(path) as stream:
-        await stream.send(f"{tag} {os.getpid()}\n".encode())
-        try:
-            await stream.receive(1)
-        except (anyio.EndOfStream, anyio.BrokenResourceError):
-            pass  # the test closed the gate: same as "go"
+    """Job side, async: report at the gate and wait for "go" (a cancellation point).
+
+    Workers run asyncio, so this uses asyncio's streams (their reads cancel cleanly).
+    """
+    reader, writer = await asyncio.open_unix_connection(path)
+    try:
+        writer.write(f"{tag} {os.getpid()}\n".encode())
+        await writer.drain()
+        await reader.read(1)  # b"g", or b"" when the test closed the gate: same thing
+    finally:
+        writer.close()
 
 
 def announce(path: str, tag: str = "-") -> None:
