@@ -196,7 +196,9 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         _check_count(history, "history", 0)
         self._lock = threading.RLock()
         # One condition for every handle's result() to wait on (see JobHandle).
-        self._results = threading.Condition(threading.Lock())
+        # Reentrant: concurrent.futures.wait() holds the conditions of all the futures
+        # it waits for at once, and here they are one and the same.
+        self._results = threading.Condition(threading.RLock())
         self._idle = threading.Condition(self._lock)
         self._workers = [WorkerProc(index) for index in range(workers)]
         self._jobs = {}
@@ -546,8 +548,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
             targets = [
                 handle
                 for handle in self._jobs.values()
-                if handle._cancel_reason is None
-                and (not queued_only or handle._status is OperationStatus.PENDING)
+                if handle._cancel_reason is None and (not queued_only or handle._slot is None)
             ]
         return self._cancel_many(targets, reason, message)
 
@@ -556,8 +557,14 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
     ) -> bool:
         if handle._pool is not self:
             raise ValueError(f"{handle!r} belongs to another pool")
-        self._cancel_many([handle], reason, message)
-        return handle._cancel_reason is not None and handle._status is not OperationStatus.COMPLETED
+        with self._lock:
+            live = handle.id in self._jobs
+            count, resolved = self._cancel_locked([handle], reason, message)
+        for queued in resolved:
+            self._resolve_cancelled(queued)
+        # True while the cancellation is under way (asked now or before), False once
+        # the job had ended anyway.
+        return count > 0 or (live and handle._cancel_reason is not None)
 
     def _cancel_many(
         self, handles: list[JobHandle[Any]], reason: CancelationReason, message: str | None

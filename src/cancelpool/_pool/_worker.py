@@ -17,6 +17,7 @@ The worker never writes shared memory: everything it has to say goes over the ou
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import pickle
 import signal
@@ -197,7 +198,9 @@ class Worker:
                 if run.is_async:
                     result = await fn(*args, **kwargs)
                 else:
-                    result = await op.run_in_thread(fn, *args, **kwargs)
+                    # A partial, so that job kwargs named like run_in_thread's own
+                    # parameters ("fn") reach the job untouched.
+                    result = await op.run_in_thread(functools.partial(fn, *args, **kwargs))
         except CancelationError as exc:
             if job.failure is not None:
                 self._send_failure(job_id, job.failure)
