@@ -58,6 +58,15 @@ from ._pool._remote import current_pool as current_pool
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # The durable queue pulls in sqlite3: loaded on first use, not on import.
+    if name == "Queue":
+        from .queue import Queue
+
+        return Queue
+    raise AttributeError(f"module 'cancelpool' has no attribute {name!r}")
+
 # The double-l spellings some documents use name the same objects.
 Cancellable = Cancelable
 CancellationToken = CancelationToken
@@ -96,6 +105,7 @@ __all__ = (
     "PoolError",
     "PoolStatistics",
     "ProgressEvent",
+    "Queue",
     "RegistryStatistics",
     "RemotePool",
     "ResourceConditionSource",
@@ -124,7 +134,7 @@ __all__ = (
 def _fix_module_names() -> None:
     # Public objects show (and pickle as) ``cancelpool.X``, not their private module.
     for name in __all__:
-        obj = globals()[name]
+        obj = globals().get(name)
         module = getattr(obj, "__module__", "")
         if module.startswith("cancelpool.") and getattr(obj, "__name__", None) == name:
             try:

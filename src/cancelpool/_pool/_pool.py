@@ -92,6 +92,11 @@ def _check_count(value: int | None, what: str, minimum: int) -> int | None:
     return value
 
 
+def _check_reason(reason: CancelationReason) -> None:
+    if not isinstance(reason, CancelationReason):
+        raise TypeError(f"reason must be a CancelationReason, not {reason!r}")
+
+
 def _compile_pattern(pattern: str | None) -> Callable[[str], Any] | None:
     if pattern is None:
         return None
@@ -504,23 +509,33 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         return results()
 
     # -- cancelling -------------------------------------------------------------------------
-    def cancel(self, job: JobHandle[Any] | int, message: str | None = None) -> bool:
+    def cancel(
+        self,
+        job: JobHandle[Any] | int,
+        message: str | None = None,
+        *,
+        reason: CancelationReason = CancelationReason.MANUAL,
+    ) -> bool:
         """Cancel one job (and its descendants) by handle or id.
 
-        Returns False if the job is unknown or has already finished.
+        Returns False if the job is unknown or has already finished. ``reason`` is
+        what the job's :class:`JobCancelled` reports (e.g. SIGNAL when a server stops).
         """
         if isinstance(job, bool) or not isinstance(job, (int, JobHandle)):
             raise TypeError(f"cancel() takes a JobHandle or a job id, not {job!r}")
+        _check_reason(reason)
         handle = self.get(job) if isinstance(job, int) else job
         if handle is None:
             return False
-        return self._cancel_job(handle, CancelationReason.MANUAL, message)
+        return self._cancel_job(handle, reason, message)
 
     def cancel_all(
         self,
         name_pattern: str | None = None,
         status: OperationStatus | None = None,
         message: str | None = None,
+        *,
+        reason: CancelationReason = CancelationReason.MANUAL,
     ) -> int:
         """Cancel every live job whose name matches the glob ``name_pattern`` (all if
         None) and whose status is ``status`` (PENDING or RUNNING; any if None).
@@ -531,6 +546,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         match = _compile_pattern(name_pattern)
         if status is not None and not isinstance(status, OperationStatus):
             raise TypeError(f"status must be an OperationStatus, not {status!r}")
+        _check_reason(reason)
         with self._lock:
             targets = [
                 handle
@@ -539,7 +555,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
                 and (status is None or handle._status is status)
                 and handle._cancel_reason is None
             ]
-        return self._cancel_many(targets, CancelationReason.MANUAL, message)
+        return self._cancel_many(targets, reason, message)
 
     def _cancel_everything(
         self, reason: CancelationReason, message: str, *, queued_only: bool = False

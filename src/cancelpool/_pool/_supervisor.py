@@ -674,6 +674,7 @@ class Supervisor:
         count = 0
         now = time.monotonic()
         table = self._table
+        first_timer = self._timers[0][0] if self._timers else None
         for handle in handles:
             if handle._cancel_reason is not None or handle.id not in self._jobs:
                 continue
@@ -698,8 +699,10 @@ class Supervisor:
             bell = self._workers[index].bell
             if bell is not None:
                 bell.ring()
-        if bells:
-            self._wake()  # the supervisor must watch the new forced-stop timers
+        if self._timers and (first_timer is None or self._timers[0][0] < first_timer):
+            # The supervisor thread sleeps until its earliest timer: tell it about an
+            # earlier one. (Waking it for every cancel would cost the caller GIL time.)
+            self._wake()
         return count, resolved
 
     def _cascade(self, parent: JobHandle[Any], what: str) -> list[JobHandle[Any]]:
