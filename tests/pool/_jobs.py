@@ -219,3 +219,14 @@ def spin(gate: str | None = None, limit: float = BACKSTOP) -> int:
 async def spin_async(gate: str | None = None, limit: float = BACKSTOP) -> int:
     """An async job that never awaits: only ``token.check()`` can stop it."""
     return spin(gate, limit)
+
+
+async def stubborn(gate: str, partial: Any) -> str:
+    """Checkpoints ``partial`` (a progress report sends it), then waits at the gate
+    shielded from cancellation: only a forced stop (killing the worker) ends it."""
+    op = _op()
+    op.context.partial_result = partial
+    await op.report_progress("checkpoint")
+    with anyio.CancelScope(shield=True):
+        await arrive(gate, "stubborn")
+    return "released"

@@ -9,9 +9,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,11 +16,6 @@ from cancelpool import CancelationError, CancelPool, JobCancelled, JobHandle, Op
 
 from . import _jobs
 from ._gate import BACKSTOP, Gate
-
-TESTS_DIR = Path(__file__).resolve().parent.parent
-# Seconds a child interpreter gets to start a pool and run a few jobs (~1 s). A
-# deadlock backstop, generous for a loaded machine.
-SCRIPT_BACKSTOP = 20.0
 
 
 def test_sync_use_in_a_with_block() -> None:
@@ -49,22 +41,7 @@ def test_args_and_kwargs_reach_the_job(shared_pool: CancelPool, fn: object) -> N
     assert kwargs == {"x": {"y": (4, 5)}, "flag": True}
 
 
-@pytest.mark.parametrize(
-    "fn",
-    [
-        _jobs.echo,
-        pytest.param(
-            _jobs.echo_sync,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: a sync job's keyword argument named 'fn' (or 'self') collides "
-                "with Cancelable.run_in_thread(self, fn, *args, **kwargs) in the worker: "
-                "TypeError 'got multiple values for argument'",
-            ),
-        ),
-    ],
-    ids=["async", "sync"],
-)
+@pytest.mark.parametrize("fn", [_jobs.echo, _jobs.echo_sync], ids=["async", "sync"])
 def test_kwargs_named_like_the_pools_internals_reach_the_job(
     shared_pool: CancelPool, fn: object
 ) -> None:
@@ -122,68 +99,27 @@ def test_unpicklable_exception_arrives_as_a_runtime_error_naming_it(
     assert "UnpicklableError" in str(exc.__cause__)
 
 
-# A child interpreter runs the multi-handle calls of concurrent.futures: while they
-# deadlock (see the xfail reasons) the deadlock must not take this test process with it.
-_FUTURES_SCRIPT = """
-import concurrent.futures
-from cancelpool import CancelPool
-from pool import _jobs
-
-with CancelPool(workers=1) as pool:
-    handles = [pool.submit(_jobs.add, i, 1) for i in range(4)]
-    {body}
-print("done")
-"""
-
-_DEADLOCK_REASON = (
-    "BUG: every JobHandle of a pool shares one non-reentrant threading.Lock as its "
-    "Future._condition; concurrent.futures.{name}() acquires each future's condition in "
-    "turn (_AcquireFutures), so with two handles of one pool it blocks forever on the "
-    "lock it already holds, and the supervisor thread then blocks on it too"
-)
+def test_as_completed_and_wait(pool: CancelPool) -> None:
+    # Handles of one pool share their Future condition: these calls hold them all at once.
+    handles = [pool.submit(_jobs.add, i, i) for i in range(8)]
+    results = {h.result() for h in concurrent.futures.as_completed(handles, timeout=BACKSTOP)}
+    assert results == {2 * i for i in range(8)}
+    done, not_done = concurrent.futures.wait(handles, timeout=BACKSTOP)
+    assert done == set(handles)
+    assert not not_done
 
 
-def _run_futures_script(body: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    script = tmp_path / "futures_script.py"
-    script.write_text(_FUTURES_SCRIPT.format(body=body))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), *sys.path])}
-    # The backstop is generous (the script needs ~1 s); a deadlock ends in a kill.
-    return subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=SCRIPT_BACKSTOP,
-        check=False,
+def test_wait_first_completed_leaves_the_held_job_pending(pool: CancelPool, gate: Gate) -> None:
+    held = pool.submit(_jobs.hold, gate.path)
+    gate.wait(1)
+    quick = pool.submit(_jobs.add, 1, 1)
+    done, not_done = concurrent.futures.wait(
+        [held, quick], timeout=BACKSTOP, return_when=concurrent.futures.FIRST_COMPLETED
     )
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=subprocess.TimeoutExpired,
-    reason=_DEADLOCK_REASON.format(name="as_completed"),
-)
-def test_as_completed_over_handles_of_one_pool(tmp_path: Path) -> None:
-    body = (
-        "results = {h.result() for h in concurrent.futures.as_completed(handles, timeout=30)}\n"
-        "    assert results == {1, 2, 3, 4}, results"
-    )
-    done = _run_futures_script(body, tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "done"
-
-
-@pytest.mark.xfail(
-    strict=True, raises=subprocess.TimeoutExpired, reason=_DEADLOCK_REASON.format(name="wait")
-)
-def test_wait_over_handles_of_one_pool(tmp_path: Path) -> None:
-    body = (
-        "done, not_done = concurrent.futures.wait(handles, timeout=30)\n"
-        "    assert done == set(handles) and not not_done"
-    )
-    done = _run_futures_script(body, tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "done"
+    assert done == {quick}
+    assert not_done == {held}
+    gate.release()
+    assert held.result(BACKSTOP) == "released"
 
 
 def test_as_completed_and_wait_over_one_handle(shared_pool: CancelPool) -> None:
