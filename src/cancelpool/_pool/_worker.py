@@ -104,6 +104,7 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread_id: int | None = None
         self.children: dict[int, _remote.ChildJob] = {}
+        self.unannounced: list[int] = []
 
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -192,7 +193,13 @@ class Worker:
         job.forwarder = self._progress_callback(job_id, job)
         op.on_progress(job.forwarder)
         _remote.current_job.set(job_id)
-        self._send(proto.Started(job_id))
+        # Announced at the next flush, and only if it is still running then: a job
+        # that finishes within one loop iteration needs no Started message.
+        self.unannounced.append(job_id)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            assert self.loop is not None
+            self.loop.call_soon(self._flush)
         try:
             async with op:
                 if run.is_async:
@@ -213,6 +220,9 @@ class Worker:
             self._send_failure(job_id, RuntimeError(f"job stopped by {exc!r}"))
             raise
         else:
+            if job.failure is not None:  # it returned before the cancellation landed
+                self._send_failure(job_id, job.failure)
+                return
             try:
                 data = _dumps(result)
             except Exception as problem:
@@ -311,6 +321,12 @@ class Worker:
 
     def _flush(self) -> None:
         self.flush_scheduled = False
+        if self.unannounced:
+            jobs = self.jobs
+            started = [proto.Started(job) for job in self.unannounced if job in jobs]
+            self.unannounced = []
+            # Before anything else in this frame: the job is running from now on.
+            self.pending[:0] = started
         if not self.pending:
             return
         data = proto.frame(self.pending)

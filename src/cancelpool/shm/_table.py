@@ -519,7 +519,7 @@ class TokenTable:
             return True
 
     def _check_writer(self, what: str) -> None:
-        if not self.writer:
+        if self._owner_pid != os.getpid():
             raise RuntimeError(
                 f"TokenTable.{what}() can only be called in the process that created the "
                 "table; workers only read it and report to the supervisor"
