@@ -117,27 +117,28 @@ def _is_async(fn: Any) -> bool:
     )
 
 
-def pickle_call(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[bytes, bytes]:
-    """Pickle a job's function and arguments, or raise a TypeError that says what to do."""
+def pickle_fn(fn: Callable[..., Any]) -> bytes:
+    """Pickle a job's function, or raise a TypeError that says what to do."""
     if not callable(fn):
         raise TypeError(f"Cannot submit {fn!r}: it is not callable")
     try:
-        fn_data = pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise TypeError(
             f"Cannot submit {_fn_label(fn)}: job functions must be importable "
             f"module-level functions (pickle failed: {exc})"
         ) from None
+
+
+def pickle_args(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """Pickle a job's arguments, or raise a TypeError that says what to do."""
     try:
-        args_data = pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise TypeError(
             f"Cannot submit {_fn_label(fn)}: its arguments cannot be pickled ({exc}); "
             "pass plain data or importable objects"
         ) from None
-    return fn_data, args_data
 
 
 class CancelPool(Supervisor, concurrent.futures.Executor):
@@ -344,19 +345,12 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         except TypeError:  # an unhashable callable
             cached = None
         if cached is None:
-            fn_data, _ = pickle_call(fn, (), {})
-            cached = (fn_data, _is_async(fn))
+            cached = (pickle_fn(fn), _is_async(fn))
             try:
                 self._fn_cache[fn] = cached
             except TypeError:
                 pass
-        try:
-            args_data = pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            raise TypeError(
-                f"Cannot submit {_fn_label(fn)}: its arguments cannot be pickled ({exc}); "
-                "pass plain data or importable objects"
-            ) from None
+        args_data = pickle_args(fn, args, kwargs)
         return cached[0], args_data, cached[1]
 
     def submit(  # type: ignore[override]

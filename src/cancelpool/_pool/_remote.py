@@ -124,12 +124,12 @@ class RemotePool:
         Raises:
             TypeError: ``fn`` or the arguments cannot be pickled.
         """
-        from ._pool import _check_seconds, _is_async, pickle_call
+        from ._pool import _check_seconds, _is_async, pickle_args, pickle_fn
 
         timeout = _check_seconds(timeout, "timeout")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string, not {name!r}")
-        fn_data, args_data = pickle_call(fn, args, kwargs)
+        fn_data, args_data = pickle_fn(fn), pickle_args(fn, args, kwargs)
         request = next(self._requests)
         child = ChildJob(self._worker, request, name or getattr(fn, "__name__", None))
         self._worker.children[request] = child

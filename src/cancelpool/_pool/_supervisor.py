@@ -214,13 +214,21 @@ class Supervisor:
         proc.exclusive = False
         proc.forced_for = None
 
-    def _close_worker(self, proc: WorkerProc) -> None:
+    def _bury(self, proc: WorkerProc) -> None:
+        """Release everything of a worker process that has exited."""
+        proc.alive = False
         for conn in proc.conns:
             conn.close()
         proc.conns = []
         if proc.bell is not None:
             proc.bell.close()
             proc.bell = None
+        if proc.process is not None:
+            try:
+                proc.process.close()
+            except ValueError:  # still running: only after a failed kill
+                pass
+            proc.process = None
 
     def _kill_all(self) -> None:
         for proc in self._workers:
@@ -230,13 +238,7 @@ class Supervisor:
             if process.exitcode is None:
                 process.kill()
             process.join(WORKER_EXIT_GRACE)
-            proc.alive = False
-            self._close_worker(proc)
-            try:
-                process.close()
-            except ValueError:
-                pass
-            proc.process = None
+            self._bury(proc)
 
     def _close_resources(self) -> None:
         if self._table is not None:
@@ -789,12 +791,7 @@ class Supervisor:
                 handle._attempts += 1
                 self._queue.appendleft(handle)
             proc.inflight.clear()
-            self._close_worker(proc)
-            try:
-                process.close()
-            except ValueError:
-                pass
-            proc.process = None
+            self._bury(proc)
             if self._state == "running":
                 try:
                     self._spawn(proc)
