@@ -111,12 +111,6 @@ def test_unencodable_progress_metadata_fails_the_job(shared_pool: CancelPool) ->
     assert shared_pool.submit(_jobs.add, 2, 2).result(BACKSTOP) == 4  # the pool is fine
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when a job returns right after a progress report whose metadata cannot "
-    "be encoded, the worker's recorded failure is only looked at if the job ends with a "
-    "CancelationError; the job completes with its result and the report is silently lost",
-)
 def test_unencodable_progress_metadata_fails_the_job_even_if_it_returns_at_once(
     shared_pool: CancelPool,
 ) -> None:
