@@ -1244,3 +1244,39 @@ async def test_cancel_after_exit_is_a_no_op() -> None:
     await op.cancel()
     assert op.context.status is OperationStatus.COMPLETED
     assert op.context.cancel_reason is None
+
+
+@pytest.mark.anyio
+async def test_error_raised_during_own_cancellation_is_not_swallowed() -> None:
+    async def child() -> None:
+        try:
+            await anyio.sleep(FOREVER)
+        finally:
+            raise ValueError("in cleanup")
+
+    with pytest.raises(ExceptionGroup) as info:
+        async with Cancelable(name="a") as op, anyio.create_task_group() as tg:
+            tg.start_soon(child)
+            await anyio.wait_all_tasks_blocked()
+            op.cancel_sync()
+            await anyio.sleep(FOREVER)
+    assert info.group_contains(ValueError, match="in cleanup")
+    assert op.context.status is OperationStatus.FAILED
+    assert op.context.error is info.value
+    # The cancellation that was under way is still recorded.
+    assert op.context.cancel_reason is CancelationReason.MANUAL
+
+
+@pytest.mark.anyio
+async def test_failing_child_task_fails_operation() -> None:
+    async def child() -> None:
+        await anyio.lowlevel.checkpoint()
+        raise KeyError("lost")
+
+    with pytest.raises(ExceptionGroup) as info:
+        async with Cancelable() as op, anyio.create_task_group() as tg:
+            tg.start_soon(child)
+            await anyio.sleep(FOREVER)
+    assert info.group_contains(KeyError)
+    assert op.context.status is OperationStatus.FAILED
+    assert op.context.cancel_reason is None

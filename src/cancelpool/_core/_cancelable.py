@@ -157,8 +157,12 @@ class Cancelable:
 
     Args:
         name: a label for logs, the registry and pattern cancellation.
-        parent: the parent operation. Defaults to the operation active in this task,
-            if any. A child is cancelled when its parent is (reason PARENT).
+        parent: the parent operation. Defaults to :func:`current_operation` at entry
+            (the innermost operation of this task, or the one the task inherited from
+            where it was started). A child is cancelled when its parent is, for any
+            reason, with reason PARENT: in the parent's own task the parent's
+            cancellation passes through the child untouched; in another task the child
+            raises :class:`ParentCancelation` (and carries the parent's deadline).
         operation_id: the id to use instead of a fresh UUID.
         metadata: free-form data kept on the context.
         register: list the operation in :class:`OperationRegistry` while it runs.
