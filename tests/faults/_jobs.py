@@ -1,0 +1,313 @@
+"""Job functions for the fault tests: importable, so that workers can unpickle them.
+
+Under every start method a worker imports this module by name (``faults._jobs``):
+pytest puts ``tests/`` on ``sys.path`` before any pool starts, and the subprocess
+scenarios put it there themselves. Sleeping inside a job stands for work; it never
+orders a test against a job (the gate in ``_gate.py`` does that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from cancelpool import current_operation, current_pool
+
+from ._gate import BACKSTOP, announce, announce_async, arrive, arrive_sync, sleep_forever
+
+# Memory a job keeps alive in its worker (``max_memory_per_worker`` tests).
+_HOARD: list[bytes] = []
+
+
+def _op() -> Any:
+    op = current_operation()
+    assert op is not None, "pool jobs run inside their Cancelable"
+    return op
+
+
+def _id() -> int:
+    return int(_op().context.id)
+
+
+# -- plain ---------------------------------------------------------------------------------
+async def where() -> int:
+    """The pid of the worker the job runs in."""
+    return os.getpid()
+
+
+def where_sync() -> int:
+    return os.getpid()
+
+
+async def echo(value: Any) -> Any:
+    return value
+
+
+async def nap(seconds: float, value: Any = None) -> Any:
+    await anyio.sleep(seconds)
+    return value
+
+
+# -- families (cascades) ----------------------------------------------------------------------
+async def family(
+    gate: str,
+    children: int = 2,
+    grandchildren: int = 1,
+    wait_for_children: bool = True,
+) -> str:
+    """A root job: ``children`` children, each with ``grandchildren`` children.
+
+    Every member announces itself at the gate (tags ``root``, ``child``, ``grand``)
+    and then waits. The root either awaits its children (``wait_for_children``) or
+    waits at the gate for "go" and then returns while they still run.
+    """
+    pool = current_pool()
+    kids = [pool.submit(branch, gate, grandchildren, name="child") for _ in range(children)]
+    if wait_for_children:
+        await announce_async(gate, "root")
+        for kid in kids:
+            await kid
+        return "children ended"
+    await arrive(gate, "root")
+    return "returned"
+
+
+async def branch(gate: str, grandchildren: int, wait_for_children: bool = True) -> str:
+    """A child of :func:`family`: starts its own children, announces, then awaits them
+    (``wait_for_children``) or just waits to be cancelled."""
+    pool = current_pool()
+    kids = [pool.submit(leaf, gate, name="grand") for _ in range(grandchildren)]
+    await announce_async(gate, "child")
+    if wait_for_children:
+        for kid in kids:
+            await kid
+    await sleep_forever()
+    return "unreachable"
+
+
+async def leaf(gate: str) -> str:
+    """A grandchild: records a partial result, announces, waits to be cancelled."""
+    _op().context.partial_result = {"leaf": _id()}
+    await announce_async(gate, "grand")
+    await sleep_forever()
+    return "unreachable"
+
+
+async def lone_child_with_timeout(
+    gate: str, timeout: float, wait_for_children: bool = False
+) -> dict[str, Any]:
+    """A parent whose only child (with one grandchild) times out: the parent sees the
+    child's cancellation and goes on, waiting at the gate afterwards."""
+    child = current_pool().submit(branch, gate, 1, wait_for_children, name="child", timeout=timeout)
+    await announce_async(gate, "root")
+    try:
+        await child
+    except Exception as exc:
+        outcome = {"type": type(exc).__name__, "reason": str(getattr(exc, "reason", ""))}
+    else:  # pragma: no cover - the child never returns
+        outcome = {"type": "returned"}
+    await arrive(gate, "root-after")
+    return outcome
+
+
+async def child_of_caller(gate: str) -> str:
+    """A job submitted with ``parent=`` from the caller."""
+    await announce_async(gate, "adopted")
+    await sleep_forever()
+    return "unreachable"
+
+
+async def reporting_parent(gate: str, grandchild: bool) -> list[list[Any]]:
+    """Collects what its own ``on_progress`` callbacks hear while a child (and its
+    child) report; returns ``[op_id, message, metadata]`` for each report heard."""
+    heard: list[list[Any]] = []
+    _op().on_progress(lambda op_id, message, meta: heard.append([op_id, message, meta]))
+    child = current_pool().submit(reporting_child, grandchild, name="reporter")
+    await child
+    # The supervisor forwards reports in the order it got them, and a grandchild's
+    # report reaches it before the child's outcome: once the child has returned,
+    # everything has arrived. The gate orders the test's own look at the handle.
+    await arrive(gate, "parent-done")
+    return heard
+
+
+async def reporting_child(grandchild: bool) -> int:
+    op = _op()
+    await op.report_progress("child says", {"from": "child", "job": _id()})
+    if grandchild:
+        await current_pool().submit(reporting_grandchild, name="grand-reporter")
+    return _id()
+
+
+async def reporting_grandchild() -> int:
+    await _op().report_progress("grandchild says", {"from": "grand", "job": _id()})
+    return _id()
+
+
+# -- stubborn jobs (forced stop) -------------------------------------------------------------
+async def swallow(gate: str, steps: int = 1) -> str:
+    """Records ``steps`` partial results, each with a progress report (which
+    checkpoints it), announces, then swallows every cancellation it gets."""
+    op = _op()
+    for i in range(steps):
+        op.context.partial_result = {"step": i}
+        await op.report_progress("step", {"i": i})
+    await announce_async(gate, "swallow")
+    swallowed = 0
+    deadline = time.monotonic() + BACKSTOP
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.sleep(BACKSTOP)
+        except asyncio.CancelledError:
+            swallowed += 1  # and carry on: the worker must be killed to stop this job
+    return f"survived (swallowed {swallowed} cancellations)"
+
+
+def sync_stubborn(gate: str, partial: Any) -> str:
+    """A plain function that never looks at its token: only a forced stop ends it."""
+    op = _op()
+    op.context.partial_result = partial
+    announce(gate, "sync-stubborn")
+    deadline = time.monotonic() + BACKSTOP
+    while time.monotonic() < deadline:
+        time.sleep(0.01)  # stands for uninterruptible work
+    return "survived"
+
+
+def sync_hold(gate: str, tag: str) -> int:
+    """A plain function: waits at the gate (polling its token); returns its pid."""
+    arrive_sync(gate, tag)
+    return os.getpid()
+
+
+async def hold(gate: str, tag: str, partial: Any = None) -> int:
+    """Records (and checkpoints) ``partial``, waits at the gate; returns its pid."""
+    op = _op()
+    if partial is not None:
+        op.context.partial_result = partial
+        await op.report_progress("checkpoint")
+    await arrive(gate, tag)
+    return os.getpid()
+
+
+async def hold_forever(gate: str, tag: str, partial: Any = None) -> int:
+    """Like :func:`hold`, but announces and then waits until cancelled."""
+    op = _op()
+    if partial is not None:
+        op.context.partial_result = partial
+        await op.report_progress("checkpoint")
+    await announce_async(gate, tag)
+    await sleep_forever()
+    return -1
+
+
+def spin_sync(gate: str, tag: str) -> int:
+    """A plain function in a CPU loop that stops only at ``token.check()``."""
+    op = _op()
+    token = op.token
+    count = 0
+    deadline = time.monotonic() + BACKSTOP
+    while time.monotonic() < deadline:
+        token.check()
+        count += 1
+        if count % 1000 == 1:
+            op.context.partial_result = {"spins": count}
+            if count == 1:
+                announce(gate, tag)
+    return -1
+
+
+async def spin_async(gate: str, tag: str, seconds: float = BACKSTOP) -> int:
+    """An async job that never awaits for ``seconds`` (it blocks its worker's loop)."""
+    announce(gate, tag)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+    return -1
+
+
+# -- crashes --------------------------------------------------------------------------------
+async def die(gate: str, how: str, partial: Any = None) -> str:
+    """Checkpoints ``partial``, announces, then kills its own worker ``how``."""
+    op = _op()
+    if partial is not None:
+        op.context.partial_result = partial
+        await op.report_progress("checkpoint")
+    await announce_async(gate, f"die-{how}")
+    _die(how)
+    return "survived"
+
+
+def _die(how: str) -> None:
+    if how == "exit":
+        os._exit(3)
+    elif how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "segfault":
+        ctypes.string_at(0)
+    else:  # pragma: no cover
+        raise ValueError(how)
+
+
+async def crash_until(counter: str, crashes: int) -> int:
+    """Counts its attempts in a file; kills its worker on the first ``crashes``."""
+    path = Path(counter)
+    attempt = int(path.read_text() or 0) + 1 if path.exists() else 1
+    path.write_text(str(attempt))
+    if attempt <= crashes:
+        os._exit(3)
+    return attempt
+
+
+async def hoard(megabytes: int) -> int:
+    """Keeps ``megabytes`` of touched memory alive in the worker; returns its pid."""
+    _HOARD.append(b"\x01" * (megabytes << 20))
+    return os.getpid()
+
+
+def worker_threads() -> list[str]:
+    return [t.name for t in threading.enumerate()]
+
+
+async def hold_tag(gate: str, tag: str) -> str:
+    """Waits at the gate; returns its own tag (tells children apart by result)."""
+    await arrive(gate, tag)
+    return tag
+
+
+async def parent_of(gate: str, tag: str) -> Any:
+    """Starts one :func:`hold_tag` child, announces, returns the child's result."""
+    child = current_pool().submit(hold_tag, gate, tag, name=f"child-{tag}")
+    await announce_async(gate, f"parent-{tag}")
+    return await child
+
+
+async def report(message: str, metadata: Any = None) -> str:
+    """Reports one progress event, then returns."""
+    await _op().report_progress(message, metadata)
+    return "reported"
+
+
+async def fail_with(message: str) -> None:
+    raise ValueError(message)
+
+
+async def return_value(value: Any) -> Any:
+    return value
+
+
+async def child_named(name: str) -> Any:
+    """Submits a child with an odd ``name``; returns the child's outcome."""
+    try:
+        child = current_pool().submit(echo, "child ran", name=name)
+    except Exception as exc:
+        return ["refused", type(exc).__name__, str(exc)]
+    return ["ran", await child]

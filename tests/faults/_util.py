@@ -1,0 +1,102 @@
+"""Helpers shared by the fault tests: processes, /dev/shm, job trees."""
+
+from __future__ import annotations
+
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
+import os
+import time
+from typing import Any
+
+import psutil
+
+from cancelpool import CancelPool, JobHandle
+
+# Seconds a finished pool's processes get to disappear before they count as leaked, and
+# a torn-down pool's supervisor gets to stop. Backstops against a hang, not waits.
+EXIT_BACKSTOP = 30.0
+
+
+def _helper_pids() -> set[int]:
+    pids = set()
+    forkserver_pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
+    tracker_pid = getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None)
+    for pid in (forkserver_pid, tracker_pid):
+        if pid is not None:
+            pids.add(pid)
+    return pids
+
+
+def live_children() -> list[psutil.Process]:
+    """Child processes of this test process, but the multiprocessing helpers and zombies."""
+    allowed = _helper_pids()
+    alive = []
+    for child in psutil.Process().children(recursive=True):
+        if child.pid in allowed:
+            continue
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue  # dead; only waiting for its parent (the fork server) to reap it
+        except psutil.NoSuchProcess:
+            continue
+        alive.append(child)
+    return alive
+
+
+def is_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie counts: it runs nothing any more)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def dev_shm() -> set[str]:
+    try:
+        names = os.listdir("/dev/shm")
+    except FileNotFoundError:  # pragma: no cover - no /dev/shm on this system
+        return set()
+    # multiprocessing's POSIX semaphores are created and unlinked at once; another test
+    # process running in parallel may hold one for a moment.
+    return {name for name in names if not name.startswith("sem.")}
+
+
+def assert_no_new_shm(before: set[str]) -> None:
+    """No new ``/dev/shm`` entry (a parallel test's short-lived one may come and go)."""
+    deadline = time.monotonic() + EXIT_BACKSTOP
+    new = dev_shm() - before
+    while new and time.monotonic() < deadline:
+        time.sleep(0.05)  # backstop poll for a parallel test's short-lived entry
+        new = dev_shm() - before
+    assert not new, f"/dev/shm entries left behind: {sorted(new)}"
+
+
+def assert_no_leftovers(shm_before: set[str]) -> None:
+    """No child process (but the helpers) and no new /dev/shm entry remain."""
+    leftovers = live_children()
+    if leftovers:
+        _gone, alive = psutil.wait_procs(leftovers, timeout=EXIT_BACKSTOP)
+        described = []
+        for proc in alive:
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                described.append(f"{proc.pid} {' '.join(proc.cmdline())}")
+                proc.kill()  # so that one leak does not fail every test after it
+            except psutil.Error:
+                pass
+        assert not described, f"child processes left running: {described}"
+    assert_no_new_shm(shm_before)
+
+
+def descendants(pool: CancelPool, root: JobHandle[Any]) -> list[JobHandle[Any]]:
+    """Every job of ``pool`` (live or in its history) below ``root``."""
+    found = []
+    for handle in pool.jobs():
+        parent = handle.parent
+        while parent is not None:
+            if parent is root:
+                found.append(handle)
+                break
+            parent = parent.parent
+    return found
