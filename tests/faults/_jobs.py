@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
 
 from cancelpool import current_operation, current_pool
 
@@ -175,6 +176,8 @@ def sync_stubborn(gate: str, partial: Any) -> str:
     """A plain function that never looks at its token: only a forced stop ends it."""
     op = _op()
     op.context.partial_result = partial
+    # A progress report checkpoints the partial result; from a thread, through anyio.
+    anyio.from_thread.run(op.report_progress, "checkpoint")
     announce(gate, "sync-stubborn")
     deadline = time.monotonic() + BACKSTOP
     while time.monotonic() < deadline:
