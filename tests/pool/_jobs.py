@@ -230,3 +230,17 @@ async def stubborn(gate: str, partial: Any) -> str:
     with anyio.CancelScope(shield=True):
         await arrive(gate, "stubborn")
     return "released"
+
+
+async def block_loop(seconds: float) -> str:
+    """Blocks its worker's event loop (no await, no token check): only the supervisor's
+    timeout backstop and a forced stop can end it early."""
+    time.sleep(seconds)
+    return "blocked to the end"
+
+
+async def block_loop_after_await(seconds: float) -> str:
+    """Like :func:`block_loop`, after one await (its worker has announced it by then)."""
+    await anyio.sleep(0)
+    time.sleep(seconds)
+    return "blocked to the end"

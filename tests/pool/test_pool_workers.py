@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -108,3 +111,40 @@ def test_a_job_ignoring_its_cancellation_is_force_stopped(gate: Gate) -> None:
             psutil.Process(arrivals["stubborn"].pid).status() == psutil.STATUS_ZOMBIE
         )
         assert pool.submit(_jobs.add, 1, 1).result(BACKSTOP) == 2  # a new worker
+
+
+_SUPERVISOR_SCRIPT = """
+import sys
+from cancelpool import CancelPool
+from pool import _jobs
+
+if __name__ == "__main__":
+    pool = CancelPool(workers=2).__enter__()
+    handles = [pool.submit(_jobs.hold, sys.argv[1], f"job{i}") for i in range(2)]
+    sys.stdin.read()  # until killed
+"""
+
+
+def test_workers_exit_when_the_supervisor_process_is_killed(gate: Gate, tmp_path: Path) -> None:
+    script = tmp_path / "supervisor.py"
+    script.write_text(_SUPERVISOR_SCRIPT)
+    tests_dir = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir), *sys.path])}
+    supervisor = subprocess.Popen(
+        [sys.executable, str(script), gate.path], stdin=subprocess.PIPE, env=env
+    )
+    try:
+        workers = [psutil.Process(arrival.pid) for arrival in gate.wait(2)]
+        assert len({w.pid for w in workers}) == 2
+        supervisor.kill()
+        supervisor.wait(BACKSTOP)
+        # Nobody is left to report to: the workers exit on their own (no /dev/shm
+        # residue either, checked after every test).
+        _gone, alive = psutil.wait_procs(workers, timeout=BACKSTOP)
+        assert alive == []
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait(BACKSTOP)
+        assert supervisor.stdin is not None
+        supervisor.stdin.close()
