@@ -169,13 +169,6 @@ def hold_sync(gate: str, tag: str = "-", partial: Any = None) -> str:
     return "released"
 
 
-async def hold_then_sleep(gate: str, seconds: float, tag: str = "-") -> str:
-    """Arrive and get released, then work (sleep) for a while; for timeout tests."""
-    await arrive(gate, tag)
-    await anyio.sleep(seconds)
-    return "slept"
-
-
 async def steps(gate: str, count: int) -> int:
     """Wait at the gate, then report ``count`` progress events and return ``count``."""
     await arrive(gate)
