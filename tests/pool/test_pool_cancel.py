@@ -349,13 +349,6 @@ def test_supervisor_backstop_stops_a_running_job_whose_loop_is_blocked() -> None
         assert pool.submit(_jobs.add, 1, 1).result(BACKSTOP) == 2  # a new worker
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the supervisor arms a job's timeout backstop only when it reads the job's "
-    "Started message, which the worker sends at its next loop iteration; a job that blocks "
-    "its worker's event loop from its first step (the case the backstop exists for) is "
-    "never announced, so its timeout is never enforced and it runs to its end",
-)
 def test_supervisor_backstop_stops_a_job_whose_loop_is_blocked() -> None:
     # The worker cannot enforce this timeout (the job blocks its event loop); the
     # supervisor's backstop cancels it and, the job ignoring that too, stops it by force.

@@ -341,6 +341,12 @@ class Supervisor:
             handle._slot = slot
             handle._worker = proc.index
             proc.inflight.add(handle.id)
+            if run.timeout is not None:
+                # Armed now, not when the job reports it started: a worker whose
+                # loop is blocked reports nothing, and that is the case to catch.
+                self._add_timer(
+                    time.monotonic() + run.timeout + BACKSTOP_MARGIN, handle.id, _BACKSTOP
+                )
             if not run.is_async:
                 proc.exclusive = True
             messages.append(
@@ -475,7 +481,6 @@ class Supervisor:
         progress: list[tuple[JobHandle[Any], proto.Progress]] = []
         refused: list[tuple[int, BaseException]] = []
         resolved: list[JobHandle[Any]] = []
-        now = time.monotonic()
         with self._lock:
             jobs = self._jobs
             for message in messages:
@@ -498,9 +503,6 @@ class Supervisor:
                     handle._status = OperationStatus.RUNNING
                     handle.started_at = time.time()
                     handle.set_running_or_notify_cancel()
-                    if handle.timeout is not None:
-                        deadline = now + handle.timeout + BACKSTOP_MARGIN
-                        heapq.heappush(self._timers, (deadline, handle.id, _BACKSTOP))
                 elif kind is proto.Progress:
                     progress.append((handle, message))
                     parent = handle.parent
@@ -676,7 +678,6 @@ class Supervisor:
         count = 0
         now = time.monotonic()
         table = self._table
-        first_timer = self._timers[0][0] if self._timers else None
         for handle in handles:
             if handle._cancel_reason is not None or handle.id not in self._jobs:
                 continue
@@ -694,17 +695,13 @@ class Supervisor:
                 grace = handle.cancel_grace
                 if grace is None:
                     grace = self._cancel_grace
-                heapq.heappush(self._timers, (now + grace, handle.id, _FORCE))
+                self._add_timer(now + grace, handle.id, _FORCE)
             if handle.id in self._children_of:
                 resolved.extend(self._cascade(handle, f"was cancelled ({reason.value})"))
         for index in bells:
             bell = self._workers[index].bell
             if bell is not None:
                 bell.ring()
-        if self._timers and (first_timer is None or self._timers[0][0] < first_timer):
-            # The supervisor thread sleeps until its earliest timer: tell it about an
-            # earlier one. (Waking it for every cancel would cost the caller GIL time.)
-            self._wake()
         return count, resolved
 
     def _cascade(self, parent: JobHandle[Any], what: str) -> list[JobHandle[Any]]:
@@ -715,6 +712,13 @@ class Supervisor:
         message = f"parent job {parent.id} ({parent.name or '-'}) {what}"
         _, resolved = self._cancel_locked(children, CancelationReason.PARENT, message)
         return resolved
+
+    def _add_timer(self, deadline: float, job: int, kind: int) -> None:
+        """Arm a timer (lock held), waking the supervisor if it is the earliest."""
+        earliest = self._timers[0][0] if self._timers else None
+        heapq.heappush(self._timers, (deadline, job, kind))
+        if earliest is None or deadline < earliest:
+            self._wake()
 
     def _fire_timers(self) -> None:
         now = time.monotonic()
