@@ -73,6 +73,7 @@ class Gate:
             while not line.endswith(b"\n"):
                 chunk = conn.recv(256)
                 if not chunk:
+                    conn.close()
                     raise AssertionError(f"a job hung up at the gate after {line!r}")
                 line += chunk
             tag, job, pid = line.decode().split()

@@ -239,12 +239,12 @@ async def spin_async(gate: str, tag: str, seconds: float = BACKSTOP) -> int:
 
 # -- crashes --------------------------------------------------------------------------------
 async def die(gate: str, how: str, partial: Any = None) -> str:
-    """Checkpoints ``partial``, announces, then kills its own worker ``how``."""
+    """Checkpoints ``partial``, waits at the gate, then kills its own worker ``how``."""
     op = _op()
     if partial is not None:
         op.context.partial_result = partial
         await op.report_progress("checkpoint")
-    await announce_async(gate, f"die-{how}")
+    await arrive(gate, f"die-{how}")
     _die(how)
     return "survived"
 
@@ -270,9 +270,12 @@ async def crash_until(counter: str, crashes: int) -> int:
     return attempt
 
 
-async def hoard(megabytes: int) -> int:
-    """Keeps ``megabytes`` of touched memory alive in the worker; returns its pid."""
+async def hoard(megabytes: int, at_least: float = 0.0) -> int:
+    """Keeps ``megabytes`` of touched memory alive in the worker, taking at least
+    ``at_least`` seconds in all; returns the worker's pid."""
+    deadline = time.monotonic() + at_least
     _HOARD.append(b"\x01" * (megabytes << 20))
+    await anyio.sleep(deadline - time.monotonic())
     return os.getpid()
 
 
