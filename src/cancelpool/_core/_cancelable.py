@@ -702,12 +702,7 @@ class Cancelable:
             self._handle.call(self._trigger, reason, message)
 
     def _on_token(self, token: CancelationToken) -> None:
-        handle = self._handle
-        reason = token.reason or CancelationReason.MANUAL
-        if handle is None:  # not started yet: remember it, cancel at entry
-            self._set_reason(reason, token.message)
-        else:
-            handle.call(self._trigger, reason, token.message)
+        self._request(token.reason or CancelationReason.MANUAL, token.message)
 
     def _on_source(self, source: CancelationSource) -> None:
         if self._handle is not None:
@@ -771,11 +766,25 @@ class Cancelable:
         operation starts, the request is remembered and it is cancelled on entry.
         """
         reason, message = split_args(reason, message)
+        self._request(reason, message)
+
+    def _request(self, reason: CancelationReason, message: str | None) -> None:
+        """Cancel from any thread, entered or not."""
         handle = self._handle
-        if handle is None:
-            self._set_reason(reason, message)
-        else:
+        if handle is not None:
             handle.call(self._trigger, reason, message)
+            return
+        # Not started: remember it; entry cancels the scope. If entry began meanwhile
+        # (in the loop's thread) it may have looked before we wrote: hand it over too.
+        self._set_reason(reason, message)
+        handle = self._handle
+        if handle is not None:
+            handle.call(self._apply_early_reason)
+
+    def _apply_early_reason(self) -> None:
+        if not self._done and self._scope is not None and not self._scope.cancel_called:
+            self._scope.cancel()
+            self._after_reason()
 
     # -- helpers for the body ----------------------------------------------------------------
     def shield(self) -> _Shield:
