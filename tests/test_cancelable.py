@@ -1280,3 +1280,66 @@ async def test_failing_child_task_fails_operation() -> None:
     assert info.group_contains(KeyError)
     assert op.context.status is OperationStatus.FAILED
     assert op.context.cancel_reason is None
+
+
+class ExternalToken(CancelationToken):
+    """A token whose flag is set elsewhere, with no listener run in this process.
+
+    It stands in for the pool's shared-memory token, cancelled by another process.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.external = False
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self._cancelled or self.external
+
+
+@pytest.mark.anyio
+async def test_sync_check_sees_watched_token_without_awaiting() -> None:
+    external = ExternalToken()
+    checks = 0
+    with pytest.raises(ManualCancelation) as info:
+        async with Cancelable(name="job").add_token(external) as op:
+            while True:  # CPU-bound code on the loop: never awaits
+                checks += 1
+                if checks == 3:
+                    external.external = True
+                op.token.check()
+    assert checks == 3
+    assert info.value.context is op.context
+    assert op.context.status is OperationStatus.CANCELLED
+    assert op.context.cancel_reason is CancelationReason.MANUAL
+
+
+@pytest.mark.anyio
+async def test_nested_sync_check_sees_ancestor_watched_token() -> None:
+    external = ExternalToken()
+    with pytest.raises(ManualCancelation):
+        async with Cancelable(name="job").add_token(external) as job:
+            with pytest.raises(ParentCancelation, match="'job'"):
+                async with Cancelable(name="step") as step:
+                    external.external = True
+                    current = current_operation()
+                    assert current is step
+                    current.token.check()
+            assert job.is_cancelled
+            await anyio.lowlevel.checkpoint()
+    assert step.context.cancel_reason is CancelationReason.PARENT
+
+
+@pytest.mark.anyio
+async def test_thread_sees_watched_token_in_run_in_thread() -> None:
+    external = ExternalToken()
+
+    def crunch() -> None:
+        op = current_operation()
+        assert op is not None
+        external.external = True
+        op.token.check()
+
+    with anyio.fail_after(BACKSTOP), pytest.raises(ManualCancelation):
+        async with Cancelable().add_token(external) as op:
+            await op.run_in_thread(crunch)

@@ -75,15 +75,29 @@ def current_operation() -> Cancelable | None:
 class _OperationToken(CancelationToken):
     """The token of one operation: cancelled whenever the operation is.
 
-    Its ``is_cancelled`` also compares the monotonic clock with the operation's
-    deadline, so synchronous code polling it in a thread sees a timeout on time even
-    though the event loop enforces the deadline on its own.
+    Its ``is_cancelled`` is what synchronous code polls, in a thread or on the loop
+    without awaiting, so it does not wait for the event loop to learn of a
+    cancellation. It also reads:
+
+    * the monotonic clock against the binding deadline (the operation's own or an
+      ancestor's), which the event loop otherwise enforces on its own;
+    * the tokens the operation and its ancestors watch, whose flags may be raised
+      where no listener runs (a shared-memory token cancelled by another process).
+
+    Either way the owning operation is cancelled too, as if the loop had seen it first.
     """
 
-    __slots__ = ("_deadline", "_deadline_message", "_deadline_owner", "_deadline_reason")
+    __slots__ = (
+        "_deadline",
+        "_deadline_message",
+        "_deadline_owner",
+        "_deadline_reason",
+        "_op",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, op: Cancelable) -> None:
         super().__init__()
+        self._op = op
         self._deadline: float | None = None
         self._deadline_owner: Cancelable | None = None
         self._deadline_reason = CancelationReason.TIMEOUT
@@ -106,6 +120,26 @@ class _OperationToken(CancelationToken):
                 owner._deadline_passed()
             self._raise_flag(self._deadline_reason, self._deadline_message)
             return True
+        own = self._op
+        op: Cancelable | None = own
+        while op is not None and not op._done:
+            for token in op._tokens:
+                # Another operation's token relays through its listeners; skipping it
+                # also keeps operations that watch each other from recursing here.
+                if type(token) is not _OperationToken and token.is_cancelled:
+                    reason = token.reason or CancelationReason.MANUAL
+                    if op is own:
+                        # Our listener on this flag cancels the operation.
+                        self._raise_flag(reason, token.message)
+                    else:
+                        op._request(reason, token.message)
+                        self._raise_flag(
+                            CancelationReason.PARENT,
+                            f"parent operation {op._label()} was cancelled "
+                            f"({reason.value}): {token.message}",
+                        )
+                    return True
+            op = op._parent
         return False
 
 
@@ -441,7 +475,7 @@ class Cancelable:
         """
         token = self._token
         if token is None:
-            token = self._token = _OperationToken()
+            token = self._token = _OperationToken(self)
             if self._reason is not None:
                 token._raise_flag(self._reason, self._message)
             else:
@@ -566,13 +600,10 @@ class Cancelable:
         ctx = self.context
         ctx.end_time = time.time()
         error: CancelationError | None = None
-        if swallowed or (
-            isinstance(exc, CancelationError)
-            and (exc.context is None or exc.context is ctx)
-            and scope.cancel_called
-        ):
-            # Our own scope caught its cancellation (or our token's check() raised it):
-            # one of our sources did it.
+        if swallowed or (isinstance(exc, CancelationError) and scope.cancel_called):
+            # Our own scope caught its cancellation, or a token's check() raised it
+            # (ours, or a child's that our cancellation reached first): one of our
+            # sources did it.
             reason, message = self._reason_of_own()
             error = error_for_reason(reason, message, ctx)
             ctx.status = OperationStatus.CANCELLED
