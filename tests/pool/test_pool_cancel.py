@@ -95,13 +95,6 @@ def test_sync_job_in_a_thread_stops_at_token_check(shared_pool: CancelPool, gate
     assert exc.forced is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: in an async job, current_operation().token is the Cancelable's own token, "
-    "raised only when the worker's event loop handles the doorbell; a job that checks "
-    "token.check() without awaiting never sees a cancel (the shared-memory slot is not "
-    "read), so it runs on until it returns (or is force-killed after cancel_grace)",
-)
 def test_async_job_that_never_awaits_stops_at_token_check(
     shared_pool: CancelPool, gate: Gate
 ) -> None:
