@@ -35,7 +35,8 @@ from ..shm import TokenTable
 from . import _protocol as proto
 from . import _worker
 from ._handle import JobHandle
-from ._supervisor import Supervisor, WorkerProc
+from ._supervisor import Supervisor
+from ._workers import WorkerProc
 
 T = TypeVar("T")
 

@@ -1,0 +1,336 @@
+"""The worker processes as the supervisor sees them: start, feed, bury.
+
+Each worker has an inbox pipe (supervisor -> worker), an outbox pipe (worker ->
+supervisor), a doorbell (eventfd) and a process sentinel. Jobs are sent in batches, one
+frame per write; what a full pipe cannot take is kept and flushed by the supervisor
+thread when the pipe is writable again. A plain (sync) function gets a worker of its
+own, so that killing that worker to force-stop the function hurts no other job.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from .._core._enums import OperationStatus
+from ..shm import Doorbell, TableFull, TokenTable
+from . import _protocol as proto
+from . import _worker
+from ._handle import JobHandle
+
+if TYPE_CHECKING:
+    import multiprocessing.process
+
+#: How long shutdown waits for a worker to exit after asking it to, before killing it.
+WORKER_EXIT_GRACE = 5.0
+#: Extra time the supervisor gives a job past its timeout before it cancels the job
+#: itself (the worker enforces timeouts precisely; this only catches a worker whose
+#: loop is blocked). Shorter fires spuriously on a loaded machine; longer stops late.
+BACKSTOP_MARGIN = 0.25
+# The kinds of supervisor timers.
+BACKSTOP = 0
+FORCE = 1
+
+
+class WorkerProc:
+    """The supervisor's end of one worker process (one slot of the pool)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.pid: int | None = None
+        self.bell: Doorbell | None = None
+        self.in_fd = -1
+        self.out_fd = -1
+        self.sentinel = -1
+        self.conns: list[Connection] = []
+        self.reader = proto.FrameReader()
+        self.write_buffer = bytearray()
+        self.outbox: list[Any] = []
+        self.inflight: set[int] = set()
+        self.completed = 0
+        self.tasks = 0
+        self.memory_checked = 0.0
+        self.alive = False
+        self.stop_sent = False
+        self.retiring = False
+        self.exclusive = False
+        self.forced_for: int | None = None
+
+    def accepts(self, concurrency: int) -> bool:
+        """Whether new jobs may be sent to this worker now."""
+        return (
+            self.alive
+            and not self.stop_sent
+            and not self.retiring
+            and not self.exclusive
+            and len(self.inflight) < concurrency
+        )
+
+
+class WorkerSet:
+    """The worker processes of a pool: starting, feeding and burying them.
+
+    A mixin of :class:`CancelPool` (the state lives on the pool); every method that
+    says "lock held" expects the pool's lock to be held by the caller.
+    """
+
+    _lock: threading.RLock
+    _idle: threading.Condition
+    _workers: list[WorkerProc]
+    _jobs: dict[int, JobHandle[Any]]
+    _queue: deque[JobHandle[Any]]
+    _history: deque[JobHandle[Any]]
+    _timers: list[tuple[float, int, int]]
+    _counts: dict[OperationStatus, int]
+    _table: TokenTable | None
+    _state: str
+    _wake_r: int
+    _wake_w: int
+    _wake_pending: bool
+    _concurrency: int
+    _use_uvloop: bool
+    _mp: Any
+    _cancel_grace: float
+    _max_tasks: int | None
+    _max_memory: int | None
+    _children_of: dict[int, list[JobHandle[Any]]]
+    _requests: dict[tuple[int, int], JobHandle[Any]]
+
+    def _new_job(
+        self,
+        fn: bytes,
+        args: bytes,
+        is_async: bool,
+        *,
+        name: str | None,
+        timeout: float | None,
+        metadata: dict[str, Any] | None,
+        parent: JobHandle[Any] | None,
+        retries: int,
+        cancel_grace: float | None,
+        remote: tuple[int, int] | None = None,
+    ) -> JobHandle[Any]:
+        raise NotImplementedError  # CancelPool provides it
+
+    # -- workers ------------------------------------------------------------------------------
+    def _spawn(self, proc: WorkerProc) -> None:
+        assert self._table is not None
+        in_r, in_w = self._mp.Pipe(duplex=False)
+        out_r, out_w = self._mp.Pipe(duplex=False)
+        bell = Doorbell()
+        process = self._mp.Process(
+            target=_worker.main,
+            args=(self._table, bell, in_r, out_w, os.getpid(), self._use_uvloop),
+            name=f"cancelpool-worker-{proc.index}",
+            daemon=True,
+        )
+        try:
+            process.start()
+        except BaseException:
+            for conn in (in_r, in_w, out_r, out_w):
+                conn.close()
+            bell.close()
+            raise
+        in_r.close()
+        out_w.close()
+        proc.process = process
+        proc.pid = process.pid
+        proc.bell = bell
+        proc.conns = [in_w, out_r]
+        proc.in_fd = in_w.fileno()
+        proc.out_fd = out_r.fileno()
+        os.set_blocking(proc.in_fd, False)
+        os.set_blocking(proc.out_fd, False)
+        proc.sentinel = process.sentinel
+        proc.reader = proto.FrameReader()
+        proc.write_buffer = bytearray()
+        proc.outbox = []
+        proc.inflight = set()
+        proc.tasks = 0
+        proc.memory_checked = time.monotonic()
+        proc.alive = True
+        proc.stop_sent = False
+        proc.retiring = False
+        proc.exclusive = False
+        proc.forced_for = None
+
+    def _bury(self, proc: WorkerProc) -> None:
+        """Release everything of a worker process that has exited."""
+        proc.alive = False
+        for conn in proc.conns:
+            conn.close()
+        proc.conns = []
+        if proc.bell is not None:
+            proc.bell.close()
+            proc.bell = None
+        if proc.process is not None:
+            try:
+                proc.process.close()
+            except ValueError:  # still running: only after a failed kill
+                pass
+            proc.process = None
+
+    def _kill_all(self) -> None:
+        for proc in self._workers:
+            process = proc.process
+            if process is None:
+                continue
+            if process.exitcode is None:
+                process.kill()
+            process.join(WORKER_EXIT_GRACE)
+            self._bury(proc)
+
+    # -- writing to workers ------------------------------------------------------------------
+    def _write(self, proc: WorkerProc, data: bytes) -> None:
+        """Send a frame (lock held); what the pipe cannot take now is kept for later."""
+        if proc.write_buffer:
+            proc.write_buffer += data
+            return
+        try:
+            written = os.write(proc.in_fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return  # the worker is dead; its sentinel tells the supervisor thread
+        if written < len(data):
+            proc.write_buffer += data[written:]
+            self._wake()
+
+    def _post(self, proc: WorkerProc, message: Any) -> None:
+        """Queue a message for a worker (lock held); sent by :meth:`_send_posts`."""
+        proc.outbox.append(message)
+
+    def _send_posts(self) -> None:
+        for proc in self._workers:
+            if proc.outbox:
+                messages, proc.outbox = proc.outbox, []
+                if proc.alive:
+                    self._write(proc, proto.frame(messages))
+
+    def _flush(self, proc: WorkerProc) -> None:
+        try:
+            written = os.write(proc.in_fd, proc.write_buffer)
+        except BlockingIOError:
+            return
+        except OSError:
+            proc.write_buffer.clear()
+            return
+        del proc.write_buffer[:written]
+
+    # -- waking the supervisor thread ------------------------------------------------------
+    def _wake(self) -> None:
+        """Make the supervisor thread run its loop once more (from any thread)."""
+        if self._wake_pending or self._wake_w < 0:
+            return
+        self._wake_pending = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        # Cleared only after the pipe is empty: a _wake() racing with us then either
+        # left its byte in the pipe or will write a new one. Cleared before reading,
+        # its byte could be read here while the flag stays set: no wake-up ever again.
+        self._wake_pending = False
+
+    def _add_timer(self, deadline: float, job: int, kind: int) -> None:
+        """Arm a timer (lock held), waking the supervisor if it is the earliest."""
+        earliest = self._timers[0][0] if self._timers else None
+        heapq.heappush(self._timers, (deadline, job, kind))
+        if earliest is None or deadline < earliest:
+            self._wake()
+
+    # -- dispatching ---------------------------------------------------------------------------
+    def _pick_worker(self, exclusive: bool) -> WorkerProc | None:
+        """The least loaded worker that can take a job (lock held).
+
+        A plain function runs alone in its worker, so that killing the worker to stop
+        it (forced stop) hits no other job: it needs an idle worker.
+        """
+        best: WorkerProc | None = None
+        for proc in self._workers:
+            if not proc.accepts(self._concurrency) or (exclusive and proc.inflight):
+                continue
+            if best is None or len(proc.inflight) < len(best.inflight):
+                best = proc
+        return best
+
+    def _dispatch(self, proc: WorkerProc, handles: list[JobHandle[Any]]) -> None:
+        """Send jobs to a worker (lock held): allocate their slots, write one frame."""
+        assert self._table is not None
+        messages = []
+        for handle in handles:
+            parent = handle.parent
+            parent_slot = parent._slot if parent is not None and not parent.done() else None
+            run = handle._run
+            assert run is not None
+            try:
+                slot = self._table.allocate(parent_slot)
+            except TableFull:
+                self._queue.appendleft(handle)
+                if not proc.inflight:
+                    proc.exclusive = False
+                continue
+            handle._slot = slot
+            handle._worker = proc.index
+            proc.inflight.add(handle.id)
+            if run.timeout is not None:
+                # Armed now, not when the job reports it started: a worker whose
+                # loop is blocked reports nothing, and that is the case to catch.
+                self._add_timer(
+                    time.monotonic() + run.timeout + BACKSTOP_MARGIN, handle.id, BACKSTOP
+                )
+            if not run.is_async:
+                proc.exclusive = True
+            messages.append(
+                proto.Run(
+                    handle.id,
+                    slot.index,
+                    slot.generation,
+                    run.fn,
+                    run.args,
+                    run.name,
+                    run.timeout,
+                    run.is_async,
+                )
+            )
+        if messages:
+            self._write(proc, proto.frame(messages))
+
+    def _dispatch_queue(self) -> None:
+        """Move queued jobs to workers with room (lock held), one frame per worker."""
+        batches: dict[int, list[JobHandle[Any]]] = {}
+        queue = self._queue
+        while queue:
+            handle = queue[0]
+            if handle._cancel_reason is not None or handle.id not in self._jobs:
+                queue.popleft()
+                continue
+            exclusive = handle._run is not None and not handle._run.is_async
+            proc = self._pick_worker(exclusive)
+            if proc is None:
+                break
+            queue.popleft()
+            batch = batches.setdefault(proc.index, [])
+            batch.append(handle)
+            # Count it now so that the next pick sees this worker's new load.
+            proc.inflight.add(handle.id)
+            if exclusive:
+                proc.exclusive = True
+        for index, batch in batches.items():
+            proc = self._workers[index]
+            for handle in batch:
+                proc.inflight.discard(handle.id)
+            self._dispatch(proc, batch)
