@@ -26,7 +26,7 @@ import os
 import pickle
 import select
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -35,9 +35,6 @@ from .._core._exceptions import JobCancelled, PoolClosed, WorkerCrashed, WorkerL
 from . import _protocol as proto
 from ._handle import JobHandle
 from ._workers import BACKSTOP, FORCE, WORKER_EXIT_GRACE, WorkerProc, WorkerSet
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger("cancelpool")
 
