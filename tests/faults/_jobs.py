@@ -317,3 +317,57 @@ async def child_named(name: str) -> Any:
     except Exception as exc:
         return ["refused", type(exc).__name__, str(exc)]
     return ["ran", await child]
+
+
+# -- chaos ------------------------------------------------------------------------------------
+async def chaos(value: int, duration: float, children: int = 0, child_duration: float = 0.0) -> int:
+    """A job of the fault-injection run: reports, starts children, sleeps, returns.
+
+    It does not await its children: those still running when it returns are cancelled
+    (children never outlive their parent). (Awaiting them can hang: see the xfail
+    tests of a child lost with its worker or cancelled while queued.)
+    """
+    op = _op()
+    op.context.partial_result = {"value": value}
+    await op.report_progress("start", {"value": value})
+    if children:
+        pool = current_pool()
+        for _ in range(children):
+            pool.submit(chaos_leaf, child_duration, name="chaos-child")
+    await anyio.sleep(duration)
+    return value
+
+
+async def chaos_leaf(duration: float) -> float:
+    await anyio.sleep(duration)
+    return duration
+
+
+def chaos_sync(value: int, duration: float) -> int:
+    """A plain function that polls its token while it works."""
+    token = _op().token
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline:
+        token.check()
+        time.sleep(0.001)
+    return value
+
+
+async def chaos_stubborn(value: int) -> int:
+    """Swallows every cancellation: only a forced stop (or a worker's death) ends it."""
+    op = _op()
+    op.context.partial_result = {"value": value}
+    await op.report_progress("stubborn")
+    deadline = time.monotonic() + BACKSTOP
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.sleep(BACKSTOP)
+        except asyncio.CancelledError:
+            pass
+    return value
+
+
+async def child_after_gate(gate: str) -> Any:
+    """Waits at the gate, then starts one child and returns its result."""
+    await arrive(gate, "parent")
+    return await current_pool().submit(echo, "child ran", name="late-child")

@@ -4,13 +4,22 @@ children's progress reaches the parent's handle and the parent job's own callbac
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from cancelpool import CancelationReason, CancelPool, JobCancelled, OperationStatus
+from cancelpool import (
+    CancelationReason,
+    CancelPool,
+    JobCancelled,
+    OperationStatus,
+    WorkerCrashed,
+)
 
 from . import _jobs
 from ._gate import BACKSTOP, Arrival, Gate
@@ -269,3 +278,63 @@ def test_progress_of_a_grandchild_reaches_the_grandparent_jobs_own_callbacks(
     ids = {h.name: h.id for h in descendants(pool, root)}
     grand = ids["grand-reporter"]
     assert [str(grand), "grandchild says", {"from": "grand", "job": grand}] in heard
+
+
+# Seconds a parent gets to see the outcome of its child before the test calls it a hang:
+# a backstop (it takes about a millisecond), short because the known bugs below hang.
+OUTCOME_BACKSTOP = 5.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a child lost with its worker (WorkerCrashed/WorkerLost) is resolved in "
+    "the caller, but _worker_died never posts ChildOutcome to the parent's worker: the "
+    "parent's `await child` hangs forever",
+)
+def test_a_parent_awaiting_a_child_whose_worker_died_hears_of_it(
+    pool: CancelPool, gate: Gate
+) -> None:
+    parent = pool.submit(_jobs.parent_of, gate.path, "kid")
+    arrivals = gate.wait_tags(2)
+    assert arrivals["kid"].pid != arrivals["parent-kid"].pid
+    os.kill(arrivals["kid"].pid, signal.SIGKILL)
+    child = pool.get(arrivals["kid"].job)
+    assert isinstance(child.exception(BACKSTOP), WorkerCrashed)
+    assert isinstance(parent.exception(OUTCOME_BACKSTOP), WorkerCrashed)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a queued child cancelled from the caller is resolved at once, but no "
+    "ChildOutcome reaches its parent's worker: the parent's `await child` hangs forever",
+)
+def test_a_parent_awaiting_a_child_cancelled_while_queued_hears_of_it(
+    make_pool: Callable[..., CancelPool], gate: Gate
+) -> None:
+    pool = make_pool(workers=1, concurrency=1)  # the child waits in the queue
+    parent = pool.submit(_jobs.parent_of, gate.path, "kid")
+    gate.wait(1)
+    [child] = descendants(pool, parent)
+    assert child.status is OperationStatus.PENDING
+    assert pool.cancel(child) is True
+    assert isinstance(child.exception(BACKSTOP), JobCancelled)
+    exc = parent.exception(OUTCOME_BACKSTOP)
+    assert isinstance(exc, JobCancelled)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the queue is strictly FIFO and a plain (sync) job waits there for an "
+    "idle worker; a child queued behind it waits too, while its parent awaits it and so "
+    "keeps its worker busy: the pool deadlocks for good",
+)
+def test_a_child_queued_behind_a_sync_job_still_runs(
+    make_pool: Callable[..., CancelPool], gate: Gate
+) -> None:
+    pool = make_pool(workers=1)
+    parent = pool.submit(_jobs.child_after_gate, gate.path)
+    [arrival] = gate.wait(1)
+    sync = pool.submit(_jobs.where_sync)  # needs the worker to itself: queued
+    gate.release(arrival)  # the parent now starts its child, queued behind `sync`
+    assert parent.result(OUTCOME_BACKSTOP) == "child ran"
+    assert sync.result(BACKSTOP) == arrival.pid
