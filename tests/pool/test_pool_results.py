@@ -12,7 +12,14 @@ import os
 
 import pytest
 
-from cancelpool import CancelationError, CancelPool, JobCancelled, JobHandle, OperationStatus
+from cancelpool import (
+    CancelationError,
+    CancelationReason,
+    CancelPool,
+    JobCancelled,
+    JobHandle,
+    OperationStatus,
+)
 
 from . import _jobs
 from ._gate import BACKSTOP, Gate
@@ -149,6 +156,24 @@ def test_asyncio_wrap_future() -> None:
         assert await asyncio.wrap_future(pool.submit(_jobs.add, 20, 22)) == 42
         with pytest.raises(_jobs.JobError):
             await asyncio.wrap_future(pool.submit(_jobs.fail, "wrapped"))
+
+    with CancelPool(workers=1) as pool:
+        asyncio.run(main(pool))
+
+
+def test_asyncio_wrap_future_of_a_timed_out_job_raises_job_cancelled() -> None:
+    # Inside a TaskGroup: a bare CancelledError here would end the task "cancelled"
+    # and the group would swallow the job's timeout without a trace.
+    async def main(pool: CancelPool) -> None:
+        async def waiter() -> None:
+            await asyncio.wrap_future(pool.submit(_jobs.nap, 60, timeout=0.05))
+
+        with pytest.raises(BaseExceptionGroup) as caught:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(waiter())
+        (error,) = caught.value.exceptions
+        assert isinstance(error, JobCancelled)
+        assert error.reason is CancelationReason.TIMEOUT
 
     with CancelPool(workers=1) as pool:
         asyncio.run(main(pool))

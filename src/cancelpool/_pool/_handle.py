@@ -76,6 +76,16 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
     :meth:`cancel` stops the job wherever it is: a queued job never starts; a running
     one is cancelled through its shared-memory token within microseconds, and the
     handle resolves once the worker reports back (with the job's partial result).
+
+    A cancelled job *finishes* with :class:`~cancelpool.JobCancelled` as its exception:
+    ``status`` is CANCELLED, while ``cancelled()`` keeps its ``Future`` meaning and is
+    False. That is deliberate: ``asyncio.wrap_future`` (and so a ``TaskGroup``) would
+    turn a cancelled Future into the awaiting task's own cancellation, swallowing the
+    job's reason and partial result.
+
+    Done callbacks and progress callbacks run in the pool's supervisor thread: keep
+    them quick, and never wait there for another job (``result()``) — that would stall
+    the pool.
     """
 
     def __init__(
@@ -116,7 +126,7 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         self._worker: int | None = None
         self._slot: SlotRef | None = None
         self._run: Run | None = None
-        self._remote: tuple[int, int] | None = None
+        self._remote: tuple[int, int, int] | None = None  # worker index, pid, request
         self._checkpoint: bytes | None = None
         self._attempts = 1
         self.submitted_at = time.time()
@@ -152,10 +162,6 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         if self._status is OperationStatus.FAILED:
             ctx.error = self.exception(timeout=0)
         return ctx
-
-    def cancelled(self) -> bool:
-        """True if the job ended cancelled (``result()`` raises JobCancelled)."""
-        return self._status is OperationStatus.CANCELLED
 
     def cancel(self, message: str | None = None) -> bool:
         """Cancel the job, queued or running; False if it had already finished.

@@ -428,7 +428,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         parent: JobHandle[Any] | None,
         retries: int,
         cancel_grace: float | None,
-        remote: tuple[int, int] | None = None,
+        remote: tuple[int, int, int] | None = None,
     ) -> JobHandle[Any]:
         """Register a job and queue or dispatch it (lock held)."""
         if self._state != "running":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import os
 import pickle
 import select
@@ -41,8 +42,9 @@ logger = logging.getLogger("cancelpool")
 #: Minimum seconds between two RSS readings of one worker (``max_memory_per_worker``):
 #: a reading costs tens of microseconds, so not after every job.
 MEMORY_CHECK_INTERVAL = 0.2
-#: Bytes asked for per read of a worker's outbox.
-_READ_SIZE = 1 << 20
+#: Bytes asked for per read of a worker's outbox: a pipe's capacity. os.read allocates
+#: the whole size before it shrinks the result, so a larger ask costs every small read.
+_READ_SIZE = 1 << 16
 
 
 class _RemoteTraceback(Exception):
@@ -129,8 +131,7 @@ class Supervisor(WorkerSet):
                 deadline = self._timers[0][0] if self._timers else None
                 if stop_deadline is not None:
                     deadline = stop_deadline if deadline is None else min(deadline, stop_deadline)
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            readable, writable, _ = select.select(readers, writers, [], timeout)
+            readable, writable = _wait(readers, writers, deadline)
             if stop_deadline is not None and time.monotonic() >= stop_deadline:
                 self._kill_all()  # workers that ignored Stop
                 return
@@ -192,7 +193,7 @@ class Supervisor(WorkerSet):
                         refused.append((message.request, error))
                     continue
                 if kind is proto.CancelChild:
-                    child = self._requests.get((proc.index, message.request))
+                    child = self._requests.get((proc.index, proc.pid or 0, message.request))
                     if child is not None:
                         reason = CancelationReason.MANUAL
                         resolved += self._cancel_locked([child], reason, message.message)[1]
@@ -203,7 +204,8 @@ class Supervisor(WorkerSet):
                 if kind is proto.Started:
                     handle._status = OperationStatus.RUNNING
                     handle.started_at = time.time()
-                    handle.set_running_or_notify_cancel()
+                    if handle._state == "PENDING":  # not again for a retried job
+                        handle.set_running_or_notify_cancel()
                 elif kind is proto.Progress:
                     progress.append((handle, message))
                     parent = handle.parent
@@ -252,8 +254,10 @@ class Supervisor(WorkerSet):
             remote = handle._remote
             if remote is not None:
                 target = self._workers[remote[0]]
-                if target.alive:
-                    self._post(target, proto.ChildOutcome(remote[1], message))
+                # Only to the very process that asked: a replacement worker in the same
+                # place counts its requests from 1 again.
+                if target.alive and target.pid == remote[1]:
+                    self._post(target, proto.ChildOutcome(remote[2], message))
         proc.tasks += len(finished)
         if self._max_tasks is not None and proc.tasks >= self._max_tasks:
             proc.retiring = True
@@ -288,7 +292,7 @@ class Supervisor(WorkerSet):
             parent=parent,
             retries=0,
             cancel_grace=None,
-            remote=(proc.index, message.request),
+            remote=(proc.index, proc.pid or 0, message.request),
         )
         self._post(proc, proto.ChildAccepted(message.request, handle.id))
         return None
@@ -396,7 +400,7 @@ class Supervisor(WorkerSet):
                 grace = handle.cancel_grace
                 if grace is None:
                     grace = self._cancel_grace
-                self._add_timer(now + grace, handle.id, FORCE)
+                self._add_timer(now + grace, handle, FORCE)
             if handle.id in self._children_of:
                 resolved.extend(self._cascade(handle, f"was cancelled ({reason.value})"))
         for index in bells:
@@ -420,9 +424,9 @@ class Supervisor(WorkerSet):
         forced: list[JobHandle[Any]] = []
         with self._lock:
             while self._timers and self._timers[0][0] <= now:
-                _, job, kind = heapq.heappop(self._timers)
+                _, job, attempt, kind = heapq.heappop(self._timers)
                 handle = self._jobs.get(job)
-                if handle is None:
+                if handle is None or handle._attempts != attempt:
                     continue
                 if kind == BACKSTOP:
                     backstops.append(handle)
@@ -459,11 +463,13 @@ class Supervisor(WorkerSet):
                 if handle._cancel_reason is not None:
                     self._retire(handle)
                     cancelled.append(handle)
+                    cancelled += self._cascade(handle, f"was cancelled ({handle._cancel_reason})")
                     continue
                 if handle._attempts <= handle.retries and self._state == "running":
                     retry.append(handle)
                     continue
                 self._retire(handle)
+                cancelled += self._cascade(handle, "was lost with its worker")
                 if forced_for is not None:
                     error: BaseException = WorkerLost(
                         f"job {handle.id} was lost: its worker (pid {proc.pid}) was killed to "
@@ -486,17 +492,36 @@ class Supervisor(WorkerSet):
                 handle._slot = None
                 handle._worker = None
                 handle._status = OperationStatus.PENDING
-                handle._attempts += 1
+                handle._attempts += 1  # the old attempt's timers no longer apply
+                handle._checkpoint = None
+                handle._partial = None
+                handle.started_at = None
                 self._queue.appendleft(handle)
             proc.inflight.clear()
             self._bury(proc)
-            if self._state == "running":
+            # Replaced while the pool runs, and while jobs still wait for a worker
+            # (during shutdown too: they must be able to finish).
+            if self._state == "running" or self._queue:
                 try:
                     self._spawn(proc)
                 except Exception:
                     logger.exception("cancelpool: could not start a replacement worker")
             if self._queue:
-                self._dispatch_queue()
+                if any(p.alive for p in self._workers):
+                    self._dispatch_queue()
+                else:
+                    stranded = [h for h in self._queue if h.id in self._jobs]
+                    self._queue.clear()
+                    for handle in stranded:
+                        self._retire(handle)
+                        lost.append(
+                            (
+                                handle,
+                                PoolClosed(
+                                    f"job {handle.id} was lost: no worker process could be started"
+                                ),
+                            )
+                        )
         for handle in cancelled:
             self._resolve_cancelled(handle, forced=handle.id == forced_for)
         for handle, error in lost:
@@ -513,6 +538,32 @@ class Supervisor(WorkerSet):
         for handle in handles:
             if not handle.done():
                 self._set_failed(handle, PoolClosed(f"job {handle.id} was lost: {why}"))
+
+
+_READ_EVENTS = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
+def _wait(
+    readers: list[int], writers: list[int], deadline: float | None
+) -> tuple[set[int], set[int]]:
+    """Wait until a reader or writer fd is ready, or the deadline passes.
+
+    ``poll`` rather than ``select``: a program with a thousand sockets open gives the
+    pool fds above 1023, which ``select`` refuses.
+    """
+    poller = select.poll()
+    for fd in readers:
+        poller.register(fd, select.POLLIN)
+    for fd in writers:
+        poller.register(fd, select.POLLIN | select.POLLOUT if fd in readers else select.POLLOUT)
+    if deadline is None:
+        events = poller.poll()
+    else:
+        # poll() takes milliseconds: round up, or we would wake just before the deadline.
+        events = poller.poll(max(0, math.ceil((deadline - time.monotonic()) * 1000)))
+    readable = {fd for fd, mask in events if mask & _READ_EVENTS}
+    writable = {fd for fd, mask in events if mask & (select.POLLOUT | select.POLLERR)}
+    return readable, writable
 
 
 def _how_it_ended(message: Any) -> str:

@@ -41,7 +41,7 @@ from . import _remote
 
 #: Bytes asked for per read of the inbox. Frames larger than this arrive in pieces and
 #: are reassembled; smaller means more reads for big batches.
-_READ_SIZE = 1 << 20
+_READ_SIZE = 1 << 16
 #: Minimum seconds between two checkpoints of a job's partial result (sent with its
 #: progress reports, kept by the supervisor in case the worker dies). Shorter keeps a
 #: fresher partial result; longer pickles it less often.

@@ -86,7 +86,7 @@ class WorkerSet:
     _jobs: dict[int, JobHandle[Any]]
     _queue: deque[JobHandle[Any]]
     _history: deque[JobHandle[Any]]
-    _timers: list[tuple[float, int, int]]
+    _timers: list[tuple[float, int, int, int]]
     _counts: dict[OperationStatus, int]
     _table: TokenTable | None
     _state: str
@@ -100,7 +100,7 @@ class WorkerSet:
     _max_tasks: int | None
     _max_memory: int | None
     _children_of: dict[int, list[JobHandle[Any]]]
-    _requests: dict[tuple[int, int], JobHandle[Any]]
+    _requests: dict[tuple[int, int, int], JobHandle[Any]]
 
     def _new_job(
         self,
@@ -114,7 +114,7 @@ class WorkerSet:
         parent: JobHandle[Any] | None,
         retries: int,
         cancel_grace: float | None,
-        remote: tuple[int, int] | None = None,
+        remote: tuple[int, int, int] | None = None,
     ) -> JobHandle[Any]:
         raise NotImplementedError  # CancelPool provides it
 
@@ -245,10 +245,11 @@ class WorkerSet:
         # its byte could be read here while the flag stays set: no wake-up ever again.
         self._wake_pending = False
 
-    def _add_timer(self, deadline: float, job: int, kind: int) -> None:
-        """Arm a timer (lock held), waking the supervisor if it is the earliest."""
+    def _add_timer(self, deadline: float, handle: JobHandle[Any], kind: int) -> None:
+        """Arm a timer for the job's current attempt (lock held), waking the supervisor
+        thread if it is the earliest."""
         earliest = self._timers[0][0] if self._timers else None
-        heapq.heappush(self._timers, (deadline, job, kind))
+        heapq.heappush(self._timers, (deadline, handle.id, handle._attempts, kind))
         if earliest is None or deadline < earliest:
             self._wake()
 
@@ -289,9 +290,7 @@ class WorkerSet:
             if run.timeout is not None:
                 # Armed now, not when the job reports it started: a worker whose
                 # loop is blocked reports nothing, and that is the case to catch.
-                self._add_timer(
-                    time.monotonic() + run.timeout + BACKSTOP_MARGIN, handle.id, BACKSTOP
-                )
+                self._add_timer(time.monotonic() + run.timeout + BACKSTOP_MARGIN, handle, BACKSTOP)
             if not run.is_async:
                 proc.exclusive = True
             messages.append(
