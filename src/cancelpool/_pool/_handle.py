@@ -129,6 +129,7 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         self._remote: tuple[int, int, int] | None = None  # worker index, pid, request
         self._checkpoint: bytes | None = None
         self._attempts = 1
+        self._ended = False  # no more progress: the feeds are closed
         self.submitted_at = time.time()
         self.started_at: float | None = None
         self.ended_at: float | None = None
@@ -225,7 +226,7 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         """
         feed = _ProgressFeed()
         with self._pool._lock:
-            if self.done():
+            if self._ended:
                 return
             if self._feeds is None:
                 self._feeds = []
@@ -262,7 +263,10 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
             handle = handle.parent
 
     def _end_feeds(self) -> None:
-        feeds, self._feeds = self._feeds, None
+        """End every progress() iteration (the job is about to resolve)."""
+        with self._pool._lock:
+            self._ended = True
+            feeds, self._feeds = self._feeds, None
         for feed in feeds or ():
             feed.push(None)
 

@@ -22,6 +22,7 @@ import re
 import threading
 import time
 import traceback
+import types
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -36,7 +37,7 @@ from . import _protocol as proto
 from . import _worker
 from ._handle import JobHandle
 from ._supervisor import Supervisor
-from ._workers import WorkerProc
+from ._workers import WORKER_EXIT_GRACE, WorkerProc
 
 T = TypeVar("T")
 
@@ -214,7 +215,9 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         self._children_of = {}
         self._requests = {}
         self._ids = itertools.count(1)
-        self._fn_cache: dict[Any, tuple[bytes, bool]] = {}
+        self._fn_cache: weakref.WeakKeyDictionary[Any, tuple[bytes, bool]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._timers = []
         self._submitted = 0
         self._counts = {
@@ -325,7 +328,8 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
             self._cancel_everything(
                 CancelationReason.MANUAL, "the pool shut down", queued_only=not cancel_running
             )
-        self._wake()
+        with self._lock:  # not while the supervisor thread closes the wake pipe
+            self._wake()
         thread = self._thread
         if wait and thread is not None and thread is not threading.current_thread():
             thread.join()
@@ -341,16 +345,14 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
     def _prepare(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[bytes, bytes, bool]:
-        try:
-            cached = self._fn_cache.get(fn)
-        except TypeError:  # an unhashable callable
-            cached = None
+        # Only module-level functions are cached: they pickle to their name, once and
+        # for all. Other callables (partials, objects with state) are pickled anew.
+        plain = isinstance(fn, types.FunctionType)
+        cached = self._fn_cache.get(fn) if plain else None
         if cached is None:
             cached = (pickle_fn(fn), _is_async(fn))
-            try:
+            if plain:
                 self._fn_cache[fn] = cached
-            except TypeError:
-                pass
         args_data = pickle_args(fn, args, kwargs)
         return cached[0], args_data, cached[1]
 
@@ -398,6 +400,8 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
             raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
         if parent is not None and not isinstance(parent, JobHandle):
             raise TypeError(f"parent must be a JobHandle, not {type(parent).__name__}")
+        if parent is not None and parent._pool is not self:
+            raise ValueError(f"parent {parent!r} belongs to another CancelPool")
         fn_data, args_data, is_async = self._prepare(fn, args, kwargs)
         if self._state != "running":
             self._ensure_started()
@@ -643,6 +647,13 @@ def _stop_live_pools() -> None:
         try:
             pool._cancel_everything(CancelationReason.SIGNAL, "the interpreter is exiting")
             pool.shutdown(wait=False)
-            pool._kill_all()
+            with pool._lock:
+                for proc in pool._workers:
+                    if proc.process is not None and proc.process.exitcode is None:
+                        proc.process.kill()
+            # The supervisor thread sees the deaths, resolves the handles and releases
+            # every fd and the shared memory; it needs only a moment.
+            if pool._thread is not None:
+                pool._thread.join(WORKER_EXIT_GRACE)
         except Exception:
             traceback.print_exc()

@@ -165,8 +165,6 @@ class RemotePool:
 
 def settle_child(worker: Worker, message: Any) -> None:
     """Apply a ChildAccepted / ChildRefused / ChildOutcome message (worker loop)."""
-    from ._supervisor import load_partial, rebuild_error
-
     child = worker.children.get(message.request)
     if child is None:
         return
@@ -175,14 +173,28 @@ def settle_child(worker: Worker, message: Any) -> None:
         child.id = message.job
         return
     del worker.children[message.request]
-    if kind is proto.ChildRefused:
+    try:
+        _settle(child, message)
+    except Exception as exc:  # e.g. a result that does not unpickle here
+        child._settle(
+            error=RuntimeError(
+                f"child job {child.id} ended, but its outcome "
+                f"could not be read in this worker: {exc!r}"
+            )
+        )
+
+
+def _settle(child: ChildJob, message: proto.ChildRefused | proto.ChildOutcome) -> None:
+    from ._supervisor import load_partial, rebuild_error
+
+    if isinstance(message, proto.ChildRefused):
         child._settle(error=pickle.loads(message.error))
         return
     outcome = message.outcome
     job = child.id if child.id is not None else 0
-    if type(outcome) is proto.Done:
+    if isinstance(outcome, proto.Done):
         child._settle(pickle.loads(outcome.result))
-    elif type(outcome) is proto.Failed:
+    elif isinstance(outcome, proto.Failed):
         child._settle(error=rebuild_error(outcome.error, outcome.traceback, job))
     else:
         child._settle(

@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from .._core._cancelable import Cancelable
-from .._core._enums import CancelationReason
+from .._core._enums import CancelationReason, OperationStatus
 from .._core._exceptions import CancelationError
 from .._core._sources import TimeoutSource
 from ..shm import Doorbell, SharedToken, SlotRef, TokenTable
@@ -42,6 +42,9 @@ from . import _remote
 #: Bytes asked for per read of the inbox. Frames larger than this arrive in pieces and
 #: are reassembled; smaller means more reads for big batches.
 _READ_SIZE = 1 << 16
+#: Unpickled job functions kept per worker (keyed by their pickle). Module-level
+#: functions repeat; other callables may not, so the cache is emptied when full.
+_FUNCTION_CACHE_SIZE = 256
 #: Minimum seconds between two checkpoints of a job's partial result (sent with its
 #: progress reports, kept by the supervisor in case the worker dies). Shorter keeps a
 #: fresher partial result; longer pickles it less often.
@@ -165,6 +168,8 @@ class Worker:
         fn = self.functions.get(run.fn)
         try:
             if fn is None:
+                if len(self.functions) >= _FUNCTION_CACHE_SIZE:
+                    self.functions.clear()
                 fn = self.functions[run.fn] = pickle.loads(run.fn)
             args, kwargs = pickle.loads(run.args)
         except BaseException as exc:
@@ -211,8 +216,12 @@ class Worker:
         except CancelationError as exc:
             if job.failure is not None:
                 self._send_failure(job_id, job.failure)
-            else:
+            elif op.context.status is OperationStatus.CANCELLED and op.is_cancelled:
                 self._send_cancelled(job_id, exc, op)
+            else:
+                # An operation inside the job was cancelled and the job let it escape:
+                # the job failed with that error, as it would have in one process.
+                self._send_failure(job_id, exc)
         except Exception as exc:
             self._send_failure(job_id, exc)
         except BaseException as exc:

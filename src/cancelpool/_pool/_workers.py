@@ -32,6 +32,9 @@ WORKER_EXIT_GRACE = 5.0
 #: itself (the worker enforces timeouts precisely; this only catches a worker whose
 #: loop is blocked). Shorter fires spuriously on a loaded machine; longer stops late.
 BACKSTOP_MARGIN = 0.25
+#: Seconds a plain (sync) function may wait for an idle worker while async jobs queued
+#: after it are placed on busy ones. Longer favours throughput, shorter the function.
+SYNC_PATIENCE = 0.5
 # The kinds of supervisor timers.
 BACKSTOP = 0
 FORCE = 1
@@ -309,25 +312,34 @@ class WorkerSet:
             self._write(proc, proto.frame(messages))
 
     def _dispatch_queue(self) -> None:
-        """Move queued jobs to workers with room (lock held), one frame per worker."""
+        """Move queued jobs to workers with room (lock held), one frame per worker.
+
+        A plain function waiting for an idle worker does not hold up the async jobs
+        behind it, unless it has waited longer than SYNC_PATIENCE: then nothing more is
+        placed, so that the workers drain and it gets one.
+        """
         batches: dict[int, list[JobHandle[Any]]] = {}
         queue = self._queue
+        waiting: list[JobHandle[Any]] = []
+        now = time.time()
         while queue:
-            handle = queue[0]
+            handle = queue.popleft()
             if handle._cancel_reason is not None or handle.id not in self._jobs:
-                queue.popleft()
                 continue
             exclusive = handle._run is not None and not handle._run.is_async
             proc = self._pick_worker(exclusive)
             if proc is None:
-                break
-            queue.popleft()
+                waiting.append(handle)
+                if not exclusive or now - handle.submitted_at > SYNC_PATIENCE:
+                    break
+                continue
             batch = batches.setdefault(proc.index, [])
             batch.append(handle)
             # Count it now so that the next pick sees this worker's new load.
             proc.inflight.add(handle.id)
             if exclusive:
                 proc.exclusive = True
+        queue.extendleft(reversed(waiting))
         for index, batch in batches.items():
             proc = self._workers[index]
             for handle in batch:
