@@ -94,6 +94,17 @@ def _check_count(value: int | None, what: str, minimum: int) -> int | None:
     return value
 
 
+def _check_name(name: str | None) -> None:
+    if name is None:
+        return
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string, not {name!r}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"name {name!r} is not valid UTF-8 text; use printable text") from None
+
+
 def _check_reason(reason: CancelationReason) -> None:
     if not isinstance(reason, CancelationReason):
         raise TypeError(f"reason must be a CancelationReason, not {reason!r}")
@@ -394,8 +405,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         timeout = _check_seconds(timeout, "timeout")
         cancel_grace = _check_seconds(cancel_grace, "cancel_grace", allow_zero=True)
         _check_count(retries, "retries", 0)
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a string, not {name!r}")
+        _check_name(name)
         if metadata is not None and not isinstance(metadata, dict):
             raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
         if parent is not None and not isinstance(parent, JobHandle):

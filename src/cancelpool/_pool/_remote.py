@@ -96,7 +96,10 @@ class ChildJob:
         try:
             return await asyncio.shield(self._future)
         except asyncio.CancelledError:
-            if not self._future.done():
+            job = self._worker.jobs.get(current_job.get() or 0)
+            if not self._future.done() and (job is None or not job.op.is_cancelled):
+                # Only the awaiting task gave up. (If the whole job is being cancelled,
+                # the pool cancels the child itself, with reason PARENT.)
                 self.cancel("the task awaiting the child was cancelled")
             raise
 
@@ -124,11 +127,10 @@ class RemotePool:
         Raises:
             TypeError: ``fn`` or the arguments cannot be pickled.
         """
-        from ._pool import _check_seconds, _is_async, pickle_args, pickle_fn
+        from ._pool import _check_name, _check_seconds, _is_async, pickle_args, pickle_fn
 
         timeout = _check_seconds(timeout, "timeout")
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a string, not {name!r}")
+        _check_name(name)
         fn_data, args_data = pickle_fn(fn), pickle_args(fn, args, kwargs)
         request = next(self._requests)
         child = ChildJob(self._worker, request, name or getattr(fn, "__name__", None))

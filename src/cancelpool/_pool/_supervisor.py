@@ -415,6 +415,8 @@ class Supervisor(WorkerSet):
         if not children:
             return []
         message = f"parent job {parent.id} ({parent.name or '-'}) {what}"
+        if parent._cancel_reason is CancelationReason.PARENT and parent._cancel_message:
+            message += f": {parent._cancel_message}"  # up to the ancestor that began it
         _, resolved = self._cancel_locked(children, CancelationReason.PARENT, message)
         return resolved
 
@@ -523,7 +525,11 @@ class Supervisor(WorkerSet):
                             )
                         )
         for handle in cancelled:
-            self._resolve_cancelled(handle, forced=handle.id == forced_for)
+            # Every job whose cancellation was under way when its worker was killed to
+            # force a stop ended by that kill, not by its own hand.
+            self._resolve_cancelled(
+                handle, forced=forced_for is not None and handle._slot is not None
+            )
         for handle, error in lost:
             self._set_failed(handle, error)
         if self._state == "closing":

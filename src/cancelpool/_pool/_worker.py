@@ -20,6 +20,7 @@ import asyncio
 import functools
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -70,7 +71,7 @@ def _pickle_error(exc: BaseException) -> bytes:
 
 
 class _Job:
-    __slots__ = ("checkpoint_at", "failure", "forwarder", "op", "token")
+    __slots__ = ("checkpoint_at", "checkpoint_due", "failure", "forwarder", "op", "token")
 
     def __init__(self, token: SharedToken, op: Cancelable) -> None:
         self.token = token
@@ -78,6 +79,7 @@ class _Job:
         self.failure: BaseException | None = None
         self.forwarder: Callable[..., Any] | None = None
         self.checkpoint_at = 0.0
+        self.checkpoint_due = False
 
 
 class Worker:
@@ -130,13 +132,17 @@ class Worker:
     def _watch_supervisor(self, loop: asyncio.AbstractEventLoop) -> None:
         # A pidfd becomes readable when the supervisor exits, under every start method
         # (under forkserver our parent is the fork server, so getppid() cannot tell).
+        # It is watched by a thread of its own, not by the event loop: a job that
+        # blocks the loop must not keep an orphaned worker alive.
         try:
             pidfd = os.pidfd_open(self.supervisor_pid)
         except ProcessLookupError:
             os._exit(0)
         except (AttributeError, OSError):  # pragma: no cover - no pidfd: rely on EOF
             return
-        loop.add_reader(pidfd, self._supervisor_gone)
+        threading.Thread(
+            target=_exit_when_readable, args=(pidfd,), name="cancelpool-orphan-watch", daemon=True
+        ).start()
 
     def _supervisor_gone(self) -> None:
         # Nobody is left to report to: stop everything now.
@@ -276,17 +282,31 @@ class Worker:
                 job.op.cancel_sync(CancelationReason.ERROR, str(job.failure))
                 return
             self._send(proto.Progress(job_id, op_id, str(message), msgspec.Raw(raw)))
-            partial = job.op.context.partial_result
-            if partial is not None:
-                now = time.monotonic()
-                if now - job.checkpoint_at >= CHECKPOINT_INTERVAL:
-                    job.checkpoint_at = now
-                    try:
-                        self._send(proto.Checkpoint(job_id, _dumps(partial)))
-                    except Exception:
-                        pass  # it is reported (or not) when the job ends
+            if job.op.context.partial_result is not None:
+                self._checkpoint(job_id, job)
 
         return on_progress
+
+    def _checkpoint(self, job_id: int, job: _Job) -> None:
+        """Send the job's partial result now, or once the interval has passed (the
+        latest one then: a forced stop must not resolve with a stale one)."""
+        wait = job.checkpoint_at + CHECKPOINT_INTERVAL - time.monotonic()
+        if wait > 0:
+            if not job.checkpoint_due:
+                job.checkpoint_due = True
+                assert self.loop is not None
+                self.loop.call_later(wait, self._trailing_checkpoint, job_id, job)
+            return
+        job.checkpoint_at = time.monotonic()
+        try:
+            self._send(proto.Checkpoint(job_id, _dumps(job.op.context.partial_result)))
+        except Exception:
+            pass  # reported (or not) when the job ends
+
+    def _trailing_checkpoint(self, job_id: int, job: _Job) -> None:
+        job.checkpoint_due = False
+        if self.jobs.get(job_id) is job:
+            self._checkpoint(job_id, job)
 
     def _child_progress(self, message: proto.ChildProgress) -> None:
         """A child's report, for the parent job's own callbacks (not forwarded again:
@@ -338,7 +358,12 @@ class Worker:
             self.pending[:0] = started
         if not self.pending:
             return
-        data = proto.frame(self.pending)
+        try:
+            data = proto.frame(self.pending)
+        except (msgspec.EncodeError, UnicodeEncodeError):
+            # Text that is not valid UTF-8 (lone surrogates) in some message: escape
+            # it rather than lose the whole batch.
+            data = proto.frame([_encodable(message) for message in self.pending])
         self.pending = []
         if self.write_buffer:
             self.write_buffer += data
@@ -367,6 +392,21 @@ class Worker:
         if not self.write_buffer:
             assert self.loop is not None
             self.loop.remove_writer(self.out_fd)
+
+
+def _encodable(message: Any) -> Any:
+    """The message with every str field made valid UTF-8 (odd characters escaped)."""
+    changes = {
+        field: value.encode("utf-8", "backslashreplace").decode("utf-8")
+        for field in message.__struct_fields__
+        if isinstance(value := getattr(message, field), str)
+    }
+    return msgspec.structs.replace(message, **changes) if changes else message
+
+
+def _exit_when_readable(fd: int) -> None:
+    select.select([fd], [], [])  # a single small fd: select is fine here
+    os._exit(0)
 
 
 def main(
