@@ -371,3 +371,64 @@ async def child_after_gate(gate: str) -> Any:
     """Waits at the gate, then starts one child and returns its result."""
     await arrive(gate, "parent")
     return await current_pool().submit(echo, "child ran", name="late-child")
+
+
+# -- bad input ---------------------------------------------------------------------------------
+class Opaque:
+    """Picklable, but not progress metadata msgpack can encode."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Opaque)
+
+    __hash__ = object.__hash__
+
+
+def _refuse(message: str) -> None:
+    raise ValueError(message)
+
+
+class RefusesToUnpickle:
+    """Pickles fine; unpickling it raises (in the worker, or back in the caller)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_refuse, (self.message,))
+
+
+class RefusesToPickle:
+    """``__reduce__`` raises ``error(message)``."""
+
+    def __init__(self, error: type[BaseException], message: str) -> None:
+        self.error = error
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise self.error(self.message)
+
+
+async def return_refusing_to_unpickle(message: str) -> Any:
+    return RefusesToUnpickle(message)
+
+
+async def return_lock() -> Any:
+    return threading.Lock()
+
+
+async def submit_child_with_unpicklable_argument(message: str) -> list[str]:
+    """Tries ``current_pool().submit`` with an argument whose ``__reduce__`` raises."""
+    try:
+        current_pool().submit(echo, RefusesToPickle(ValueError, message))
+    except TypeError as exc:
+        return ["TypeError", str(exc)]
+    return ["submitted"]
+
+
+async def sized(size: int) -> bytes:
+    return b"r" * size
+
+
+async def report_big(size: int) -> int:
+    await _op().report_progress("big", {"blob": "m" * size})
+    return size

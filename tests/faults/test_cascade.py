@@ -115,12 +115,6 @@ def test_the_roots_own_timeout_cancels_the_family(pool: CancelPool, gate: Gate) 
     assert_cascaded(pool, root, "was cancelled (timeout)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a job that times out while awaiting a child first sends CancelChild "
-    "(reason MANUAL, 'the task awaiting the child was cancelled'), so that child and its "
-    "children end MANUAL instead of PARENT",
-)
 def test_the_roots_own_timeout_while_awaiting_children_cancels_them_as_parent(
     pool: CancelPool, gate: Gate
 ) -> None:
@@ -129,13 +123,6 @@ def test_the_roots_own_timeout_while_awaiting_children_cancels_them_as_parent(
     assert_cascaded(pool, root, "was cancelled (timeout)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a grandchild's message names only its own parent and that parent's "
-    "reason ('parent job 3 (child) was cancelled (parent)'), not the ancestor that was "
-    "cancelled nor why (the core chains: '... was cancelled (parent): parent operation "
-    "... was cancelled (manual): enough')",
-)
 def test_a_grandchilds_message_names_the_cancelled_ancestor_and_its_reason(
     pool: CancelPool, gate: Gate
 ) -> None:
@@ -322,12 +309,6 @@ def test_a_parent_awaiting_a_child_cancelled_while_queued_hears_of_it(
     assert isinstance(exc, JobCancelled)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the queue is strictly FIFO and a plain (sync) job waits there for an "
-    "idle worker; a child queued behind it waits too, while its parent awaits it and so "
-    "keeps its worker busy: the pool deadlocks for good",
-)
 def test_a_child_queued_behind_a_sync_job_still_runs(
     make_pool: Callable[..., CancelPool], gate: Gate
 ) -> None:

@@ -126,12 +126,6 @@ def test_retries_run_out(pool: CancelPool, tmp_path: Path) -> None:
     assert_healthy(pool)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a re-run job that lives long enough to be announced sends Started "
-    "again; set_running_or_notify_cancel() on the RUNNING Future raises RuntimeError in "
-    "the supervisor thread, which dies: every job of the pool fails with PoolClosed",
-)
 def test_retries_rerun_a_long_job_whose_worker_was_killed(pool: CancelPool, gate: Gate) -> None:
     handle = pool.submit(_jobs.hold, gate.path, "long", retries=1)
     [first] = gate.wait(1)
@@ -193,12 +187,6 @@ def test_max_memory_per_worker_recycles_the_worker_between_jobs(
     assert_healthy(pool, workers=1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when a job's worker dies, its children on other workers are not "
-    "cancelled (_worker_died never cascades): they keep running after their parent "
-    "failed with WorkerCrashed",
-)
 def test_children_of_a_job_whose_worker_died_are_cancelled(pool: CancelPool, gate: Gate) -> None:
     root = pool.submit(_jobs.family, gate.path, 2, 1, name="root")
     arrivals = {a.job: a for a in gate.wait(5)}
@@ -213,12 +201,6 @@ def test_children_of_a_job_whose_worker_died_are_cancelled(pool: CancelPool, gat
         assert exc.reason is CancelationReason.PARENT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: child requests are keyed by (worker index, per-process counter); the "
-    "replacement worker restarts the counter, so an orphaned child of the dead worker "
-    "delivers its outcome to an unrelated child of the new worker's job",
-)
 def test_an_orphans_outcome_never_reaches_a_job_on_the_replacement_worker(
     pool: CancelPool, gate: Gate
 ) -> None:

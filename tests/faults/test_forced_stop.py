@@ -69,12 +69,6 @@ def test_a_grace_of_zero_stops_at_once(pool: CancelPool, gate: Gate) -> None:
     assert_replaced(pool, arrival.pid)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: checkpoints are throttled (CHECKPOINT_INTERVAL 50 ms) with no trailing "
-    "send, so a forced stop resolves with an older partial result ({'step': 0}) than "
-    "the last one the job recorded and reported ({'step': 4})",
-)
 def test_a_forced_stop_keeps_the_last_partial_result_recorded(pool: CancelPool, gate: Gate) -> None:
     handle = pool.submit(_jobs.swallow, gate.path, 5, cancel_grace=GRACE)
     gate.wait(1)
@@ -108,13 +102,6 @@ def test_async_jobs_sharing_the_killed_worker_are_lost_with_their_partial_result
     assert (stats.cancelled, stats.failed) == (1, 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a job re-run under retries sends Started again; the supervisor calls "
-    "set_running_or_notify_cancel() on a Future already RUNNING, gets RuntimeError "
-    "('Future in unexpected state'), its thread dies and every job of the pool fails "
-    "with PoolClosed",
-)
 def test_async_jobs_sharing_the_killed_worker_rerun_under_retries(
     make_pool: Callable[..., CancelPool], gate: Gate
 ) -> None:

@@ -171,12 +171,6 @@ def test_workers_exit_when_the_supervisor_is_killed(
     assert not prog.session()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a worker notices its supervisor's death only in its event loop (pidfd "
-    "reader); an async job that never awaits blocks that loop, so the orphaned worker "
-    "runs on (here 30 s) after a supervisor SIGKILL, nothing stops it",
-)
 def test_a_worker_with_a_blocked_loop_exits_when_the_supervisor_is_killed(
     program: Callable[[str, str], Program], gate: Gate
 ) -> None:
@@ -255,12 +249,6 @@ def test_shutdown_cancelling_stubborn_jobs_takes_the_grace_and_a_bound(
     assert all(is_gone(a.pid) for a in arrivals)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when two jobs of one worker both ignore their cancellation past the "
-    "grace, the worker is killed once (forced_for = the first) and only that job "
-    "reports forced=True; the other, stopped the same way, reports forced=False",
-)
 def test_every_job_stopped_by_the_kill_reports_forced(
     make_pool: Callable[..., CancelPool], gate: Gate
 ) -> None:
