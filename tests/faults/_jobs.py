@@ -24,6 +24,8 @@ from cancelpool import current_operation, current_pool
 
 from ._gate import BACKSTOP, announce, announce_async, arrive, arrive_sync, sleep_forever
 
+# When a worker imported this module: a fresh worker does so to unpickle its first job.
+LOADED_AT = time.monotonic()
 # Memory a job keeps alive in its worker (``max_memory_per_worker`` tests).
 _HOARD: list[bytes] = []
 
@@ -432,3 +434,29 @@ async def sized(size: int) -> bytes:
 async def report_big(size: int) -> int:
     await _op().report_progress("big", {"blob": "m" * size})
     return size
+
+
+# -- probes (measure_issue4.py) -------------------------------------------------------------
+async def probe(gate: str, tag: str, depth: int = 0, hold_first: bool = False) -> None:
+    """Waits to be cancelled and records, as its partial result, the monotonic time at
+    which it saw the cancellation (the clock is shared by every process of the machine).
+
+    With ``depth`` > 0 it first starts a child probe (tags ``child``, then ``grand``);
+    with ``hold_first`` it waits at the gate for "go" before doing so.
+    """
+    op = _op()
+    if hold_first:
+        await arrive(gate, f"{tag}-ready")
+    if depth:
+        current_pool().submit(probe, gate, "child" if tag == "root" else "grand", depth - 1)
+    try:
+        await announce_async(gate, tag)
+        await sleep_forever()
+    except BaseException:
+        op.context.partial_result = time.monotonic()
+        raise
+
+
+async def started_at() -> tuple[float, float]:
+    """When this module was loaded in the worker, and when the job runs (monotonic)."""
+    return LOADED_AT, time.monotonic()
