@@ -277,7 +277,7 @@ async def hoard(megabytes: int, at_least: float = 0.0) -> int:
     ``at_least`` seconds in all; returns the worker's pid."""
     deadline = time.monotonic() + at_least
     _HOARD.append(b"\x01" * (megabytes << 20))
-    await anyio.sleep(deadline - time.monotonic())
+    await anyio.sleep(max(0.0, deadline - time.monotonic()))
     return os.getpid()
 
 

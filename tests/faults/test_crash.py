@@ -152,7 +152,9 @@ def test_max_tasks_per_child_replaces_workers_and_loses_no_job(
     assert [h.result(BACKSTOP) for h in handles] == list(range(40))
     stats = pool.statistics()
     assert (stats.submitted, stats.completed, stats.failed) == (52, 52, 0)
-    assert_healthy(pool)
+    # (No look at the workers' pids here: with 2 jobs per worker, one is always on its
+    # way out, its replacement on its way in.)
+    assert len(stats.workers) == 2
 
 
 @pytest.mark.xfail(
