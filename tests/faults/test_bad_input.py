@@ -123,12 +123,6 @@ def test_huge_arguments_results_and_progress(pool: CancelPool, size: int) -> Non
     assert_healthy(pool)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: arguments whose frame exceeds MAX_FRAME (1 GiB) are accepted by "
-    "submit(); the worker's FrameReader then raises 'corrupt frame on the pipe' on "
-    "every read: the job never resolves and the worker takes no job again",
-)
 def test_arguments_beyond_the_frame_limit_are_refused_at_submit(
     make_pool: Callable[..., CancelPool],
 ) -> None:

@@ -249,12 +249,6 @@ def test_progress_of_a_child_reaches_the_parent_jobs_own_callbacks(
     assert heard == [[str(child.id), "child says", {"from": "child", "job": child.id}]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a grandchild's progress is forwarded (ChildProgress) only to its direct "
-    "parent's worker; the grandparent job's own on_progress callbacks never hear it "
-    "(no bubbling as in the core), though the grandparent's handle does",
-)
 def test_progress_of_a_grandchild_reaches_the_grandparent_jobs_own_callbacks(
     pool: CancelPool, gate: Gate
 ) -> None:
@@ -272,12 +266,6 @@ def test_progress_of_a_grandchild_reaches_the_grandparent_jobs_own_callbacks(
 OUTCOME_BACKSTOP = 5.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a child lost with its worker (WorkerCrashed/WorkerLost) is resolved in "
-    "the caller, but _worker_died never posts ChildOutcome to the parent's worker: the "
-    "parent's `await child` hangs forever",
-)
 def test_a_parent_awaiting_a_child_whose_worker_died_hears_of_it(
     pool: CancelPool, gate: Gate
 ) -> None:
@@ -290,11 +278,6 @@ def test_a_parent_awaiting_a_child_whose_worker_died_hears_of_it(
     assert isinstance(parent.exception(OUTCOME_BACKSTOP), WorkerCrashed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a queued child cancelled from the caller is resolved at once, but no "
-    "ChildOutcome reaches its parent's worker: the parent's `await child` hangs forever",
-)
 def test_a_parent_awaiting_a_child_cancelled_while_queued_hears_of_it(
     make_pool: Callable[..., CancelPool], gate: Gate
 ) -> None:

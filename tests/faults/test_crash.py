@@ -157,12 +157,6 @@ def test_max_tasks_per_child_replaces_workers_and_loses_no_job(
     assert len(stats.workers) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: max_tasks_per_child is checked only when jobs finish; jobs submitted "
-    "together are all dispatched at once (up to `concurrency`), so a worker with "
-    "max_tasks_per_child=2 runs 5 of 10 jobs",
-)
 def test_max_tasks_per_child_bounds_jobs_submitted_together(
     make_pool: Callable[..., CancelPool],
 ) -> None:

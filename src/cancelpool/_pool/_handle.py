@@ -130,6 +130,7 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         self._checkpoint: bytes | None = None
         self._attempts = 1
         self._ended = False  # no more progress: the feeds are closed
+        self._told_parent = False  # the parent job's worker has its outcome
         self.submitted_at = time.time()
         self.started_at: float | None = None
         self.ended_at: float | None = None

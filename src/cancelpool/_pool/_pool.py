@@ -144,14 +144,21 @@ def pickle_fn(fn: Callable[..., Any]) -> bytes:
 
 
 def pickle_args(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Pickle a job's arguments, or raise a TypeError that says what to do."""
+    """Pickle a job's arguments, or raise a TypeError/ValueError that says what to do."""
     try:
-        return pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise TypeError(
             f"Cannot submit {_fn_label(fn)}: its arguments cannot be pickled ({exc}); "
             "pass plain data or importable objects"
         ) from None
+    if len(data) > proto.MAX_PAYLOAD:
+        raise ValueError(
+            f"Cannot submit {_fn_label(fn)}: its arguments are too large ({len(data):,} "
+            f"bytes pickled, the limit is {proto.MAX_PAYLOAD:,}); pass a file path or "
+            "another reference to the data instead"
+        )
+    return data
 
 
 class CancelPool(Supervisor, concurrent.futures.Executor):

@@ -140,6 +140,9 @@ _HEADER: Final = struct.Struct("<I")
 HEADER_SIZE: Final = _HEADER.size
 #: Frames above this size are refused: a corrupt length must not make us allocate GBs.
 MAX_FRAME: Final = 1 << 30
+#: The largest pickle one message may carry (arguments, a result, a partial result):
+#: half a frame, leaving room for the rest of its batch.
+MAX_PAYLOAD: Final = MAX_FRAME // 2
 
 encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(list[ToWorker])

@@ -174,8 +174,15 @@ class Supervisor(WorkerSet):
         if not chunks:
             return
         messages: list[Any] = []
-        for payload in proc.reader.feed(b"".join(chunks)):
-            messages.extend(proto.from_worker_decoder.decode(payload))
+        try:
+            for payload in proc.reader.feed(b"".join(chunks)):
+                messages.extend(proto.from_worker_decoder.decode(payload))
+        except (ValueError, msgspec.DecodeError):
+            # A worker that talks nonsense cannot be trusted with its jobs: kill it;
+            # its death is handled like a crash (its jobs fail, or run again).
+            logger.exception("cancelpool: garbled data from worker %s; killing it", proc.pid)
+            if proc.process is not None:
+                proc.process.kill()
         self._handle_messages(proc, messages)
 
     def _handle_messages(self, proc: WorkerProc, messages: list[Any]) -> None:
@@ -208,15 +215,18 @@ class Supervisor(WorkerSet):
                         handle.set_running_or_notify_cancel()
                 elif kind is proto.Progress:
                     progress.append((handle, message))
-                    parent = handle.parent
-                    if parent is not None and parent._worker is not None and not parent.done():
-                        # The parent job's own callbacks, in its worker, hear it too.
-                        self._post(
-                            self._workers[parent._worker],
-                            proto.ChildProgress(
-                                parent.id, handle.id, message.message, message.metadata
-                            ),
-                        )
+                    ancestor = handle.parent
+                    while ancestor is not None:
+                        if ancestor._worker is not None and not ancestor.done():
+                            # Each ancestor job's own callbacks, in its worker, hear it
+                            # too (bubbling, as in one process).
+                            self._post(
+                                self._workers[ancestor._worker],
+                                proto.ChildProgress(
+                                    ancestor.id, handle.id, message.message, message.metadata
+                                ),
+                            )
+                        ancestor = ancestor.parent
                 elif kind is proto.Checkpoint:
                     handle._checkpoint = message.partial
                 else:
@@ -251,13 +261,7 @@ class Supervisor(WorkerSet):
         for handle, message in finished:
             if handle.id in self._children_of:
                 resolved += self._cascade(handle, _how_it_ended(message))
-            remote = handle._remote
-            if remote is not None:
-                target = self._workers[remote[0]]
-                # Only to the very process that asked: a replacement worker in the same
-                # place counts its requests from 1 again.
-                if target.alive and target.pid == remote[1]:
-                    self._post(target, proto.ChildOutcome(remote[2], message))
+            self._tell_parent(handle, message)
         proc.tasks += len(finished)
         if self._max_tasks is not None and proc.tasks >= self._max_tasks:
             proc.retiring = True
@@ -271,6 +275,18 @@ class Supervisor(WorkerSet):
             proc.stop_sent = True
             self._post(proc, proto.Stop())
         return resolved
+
+    def _tell_parent(self, handle: JobHandle[Any], outcome: Any) -> None:
+        """If a job submitted this one, post it the outcome (lock held), once."""
+        remote = handle._remote
+        if remote is None or handle._told_parent:
+            return
+        handle._told_parent = True
+        target = self._workers[remote[0]]
+        # Only to the very process that asked: a replacement worker in the same place
+        # counts its requests from 1 again.
+        if target.alive and target.pid == remote[1]:
+            self._post(target, proto.ChildOutcome(remote[2], outcome))
 
     def _submit_child(self, proc: WorkerProc, message: proto.SubmitChild) -> BaseException | None:
         parent = self._jobs.get(message.parent)
@@ -350,6 +366,11 @@ class Supervisor(WorkerSet):
             self._resolve_cancelled(handle)
 
     def _set_failed(self, handle: JobHandle[Any], error: BaseException) -> None:
+        if handle._remote is not None and not handle._told_parent:
+            outcome = proto.Failed(handle.id, _pickle_error(error), "")
+            with self._lock:
+                self._tell_parent(handle, outcome)
+                self._send_posts()
         handle._status = OperationStatus.FAILED
         handle.ended_at = handle.ended_at or time.time()
         self._counts[OperationStatus.FAILED] += 1
@@ -359,6 +380,12 @@ class Supervisor(WorkerSet):
     def _resolve_cancelled(self, handle: JobHandle[Any], *, forced: bool = False) -> None:
         reason = handle._cancel_reason or CancelationReason.MANUAL
         message = handle._cancel_message or f"job {handle.id} was cancelled ({reason.value})"
+        if handle._remote is not None and not handle._told_parent:
+            partial = None if handle._partial is None else _pickle_partial(handle._partial)
+            outcome = proto.Cancelled(handle.id, reason.value, message, partial, False)
+            with self._lock:
+                self._tell_parent(handle, outcome)
+                self._send_posts()
         handle._status = OperationStatus.CANCELLED
         handle.ended_at = handle.ended_at or time.time()
         self._counts[OperationStatus.CANCELLED] += 1
@@ -584,7 +611,17 @@ def _decode_metadata(raw: Any) -> dict[str, Any]:
 
 
 def _pickle_error(error: BaseException) -> bytes:
-    return pickle.dumps(error, pickle.HIGHEST_PROTOCOL)
+    try:
+        return pickle.dumps(error, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return pickle.dumps(RuntimeError(str(error)), pickle.HIGHEST_PROTOCOL)
+
+
+def _pickle_partial(partial: Any) -> bytes | None:
+    try:
+        return pickle.dumps(partial, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return None
 
 
 def _rss(pid: int) -> int:

@@ -53,7 +53,14 @@ CHECKPOINT_INTERVAL = 0.05
 
 
 def _dumps(obj: Any) -> bytes:
-    return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    if len(data) > proto.MAX_PAYLOAD:
+        raise ValueError(
+            f"{type(obj).__name__} is too large to send ({len(data):,} bytes pickled, "
+            f"the limit is {proto.MAX_PAYLOAD:,}); return a file path or another "
+            "reference to the data instead"
+        )
+    return data
 
 
 def _pickle_error(exc: BaseException) -> bytes:

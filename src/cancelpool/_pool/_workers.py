@@ -58,6 +58,7 @@ class WorkerProc:
         self.inflight: set[int] = set()
         self.completed = 0
         self.tasks = 0
+        self.dispatched = 0  # jobs sent to this process (max_tasks_per_child counts them)
         self.memory_checked = 0.0
         self.alive = False
         self.stop_sent = False
@@ -65,7 +66,7 @@ class WorkerProc:
         self.exclusive = False
         self.forced_for: int | None = None
 
-    def accepts(self, concurrency: int) -> bool:
+    def accepts(self, concurrency: int, max_tasks: int | None) -> bool:
         """Whether new jobs may be sent to this worker now."""
         return (
             self.alive
@@ -73,6 +74,7 @@ class WorkerProc:
             and not self.retiring
             and not self.exclusive
             and len(self.inflight) < concurrency
+            and (max_tasks is None or self.dispatched < max_tasks)
         )
 
 
@@ -156,6 +158,7 @@ class WorkerSet:
         proc.outbox = []
         proc.inflight = set()
         proc.tasks = 0
+        proc.dispatched = 0
         proc.memory_checked = time.monotonic()
         proc.alive = True
         proc.stop_sent = False
@@ -265,7 +268,9 @@ class WorkerSet:
         """
         best: WorkerProc | None = None
         for proc in self._workers:
-            if not proc.accepts(self._concurrency) or (exclusive and proc.inflight):
+            if not proc.accepts(self._concurrency, self._max_tasks) or (
+                exclusive and proc.inflight
+            ):
                 continue
             if best is None or len(proc.inflight) < len(best.inflight):
                 best = proc
@@ -290,6 +295,7 @@ class WorkerSet:
             handle._slot = slot
             handle._worker = proc.index
             proc.inflight.add(handle.id)
+            proc.dispatched += 1
             if run.timeout is not None:
                 # Armed now, not when the job reports it started: a worker whose
                 # loop is blocked reports nothing, and that is the case to catch.
@@ -337,6 +343,7 @@ class WorkerSet:
             batch.append(handle)
             # Count it now so that the next pick sees this worker's new load.
             proc.inflight.add(handle.id)
+            proc.dispatched += 1
             if exclusive:
                 proc.exclusive = True
         queue.extendleft(reversed(waiting))
@@ -344,4 +351,5 @@ class WorkerSet:
             proc = self._workers[index]
             for handle in batch:
                 proc.inflight.discard(handle.id)
+                proc.dispatched -= 1  # _dispatch counts it for good
             self._dispatch(proc, batch)
