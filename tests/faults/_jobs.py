@@ -322,21 +322,27 @@ async def child_named(name: str) -> Any:
 
 
 # -- chaos ------------------------------------------------------------------------------------
-async def chaos(value: int, duration: float, children: int = 0, child_duration: float = 0.0) -> int:
+async def chaos(
+    value: int,
+    duration: float,
+    children: int = 0,
+    child_duration: float = 0.0,
+    wait_for_children: bool = False,
+) -> int:
     """A job of the fault-injection run: reports, starts children, sleeps, returns.
 
-    It does not await its children: those still running when it returns are cancelled
-    (children never outlive their parent). (Awaiting them can hang: see the xfail
-    tests of a child lost with its worker or cancelled while queued.)
+    Children it does not await and that still run when it returns are cancelled
+    (children never outlive their parent); awaited ones pass their failure on to it.
     """
     op = _op()
     op.context.partial_result = {"value": value}
     await op.report_progress("start", {"value": value})
-    if children:
-        pool = current_pool()
-        for _ in range(children):
-            pool.submit(chaos_leaf, child_duration, name="chaos-child")
+    pool = current_pool()
+    kids = [pool.submit(chaos_leaf, child_duration, name="chaos-child") for _ in range(children)]
     await anyio.sleep(duration)
+    if wait_for_children:
+        for kid in kids:
+            await kid
     return value
 
 

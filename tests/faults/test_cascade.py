@@ -262,7 +262,7 @@ def test_progress_of_a_grandchild_reaches_the_grandparent_jobs_own_callbacks(
 
 
 # Seconds a parent gets to see the outcome of its child before the test calls it a hang:
-# a backstop (it takes about a millisecond), short because the known bugs below hang.
+# a backstop (it takes about a millisecond), short because these did hang once.
 OUTCOME_BACKSTOP = 5.0
 
 

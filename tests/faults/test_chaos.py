@@ -105,6 +105,7 @@ def test_chaos(caplog: pytest.LogCaptureFixture) -> None:
                     pick_duration(rng),
                     rng.randint(1, 3),
                     pick_duration(rng),
+                    rng.random() < 0.5,  # awaits its children
                     name=name,
                     timeout=timeout,
                 )
@@ -196,6 +197,17 @@ def test_chaos(caplog: pytest.LogCaptureFixture) -> None:
                 # a job here: its own, or one of its children's.
                 assert isinstance(exc, WorkerLost), (handle, repr(exc))
                 outcomes[type(exc).__name__] += 1
+        for child in children:  # nobody cancels a child but its parent's end
+            exc = child.exception(0)
+            if child.status is OperationStatus.CANCELLED:
+                assert exc.reason is CancelationReason.PARENT, (child, exc.message)
+                outcomes["child cancelled parent"] += 1
+            elif child.status is OperationStatus.FAILED:
+                assert isinstance(exc, WorkerLost), (child, repr(exc))
+                outcomes[f"child {type(exc).__name__}"] += 1
+            else:
+                assert child.result(0) >= 0.0
+                outcomes["child completed"] += 1
         print(
             f"chaos: {len(handles)} jobs + {len(children)} children, {len(killed)} workers "
             f"killed, {pattern_hits} cancelled by pattern; submitted in {submitted_in:.1f}s, "
