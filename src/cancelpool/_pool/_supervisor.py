@@ -276,6 +276,61 @@ class Supervisor(WorkerSet):
             self._post(proc, proto.Stop())
         return resolved
 
+    # -- registering jobs (lock held) -------------------------------------------------------
+    def _new_job(
+        self,
+        fn: bytes,
+        args: bytes,
+        is_async: bool,
+        *,
+        name: str | None,
+        timeout: float | None,
+        metadata: dict[str, Any] | None,
+        parent: JobHandle[Any] | None,
+        retries: int,
+        cancel_grace: float | None,
+        remote: tuple[int, int, int] | None = None,
+    ) -> JobHandle[Any]:
+        """Register a job and queue or dispatch it (lock held)."""
+        if self._state != "running":
+            raise PoolClosed("this CancelPool is shut down; create a new one to submit jobs")
+        handle: JobHandle[Any] = JobHandle(
+            self,  # type: ignore[arg-type]  # a Supervisor is always a CancelPool
+            next(self._ids),
+            name,
+            timeout,
+            metadata,
+            parent,
+            retries=retries,
+            cancel_grace=cancel_grace,
+        )
+        handle._run = proto.Run(0, 0, 0, fn, args, name, timeout, is_async)
+        handle._remote = remote
+        if remote is not None:
+            self._requests[remote] = handle
+        self._jobs[handle.id] = handle
+        self._submitted += 1
+        if parent is not None:
+            if parent._cancel_reason is not None or parent.id not in self._jobs:
+                # A child of a cancelled or finished job never starts.
+                handle._cancel_reason = CancelationReason.PARENT
+                handle._cancel_message = f"parent job {parent.id} has already ended"
+                self._retire(handle)
+                self._resolve_cancelled(handle)
+                return handle
+            self._children_of.setdefault(parent.id, []).append(handle)
+        proc = self._pick_worker(not is_async)
+        if proc is not None and not proc.inflight and not self._queue:
+            # An idle worker: write now, for the lowest latency.
+            self._dispatch(proc, [handle])
+        else:
+            # Busy workers: the supervisor thread sends queued jobs in batches, one
+            # frame (one write, one wake-up of the worker) per batch.
+            self._queue.append(handle)
+            if proc is not None:
+                self._wake()
+        return handle
+
     def _tell_parent(self, handle: JobHandle[Any], outcome: Any) -> None:
         """If a job submitted this one, post it the outcome (lock held), once."""
         remote = handle._remote

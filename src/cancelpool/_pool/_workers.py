@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -106,22 +107,8 @@ class WorkerSet:
     _max_memory: int | None
     _children_of: dict[int, list[JobHandle[Any]]]
     _requests: dict[tuple[int, int, int], JobHandle[Any]]
-
-    def _new_job(
-        self,
-        fn: bytes,
-        args: bytes,
-        is_async: bool,
-        *,
-        name: str | None,
-        timeout: float | None,
-        metadata: dict[str, Any] | None,
-        parent: JobHandle[Any] | None,
-        retries: int,
-        cancel_grace: float | None,
-        remote: tuple[int, int, int] | None = None,
-    ) -> JobHandle[Any]:
-        raise NotImplementedError  # CancelPool provides it
+    _ids: Iterator[int]
+    _submitted: int
 
     # -- workers ------------------------------------------------------------------------------
     def _spawn(self, proc: WorkerProc) -> None:
