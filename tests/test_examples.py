@@ -50,6 +50,14 @@ EXPECTED = {
     "wrap.py": ["got https://example.com: 200 OK", "stopped after 4 items: enough for today"],
     "partial_results.py": ["translate timed out; kept", "status=cancelled, reason=timeout"],
     "registry.py": ["cancelled 2 operations of user 42", "still running: user_7_report"],
+    "pool.py": [
+        "quick crawl: ['docs.example/page-1'",
+        "cancelled for user 42: 2",
+        "user_7_crawl_2 still running",
+        "checksum timed out: operation 'checksum' timed out",
+        ": parent (parent job",
+        "Pool tour complete.",
+    ],
     "bridges.py": [
         "for operation 'monthly-report'",
         "own thread sees 'monthly-report'",
