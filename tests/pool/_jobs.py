@@ -237,3 +237,101 @@ async def block_loop_after_await(seconds: float) -> str:
     await anyio.sleep(0)
     time.sleep(seconds)
     return "blocked to the end"
+
+
+# -- regressions (test_pool_regressions.py) -----------------------------------------------
+async def exit_at_gate(gate: str, tag: str = "-", code: int = 3) -> None:
+    """Wait at the gate, then end the worker process on the spot (no cleanup)."""
+    await arrive(gate, tag)
+    os._exit(code)
+
+
+async def die_once_then_finish(marker: str, seconds: float) -> str:
+    """First attempt (``marker`` absent): write the start time to ``marker``, work for
+    ``seconds``, then kill its own worker. Later attempts: write their start time to
+    ``marker + ".again"``, work for ``seconds`` and return "second attempt"."""
+    first = not Path(marker).exists()
+    Path(marker if first else marker + ".again").write_text(repr(time.time()))
+    await anyio.sleep(seconds)
+    if first:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "second attempt"
+
+
+def _refuse_unpickling() -> None:
+    raise RuntimeError("this object refuses to be unpickled")
+
+
+class Unreadable:
+    """Pickles fine; unpickling it raises (its ``__reduce__`` names a raising function)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _refuse_unpickling, ()
+
+
+async def unreadable_result() -> Unreadable:
+    return Unreadable()
+
+
+async def await_unreadable_child() -> str:
+    """Submit a child whose result cannot be unpickled; return what awaiting it raised."""
+    from cancelpool import current_pool
+
+    child = current_pool().submit(unreadable_result)
+    try:
+        await child
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "the child's result was read"
+
+
+async def report_and_return(count: int, value: Any = None) -> Any:
+    """Report ``count`` progress events and return ``value`` at once."""
+    op = _op()
+    for i in range(count):
+        await op.report_progress(f"step {i}", {"i": i})
+    return value
+
+
+class Stateful:
+    """A callable object whose state may change between submits."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    async def __call__(self, suffix: str = "") -> str:
+        return f"{self.value}{suffix}"
+
+
+async def inner_timeout_escapes(seconds: float) -> str:
+    """An operation inside the job times out, and the job lets the error escape."""
+    from cancelpool import Cancelable
+
+    async with Cancelable.with_timeout(seconds, name="inner"):
+        await anyio.sleep(BACKSTOP)
+    return "the inner timeout never fired"
+
+
+async def shielded_child(gate: str, tag: str) -> str:
+    """Wait at the gate shielded from cancellation; return ``tag`` once released."""
+    with anyio.CancelScope(shield=True):
+        await arrive(gate, tag)
+    return tag
+
+
+async def parent_of_shielded(gate: str, tag: str, count: int) -> list[Any]:
+    """Announce ``parent-<tag>`` at the gate, submit ``count`` :func:`shielded_child`
+    jobs tagged ``<tag>-<i>`` and return their results in order."""
+    from cancelpool import current_pool
+
+    pool = current_pool()
+    children = [pool.submit(shielded_child, gate, f"{tag}-{i}") for i in range(count)]
+    announce(gate, f"parent-{tag}")
+    return [await child for child in children]
+
+
+async def announce_and_wait(gate: str, tag: str = "-") -> str:
+    """Report at the gate and go on working (for BACKSTOP seconds)."""
+    announce(gate, tag)
+    await anyio.sleep(BACKSTOP)
+    return "waited"
