@@ -406,9 +406,7 @@ class Supervisor(WorkerSet):
                 error = TypeError(f"the result of job {handle.id} could not be unpickled: {exc!r}")
                 self._set_failed(handle, error)
                 return
-            handle._status = OperationStatus.COMPLETED
-            self._counts[OperationStatus.COMPLETED] += 1
-            handle._end_feeds()
+            self._close(handle, OperationStatus.COMPLETED)
             handle.set_result(result)
         elif kind is proto.Failed:
             self._set_failed(handle, rebuild_error(message.error, message.traceback, handle.id))
@@ -426,10 +424,7 @@ class Supervisor(WorkerSet):
             with self._lock:
                 self._tell_parent(handle, outcome)
                 self._send_posts()
-        handle._status = OperationStatus.FAILED
-        handle.ended_at = handle.ended_at or time.time()
-        self._counts[OperationStatus.FAILED] += 1
-        handle._end_feeds()
+        self._close(handle, OperationStatus.FAILED)
         handle.set_exception(error)
 
     def _resolve_cancelled(self, handle: JobHandle[Any], *, forced: bool = False) -> None:
@@ -441,9 +436,7 @@ class Supervisor(WorkerSet):
             with self._lock:
                 self._tell_parent(handle, outcome)
                 self._send_posts()
-        handle._status = OperationStatus.CANCELLED
-        handle.ended_at = handle.ended_at or time.time()
-        self._counts[OperationStatus.CANCELLED] += 1
+        self._close(handle, OperationStatus.CANCELLED)
         error = JobCancelled(
             reason,
             message,
@@ -452,8 +445,18 @@ class Supervisor(WorkerSet):
             partial_result=handle._partial,
             forced=forced,
         )
-        handle._end_feeds()
         handle.set_exception(error)
+
+    def _close(self, handle: JobHandle[Any], status: OperationStatus) -> None:
+        """Record how a job ended and end its progress streams (before it resolves).
+
+        Under the lock: caller threads resolve queued jobs too, and counters must add up.
+        """
+        with self._lock:
+            handle._status = status
+            handle.ended_at = handle.ended_at or time.time()
+            self._counts[status] += 1
+        handle._end_feeds()
 
     # -- cancelling (lock held) ---------------------------------------------------------------
     def _cancel_locked(
