@@ -257,9 +257,13 @@ class Worker:
                 self._send(proto.Done(job_id, data))
         finally:
             del self.jobs[job_id]
-            if self.stopping and not self.jobs:
-                assert self.finished is not None
-                self.finished.set()
+            if not self.jobs:
+                # The last job ended: nothing else is about to be batched with its
+                # outcome, so send it now rather than on the next loop iteration.
+                self._flush()
+                if self.stopping:
+                    assert self.finished is not None
+                    self.finished.set()
 
     def _send_failure(self, job_id: int, exc: BaseException) -> None:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
