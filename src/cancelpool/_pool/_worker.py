@@ -43,6 +43,10 @@ from . import _remote
 #: Bytes asked for per read of the inbox. Frames larger than this arrive in pieces and
 #: are reassembled; smaller means more reads for big batches.
 _READ_SIZE = 1 << 16
+#: Messages after which the worker sends at once instead of at the end of the loop
+#: iteration. Larger batches cost less per message; smaller ones let the supervisor
+#: start on a burst sooner (cancel_all over thousands of jobs).
+FLUSH_BATCH = 256
 #: Unpickled job functions kept per worker (keyed by their pickle). Module-level
 #: functions repeat; other callables may not, so the cache is emptied when full.
 _FUNCTION_CACHE_SIZE = 256
@@ -354,7 +358,11 @@ class Worker:
     # -- outbox ----------------------------------------------------------------------------
     def _send(self, message: Any) -> None:
         self.pending.append(message)
-        if not self.flush_scheduled:
+        if len(self.pending) >= FLUSH_BATCH:
+            # A burst (thousands of jobs ending at once): send in slices, so that the
+            # supervisor works on the first ones while this loop produces the rest.
+            self._flush()
+        elif not self.flush_scheduled:
             self.flush_scheduled = True
             assert self.loop is not None
             self.loop.call_soon(self._flush)
