@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -212,3 +213,36 @@ def test_an_orphans_outcome_never_reaches_a_job_on_the_replacement_worker(
     orphan.exception(BACKSTOP)  # (resolved once its outcome has been dealt with)
     gate.release(b["two"])
     assert second.result(BACKSTOP) == "two"
+
+
+def _spare_pids(pool: CancelPool) -> list[int]:
+    with pool._lock:
+        return [spare.pid for spare in pool._spares if spare.pid is not None]
+
+
+def test_a_spare_worker_replaces_a_dead_one_and_is_replenished(
+    make_pool: Callable[..., CancelPool], gate: Gate
+) -> None:
+    pool = make_pool(workers=2, spare_workers=1)
+    assert pool.submit(_jobs.echo, 3).result(BACKSTOP) == 3  # the spare learns `echo`
+    # Spares start in a background thread: wait for it (a backstop, not a sleep).
+    deadline = time.monotonic() + BACKSTOP
+    while not _spare_pids(pool) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    [spare] = _spare_pids(pool)
+    victim = pool.submit(_jobs.hold, gate.path, "victim")
+    [arrived] = gate.wait(1)
+    os.kill(arrived.pid, signal.SIGKILL)
+    assert isinstance(victim.exception(BACKSTOP), WorkerCrashed)
+    # The spare took the dead worker's place: the pool runs on the very process.
+    assert spare in {w.pid for w in pool.statistics().workers}
+    assert {pool.submit(_jobs.where).result(BACKSTOP) for _ in range(6)} <= {
+        w.pid for w in pool.statistics().workers
+    }
+    deadline = time.monotonic() + BACKSTOP
+    while not _spare_pids(pool) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    [new_spare] = _spare_pids(pool)
+    assert new_spare != spare
+    pool.shutdown(wait=True)
+    assert is_gone(new_spare)  # a spare does not outlive its pool

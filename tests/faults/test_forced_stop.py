@@ -142,6 +142,11 @@ def test_a_sync_job_waits_for_a_worker_without_async_jobs(pool: CancelPool, gate
     [running] = gate.wait(1)
     assert running.tag == "sync"
     assert running.pid == held["a"].pid  # the worker a left, not b's
+    # The job reached the gate; its Started message travels on another channel (the
+    # worker's pipe to the supervisor thread): wait for it, within a backstop.
+    deadline = time.monotonic() + BACKSTOP
+    while sync.started_at is None and time.monotonic() < deadline:
+        time.sleep(0.001)
     assert sync.started_at is not None
     assert a.ended_at is not None
     assert sync.started_at >= a.ended_at

@@ -49,6 +49,8 @@ DEFAULT_CONCURRENCY = 256
 #: Shorter stops stubborn jobs sooner; longer gives cleanup code (finally blocks,
 #: partial results) more room.
 DEFAULT_CANCEL_GRACE = 5.0
+#: Modules every worker needs, loaded in the fork server (missing ones are skipped).
+_WORKER_PRELOAD = ("anyio._backends._asyncio", "uvloop", "msgspec.msgpack")
 #: Finished jobs remembered for ``get()`` / ``jobs()``.
 DEFAULT_HISTORY = 1000
 
@@ -176,6 +178,9 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         max_tasks_per_child: replace a worker after it has run this many jobs.
         max_memory_per_worker: replace a worker (between jobs) once its resident
             memory exceeds this many bytes.
+        spare_workers: processes kept started (and warmed with the job functions seen
+            so far) to replace a worker that dies or is killed to force a stop, at
+            once instead of after a process start. Each costs an idle process.
         history: finished jobs kept for :meth:`get` and :meth:`jobs`.
         use_uvloop: run workers on uvloop when it is installed.
 
@@ -194,6 +199,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         cancel_grace: float = DEFAULT_CANCEL_GRACE,
         max_tasks_per_child: int | None = None,
         max_memory_per_worker: int | None = None,
+        spare_workers: int = 0,
         history: int = DEFAULT_HISTORY,
         use_uvloop: bool = True,
     ) -> None:
@@ -210,7 +216,9 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         assert grace is not None
         self._mp = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
-            self._mp.set_forkserver_preload([_worker.__name__])
+            # Imported once in the fork server, so that every worker (a replacement
+            # too) starts with them: anyio's asyncio backend alone takes ~20 ms to import.
+            self._mp.set_forkserver_preload([_worker.__name__, *_WORKER_PRELOAD])
         self._concurrency = concurrency_
         self._use_uvloop = use_uvloop
         self._cancel_grace = grace
@@ -227,6 +235,11 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         self._results = threading.Condition(threading.RLock())
         self._idle = threading.Condition(self._lock)
         self._workers = [WorkerProc(index) for index in range(workers)]
+        self._spare_count = _check_count(spare_workers, "spare_workers", 0) or 0
+        self._spares = []
+        self._spares_starting = 0
+        # Pickles of job functions seen so far, for spares to load in advance.
+        self._warm_functions = deque(maxlen=64)
         self._jobs = {}
         self._queue = deque()
         self._history = deque(maxlen=history)
@@ -270,6 +283,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
                 self._state = "closed"
                 raise
             self._state = "running"
+            self._add_spares()
             self._thread = threading.Thread(
                 target=self._supervise, name="cancelpool-supervisor", daemon=True
             )
@@ -371,6 +385,9 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
             cached = (pickle_fn(fn), _is_async(fn))
             if plain:
                 self._fn_cache[fn] = cached
+                if self._spare_count:
+                    with self._lock:
+                        self._warm_spares(cached[0])
         args_data = pickle_args(fn, args, kwargs)
         return cached[0], args_data, cached[1]
 
@@ -611,7 +628,7 @@ def _stop_live_pools() -> None:
             pool._cancel_everything(CancelationReason.SIGNAL, "the interpreter is exiting")
             pool.shutdown(wait=False)
             with pool._lock:
-                for proc in pool._workers:
+                for proc in (*pool._workers, *pool._spares):
                     if proc.process is not None and proc.process.exitcode is None:
                         proc.process.kill()
             # The supervisor thread sees the deaths, resolves the handles and releases

@@ -112,11 +112,11 @@ class Supervisor(WorkerSet):
         while True:
             with self._lock:
                 if self._state == "closing" and not self._jobs:
-                    for proc in self._workers:
+                    for proc in (*self._workers, *self._spares):
                         if proc.alive and not proc.stop_sent:
                             proc.stop_sent = True
                             self._write(proc, proto.frame([proto.Stop()]))
-                    if not any(proc.alive for proc in self._workers):
+                    if not any(proc.alive for proc in (*self._workers, *self._spares)):
                         return
                     if stop_deadline is None:
                         stop_deadline = time.monotonic() + WORKER_EXIT_GRACE
@@ -128,6 +128,9 @@ class Supervisor(WorkerSet):
                         readers.append(proc.sentinel)
                         if proc.write_buffer:
                             writers.append(proc.in_fd)
+                spares = {proc.sentinel: proc for proc in self._spares if proc.alive}
+                readers.extend(spares)
+                writers.extend(p.in_fd for p in self._spares if p.alive and p.write_buffer)
                 deadline = self._timers[0][0] if self._timers else None
                 if stop_deadline is not None:
                     deadline = stop_deadline if deadline is None else min(deadline, stop_deadline)
@@ -142,6 +145,9 @@ class Supervisor(WorkerSet):
                         if self._queue:
                             self._dispatch_queue()
                     continue
+                if fd in spares:
+                    self._spare_died(spares[fd])
+                    continue
                 for proc in self._workers:
                     if proc.alive and fd == proc.out_fd:
                         self._read(proc)
@@ -152,7 +158,7 @@ class Supervisor(WorkerSet):
                         break
             if writable:
                 with self._lock:
-                    for proc in self._workers:
+                    for proc in (*self._workers, *self._spares):
                         if proc.alive and proc.in_fd in writable and proc.write_buffer:
                             self._flush(proc)
             if self._timers and self._timers[0][0] <= time.monotonic():
@@ -587,8 +593,10 @@ class Supervisor(WorkerSet):
             proc.inflight.clear()
             self._bury(proc)
             # Replaced while the pool runs, and while jobs still wait for a worker
-            # (during shutdown too: they must be able to finish).
-            if self._state == "running" or self._queue:
+            # (during shutdown too: they must be able to finish): by a spare that is
+            # already running if there is one, else by a new process.
+            needed = self._state == "running" or bool(self._queue)
+            if needed and self._take_spare(proc.index) is None:
                 try:
                     self._spawn(proc)
                 except Exception:
@@ -617,6 +625,22 @@ class Supervisor(WorkerSet):
             )
         for handle, error in lost:
             self._set_failed(handle, error)
+        if self._state == "closing":
+            self._wake()
+        if self._spare_count:
+            # Last: starting a process takes milliseconds, and the jobs come first.
+            with self._lock:
+                self._add_spares()
+
+    def _spare_died(self, spare: WorkerProc) -> None:
+        """A spare exited (asked to at shutdown, or killed): forget it, start another."""
+        with self._lock:
+            if spare in self._spares:
+                self._spares.remove(spare)
+            if spare.process is not None:
+                spare.process.join(0)
+            self._bury(spare)
+            self._add_spares()
         if self._state == "closing":
             self._wake()
 

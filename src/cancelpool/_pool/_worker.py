@@ -173,6 +173,8 @@ class Worker:
                     self._start(message)
                 elif isinstance(message, proto.Stop):
                     self.stopping = True
+                elif isinstance(message, proto.Warm):
+                    self._warm(message.functions)
                 elif isinstance(message, proto.ChildProgress):
                     self._child_progress(message)
                 else:
@@ -195,6 +197,14 @@ class Worker:
             return
         assert self.loop is not None
         self.loop.create_task(self._run(run, fn, args, kwargs))
+
+    def _warm(self, functions: list[bytes]) -> None:
+        for data in functions:
+            if data not in self.functions and len(self.functions) < _FUNCTION_CACHE_SIZE:
+                try:
+                    self.functions[data] = pickle.loads(data)
+                except Exception:
+                    pass  # the job that needs it will report the problem
 
     # -- running a job -------------------------------------------------------------------
     async def _run(

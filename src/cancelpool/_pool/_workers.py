@@ -10,6 +10,7 @@ own, so that killing that worker to force-stop the function hurts no other job.
 from __future__ import annotations
 
 import heapq
+import logging
 import os
 import threading
 import time
@@ -26,6 +27,8 @@ from ._handle import JobHandle
 
 if TYPE_CHECKING:
     import multiprocessing.process
+
+logger = logging.getLogger("cancelpool")
 
 #: How long shutdown waits for a worker to exit after asking it to, before killing it.
 WORKER_EXIT_GRACE = 5.0
@@ -89,6 +92,10 @@ class WorkerSet:
     _lock: threading.RLock
     _idle: threading.Condition
     _workers: list[WorkerProc]
+    _spares: list[WorkerProc]
+    _spare_count: int
+    _spares_starting: int
+    _warm_functions: deque[bytes]
     _jobs: dict[int, JobHandle[Any]]
     _queue: deque[JobHandle[Any]]
     _history: deque[JobHandle[Any]]
@@ -169,7 +176,70 @@ class WorkerSet:
                 pass
             proc.process = None
 
+    # -- spare workers ----------------------------------------------------------------------
+    def _add_spares(self) -> None:
+        """Start spare workers up to ``spare_workers`` (lock held: the processes are
+        started by a short-lived thread, never by the supervisor thread, whose jobs come
+        first). A failure is logged: a missing spare only costs speed."""
+        missing = self._spare_count - len(self._spares) - self._spares_starting
+        if missing <= 0 or self._state != "running":
+            return
+        self._spares_starting += missing
+        threading.Thread(
+            target=self._start_spares, args=(missing,), name="cancelpool-spares", daemon=True
+        ).start()
+
+    def _start_spares(self, count: int) -> None:
+        for _ in range(count):
+            spare = WorkerProc(-1)
+            try:
+                self._spawn(spare)
+            except Exception:
+                logger.exception("cancelpool: could not start a spare worker")
+                spare = None  # type: ignore[assignment]
+            with self._lock:
+                self._spares_starting -= 1
+                if spare is None:
+                    continue
+                if self._state != "running":  # the pool stopped meanwhile
+                    assert spare.process is not None
+                    spare.process.kill()
+                    spare.process.join()
+                    self._bury(spare)
+                    continue
+                if self._warm_functions:
+                    self._post(spare, proto.Warm(list(self._warm_functions)))
+                self._spares.append(spare)
+                self._send_posts()
+                self._wake()  # the supervisor watches the new spare's sentinel
+
+    def _take_spare(self, index: int) -> WorkerProc | None:
+        """Put a spare worker in place ``index`` (lock held), if one is ready."""
+        while self._spares:
+            spare = self._spares.pop(0)
+            if spare.alive and spare.process is not None and spare.process.exitcode is None:
+                spare.index = index
+                self._workers[index] = spare
+                return spare
+            self._bury(spare)
+        return None
+
+    def _warm_spares(self, function: bytes) -> None:
+        """A job function seen for the first time (lock held): spares load it now."""
+        self._warm_functions.append(function)
+        for spare in self._spares:
+            self._post(spare, proto.Warm([function]))
+        self._send_posts()
+
     def _kill_all(self) -> None:
+        for proc in self._spares:
+            if proc.process is not None and proc.process.exitcode is None:
+                proc.process.kill()
+        for proc in self._spares:
+            if proc.process is not None:
+                proc.process.join(WORKER_EXIT_GRACE)
+            self._bury(proc)
+        self._spares.clear()
         for proc in self._workers:
             process = proc.process
             if process is None:
@@ -200,7 +270,7 @@ class WorkerSet:
         proc.outbox.append(message)
 
     def _send_posts(self) -> None:
-        for proc in self._workers:
+        for proc in (*self._workers, *self._spares):
             if proc.outbox:
                 messages, proc.outbox = proc.outbox, []
                 if proc.alive:
