@@ -116,15 +116,22 @@ def forced_stop(runs: int, grace: float) -> list[float]:
     return late
 
 
-def replacement(runs: int, method: str) -> tuple[list[float], list[float], list[float]]:
+def replacement(
+    runs: int, method: str, spares: int = 0
+) -> tuple[list[float], list[float], list[float]]:
     """From a worker's SIGKILL: its job resolved in the caller; the new worker imports the
     next job's module (it is up); that job runs."""
     noticed: list[float] = []
     loaded: list[float] = []
     ready: list[float] = []
-    with Gate() as gate, CancelPool(workers=1, start_method=method) as pool:
+    pool = CancelPool(workers=1, start_method=method, spare_workers=spares)
+    with Gate() as gate, pool:
         pool.submit(_jobs.echo, 0).result(BACKSTOP)
+        pool.submit(_jobs.started_at).result(BACKSTOP)  # a spare learns this one too
         for _ in range(runs):
+            deadline = time.monotonic() + BACKSTOP
+            while len(pool._spares) < spares and time.monotonic() < deadline:
+                time.sleep(0.005)  # the spare is started in the background
             victim = pool.submit(_jobs.hold, gate.path, "victim")
             [arrival] = gate.wait(1)
             done = resolved_at(victim)
@@ -212,6 +219,8 @@ def main() -> None:
         if method != "fork":  # a forked worker inherits the module: nothing to load
             print(f"{f'  -> replacement up, loads the job module ({method})':58} {summary(loaded)}")
         print(f"{f'  -> next job runs on the replacement ({method})':58} {summary(ready)}")
+    _, _, ready = replacement(max(10, runs // 3), "forkserver", spares=1)
+    print(f"{'  -> next job runs on the replacement (forkserver, 1 spare)':58} {summary(ready)}")
     for method in ("fork", "forkserver", "spawn"):
         print(
             f"{f'supervisor SIGKILL -> workers gone ({method})':58} "
