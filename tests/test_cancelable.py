@@ -762,6 +762,35 @@ async def test_progress_reaches_own_and_every_ancestor_callback() -> None:
 
 
 @pytest.mark.anyio
+async def test_report_progress_sync_from_a_thread_runs_callbacks_on_the_loop_in_order() -> None:
+    loop_thread = threading.get_ident()
+    calls: list[tuple[str, int]] = []
+    all_in = anyio.Event()
+
+    def cb(op_id: str, message: str, meta: dict[str, Any]) -> None:
+        calls.append((message, threading.get_ident()))
+        if len(calls) == 20:
+            all_in.set()
+
+    def work(op: Cancelable) -> None:
+        for i in range(20):
+            op.report_progress_sync(f"step {i}", {"i": i})
+
+    async with Cancelable(name="sync-progress") as op:
+        op.on_progress(cb)
+        await op.run_in_thread(work, op)
+        with anyio.fail_after(10):  # a backstop against a lost report, not a delay
+            await all_in.wait()
+    assert [message for message, _ in calls] == [f"step {i}" for i in range(20)]
+    assert {thread for _, thread in calls} == {loop_thread}
+
+
+def test_report_progress_sync_outside_a_running_operation_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="needs a running operation"):
+        Cancelable(name="not started").report_progress_sync("hello")
+
+
+@pytest.mark.anyio
 async def test_progress_bubbles_from_child_in_other_task() -> None:
     calls: list[str] = []
     parent = Cancelable(name="pipeline").on_progress(lambda i, m, d: calls.append(m))

@@ -335,3 +335,11 @@ async def announce_and_wait(gate: str, tag: str = "-") -> str:
     announce(gate, tag)
     await anyio.sleep(BACKSTOP)
     return "waited"
+
+
+def report_sync(count: int) -> int:
+    """A plain function in a worker thread reporting progress with report_progress_sync."""
+    op = _op()
+    for i in range(count):
+        op.report_progress_sync(f"sync {i}", {"i": i})
+    return count

@@ -118,3 +118,14 @@ def test_unencodable_progress_metadata_fails_the_job_even_if_it_returns_at_once(
     exc = handle.exception(BACKSTOP)
     assert isinstance(exc, TypeError), f"the job completed: {handle.result()!r}"
     assert "cannot be encoded" in str(exc)
+
+
+def test_a_plain_function_reports_progress_from_its_thread(shared_pool: CancelPool) -> None:
+    seen: list[str] = []
+    handle = shared_pool.submit(_jobs.report_sync, 30)
+    handle.on_progress(lambda job_id, message, meta: seen.append(message))
+    assert handle.result(BACKSTOP) == 30
+    # Progress is sent before the result on the same pipe, in order; callbacks added
+    # after submit may miss the first reports, never reorder them.
+    assert seen
+    assert seen == [f"sync {i}" for i in range(30 - len(seen), 30)]

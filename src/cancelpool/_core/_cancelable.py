@@ -25,6 +25,8 @@ import inspect
 import logging
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -59,6 +61,13 @@ ProgressCallback = Callable[[str, str, dict[str, Any]], "Awaitable[Any] | Any"]
 StatusCallback = Callable[[OperationContext], "Awaitable[Any] | Any"]
 
 _INF = float("inf")
+
+# Progress reported from threads and not delivered yet, per operation (kept outside
+# the objects: Cancelable has __slots__ and a report is rare next to an operation).
+_sync_reports: weakref.WeakKeyDictionary[Cancelable, deque[tuple[str, dict[str, Any] | None]]] = (
+    weakref.WeakKeyDictionary()
+)
+_sync_reports_lock = threading.Lock()
 
 _current: ContextVar[Cancelable | None] = ContextVar("cancelpool_current_operation", default=None)
 
@@ -420,6 +429,45 @@ class Cancelable:
                     except Exception:
                         logger.exception("cancelpool: progress callback %r failed", callback)
             op = op._parent
+
+    def report_progress_sync(self, message: str, metadata: dict[str, Any] | None = None) -> None:
+        """:meth:`report_progress` for synchronous code, from any thread.
+
+        For plain functions (``run_in_thread``, a pool job that is a plain function):
+        the report is handed to the operation's event loop, where the callbacks run in
+        the order the reports were made. Returns at once; never raises for a callback.
+
+        Raises:
+            RuntimeError: the operation is not running (report from inside it).
+        """
+        handle = self._handle
+        if handle is None or self.context.status.is_terminal:
+            raise RuntimeError(
+                "report_progress_sync() needs a running operation: call it from inside "
+                "the operation's block (or its run_in_thread function)"
+            )
+        with _sync_reports_lock:
+            reports = _sync_reports.get(self)
+            if reports is not None:  # a drainer is already scheduled: it takes this one
+                reports.append((message, metadata))
+                return
+            _sync_reports[self] = deque([(message, metadata)])
+        if not handle.spawn(self._drain_sync_reports):
+            with _sync_reports_lock:
+                _sync_reports.pop(self, None)
+            logger.warning("cancelpool: progress %r lost: the event loop has closed", message)
+
+    async def _drain_sync_reports(self) -> None:
+        # One task delivers every pending report, in order (trio runs separate tasks
+        # in no fixed order).
+        while True:
+            with _sync_reports_lock:
+                reports = _sync_reports[self]
+                if not reports:
+                    del _sync_reports[self]
+                    return
+                message, metadata = reports.popleft()
+            await self.report_progress(message, metadata)
 
     # -- state -----------------------------------------------------------------------------
     @property
