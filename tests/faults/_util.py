@@ -2,63 +2,15 @@
 
 from __future__ import annotations
 
-import multiprocessing.forkserver
-import multiprocessing.resource_tracker
-import os
 import time
 from typing import Any
 
 import psutil
 
+from _leaks import EXIT_BACKSTOP, dev_shm, is_gone, live_children
 from cancelpool import CancelPool, JobHandle
 
-# Seconds a finished pool's processes get to disappear before they count as leaked, and
-# a torn-down pool's supervisor gets to stop. Backstops against a hang, not waits.
-EXIT_BACKSTOP = 30.0
-
-
-def _helper_pids() -> set[int]:
-    pids = set()
-    forkserver_pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
-    tracker_pid = getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None)
-    for pid in (forkserver_pid, tracker_pid):
-        if pid is not None:
-            pids.add(pid)
-    return pids
-
-
-def live_children() -> list[psutil.Process]:
-    """Child processes of this test process, but the multiprocessing helpers and zombies."""
-    allowed = _helper_pids()
-    alive = []
-    for child in psutil.Process().children(recursive=True):
-        if child.pid in allowed:
-            continue
-        try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                continue  # dead; only waiting for its parent (the fork server) to reap it
-        except psutil.NoSuchProcess:
-            continue
-        alive.append(child)
-    return alive
-
-
-def is_gone(pid: int) -> bool:
-    """True once ``pid`` has exited (a zombie counts: it runs nothing any more)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def dev_shm() -> set[str]:
-    try:
-        names = os.listdir("/dev/shm")
-    except FileNotFoundError:  # pragma: no cover - no /dev/shm on this system
-        return set()
-    # multiprocessing's POSIX semaphores are created and unlinked at once; another test
-    # process running in parallel may hold one for a moment.
-    return {name for name in names if not name.startswith("sem.")}
+__all__ = ("EXIT_BACKSTOP", "dev_shm", "is_gone", "live_children")
 
 
 def assert_no_new_shm(before: set[str]) -> None:

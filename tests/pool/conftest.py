@@ -8,62 +8,24 @@ entry exists.
 
 from __future__ import annotations
 
-import multiprocessing.forkserver
-import multiprocessing.resource_tracker
-import os
 import time
 from collections.abc import Iterator
 
 import psutil
 import pytest
 
+from _leaks import EXIT_BACKSTOP, dev_shm, live_children
 from cancelpool import CancelPool
 
 from ._gate import BACKSTOP, Gate
-
-# Seconds a finished pool's processes get to disappear before they count as leaked. A
-# backstop against a hang, not a synchronization: shutdown(wait=True) already joined them.
-EXIT_BACKSTOP = 30.0
 
 # Pools that outlive one test (module-scoped): their workers are not a test's leftovers.
 _long_lived: set[CancelPool] = set()
 
 
-def _helper_pids() -> set[int]:
-    pids = set()
-    forkserver_pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
-    tracker_pid = getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None)
-    for pid in (forkserver_pid, tracker_pid):
-        if pid is not None:
-            pids.add(pid)
-    for pool in _long_lived:
-        pids.update(w.pid for w in pool.statistics().workers if w.pid is not None)
-    return pids
-
-
 def _leftover_children() -> list[psutil.Process]:
-    allowed = _helper_pids()
-    leftovers = []
-    for child in psutil.Process().children(recursive=True):
-        if child.pid in allowed:
-            continue
-        try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                continue  # dead; only waiting for its parent (the fork server) to reap it
-        except psutil.NoSuchProcess:
-            continue
-        leftovers.append(child)
-    return leftovers
-
-
-def _dev_shm() -> set[str]:
-    try:
-        names = os.listdir("/dev/shm")
-    except FileNotFoundError:  # pragma: no cover - no /dev/shm on this system
-        return set()
-    # multiprocessing's POSIX semaphores are created and unlinked at once; another test
-    # process running in parallel may hold one for a moment.
-    return {name for name in names if not name.startswith("sem.")}
+    workers = (w.pid for pool in _long_lived for w in pool.statistics().workers)
+    return live_children(pid for pid in workers if pid is not None)
 
 
 def assert_no_leftovers(shm_before: set[str]) -> None:
@@ -81,17 +43,17 @@ def assert_no_leftovers(shm_before: set[str]) -> None:
             proc.kill()  # so that one leak does not fail every test after it
         assert not described, f"child processes left running: {described}"
     deadline = time.monotonic() + EXIT_BACKSTOP
-    new = _dev_shm() - shm_before
+    new = dev_shm() - shm_before
     while new and time.monotonic() < deadline:
         time.sleep(0.05)  # backstop poll for a parallel test's short-lived entry
-        new = _dev_shm() - shm_before
+        new = dev_shm() - shm_before
     assert not new, f"/dev/shm entries left behind: {sorted(new)}"
 
 
 @pytest.fixture(autouse=True)
 def _no_leftovers() -> Iterator[None]:
     """Autouse: the test leaves no child process and no /dev/shm entry behind."""
-    before = _dev_shm()
+    before = dev_shm()
     yield
     assert_no_leftovers(before)
 
@@ -107,7 +69,7 @@ def pool() -> Iterator[CancelPool]:
 def shared_pool() -> Iterator[CancelPool]:
     """One two-worker pool for a whole module, for tests that cannot disturb each other
     (they only submit their own jobs and look at their own handles)."""
-    before = _dev_shm()
+    before = dev_shm()
     with CancelPool(workers=2) as p:
         _long_lived.add(p)
         try:

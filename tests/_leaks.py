@@ -1,0 +1,60 @@
+"""What a test may leave behind: nothing. Child processes and /dev/shm entries, looked up.
+
+Shared by the pool and fault suites. multiprocessing's fork server and resource tracker
+are long-lived helpers of the test process, not leftovers; zombies run nothing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
+import os
+from collections.abc import Iterable
+
+import psutil
+
+# Seconds a finished pool's processes get to disappear before they count as leaked. A
+# backstop against a hang, not a synchronization: shutdown(wait=True) already joined them.
+EXIT_BACKSTOP = 30.0
+
+
+def helper_pids() -> set[int]:
+    """The fork server's and the resource tracker's pids, where they run."""
+    forkserver_pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
+    tracker_pid = getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None)
+    return {pid for pid in (forkserver_pid, tracker_pid) if pid is not None}
+
+
+def live_children(allowed: Iterable[int] = ()) -> list[psutil.Process]:
+    """Child processes of this test process, but the helpers, ``allowed`` and zombies."""
+    skip = helper_pids() | set(allowed)
+    alive = []
+    for child in psutil.Process().children(recursive=True):
+        if child.pid in skip:
+            continue
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue  # dead; only waiting for its parent (the fork server) to reap it
+        except psutil.NoSuchProcess:
+            continue
+        alive.append(child)
+    return alive
+
+
+def is_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie counts: it runs nothing any more)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def dev_shm() -> set[str]:
+    """The entries of /dev/shm, but multiprocessing's short-lived semaphores."""
+    try:
+        names = os.listdir("/dev/shm")
+    except FileNotFoundError:  # pragma: no cover - no /dev/shm on this system
+        return set()
+    # multiprocessing's POSIX semaphores are created and unlinked at once; another test
+    # process running in parallel may hold one for a moment.
+    return {name for name in names if not name.startswith("sem.")}
