@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .._core._enums import CancelationReason
 from .._core._exceptions import JobCancelled
 from . import _protocol as proto
+from ._payload import load_error, load_partial
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -187,8 +188,6 @@ def settle_child(worker: Worker, message: Any) -> None:
 
 
 def _settle(child: ChildJob, message: proto.ChildRefused | proto.ChildOutcome) -> None:
-    from ._supervisor import load_partial, rebuild_error
-
     if isinstance(message, proto.ChildRefused):
         child._settle(error=pickle.loads(message.error))
         return
@@ -197,7 +196,7 @@ def _settle(child: ChildJob, message: proto.ChildRefused | proto.ChildOutcome) -
     if isinstance(outcome, proto.Done):
         child._settle(pickle.loads(outcome.result))
     elif isinstance(outcome, proto.Failed):
-        child._settle(error=rebuild_error(outcome.error, outcome.traceback, job))
+        child._settle(error=load_error(outcome.error, outcome.traceback, job))
     else:
         child._settle(
             error=JobCancelled(

@@ -35,6 +35,7 @@ from .._core._enums import CancelationReason, OperationStatus
 from .._core._exceptions import JobCancelled, PoolClosed, WorkerCrashed, WorkerLost
 from . import _protocol as proto
 from ._handle import JobHandle
+from ._payload import dump_error, dump_partial, load_error, load_partial
 from ._workers import BACKSTOP, FORCE, WORKER_EXIT_GRACE, WorkerProc, WorkerSet
 
 logger = logging.getLogger("cancelpool")
@@ -45,40 +46,6 @@ MEMORY_CHECK_INTERVAL = 0.2
 #: Bytes asked for per read of a worker's outbox: a pipe's capacity. os.read allocates
 #: the whole size before it shrinks the result, so a larger ask costs every small read.
 _READ_SIZE = 1 << 16
-
-
-class _RemoteTraceback(Exception):
-    """Carries a worker's traceback text; set as ``__cause__`` of a job's exception."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.tb = text
-
-    def __str__(self) -> str:
-        return f"\n\n--- traceback in the worker process ---\n{self.tb}"
-
-
-def rebuild_error(data: bytes, traceback_text: str, job_id: int) -> BaseException:
-    """Unpickle a job's exception and hang the worker's traceback on it."""
-    try:
-        error: BaseException = pickle.loads(data)
-    except Exception as exc:
-        error = RuntimeError(
-            f"job {job_id} failed and its exception could not be unpickled: {exc!r}"
-        )
-    if traceback_text:
-        error.__cause__ = _RemoteTraceback(traceback_text)
-    return error
-
-
-def load_partial(data: bytes | None) -> Any:
-    """Unpickle a partial result (a description of the problem if that fails)."""
-    if data is None:
-        return None
-    try:
-        return pickle.loads(data)
-    except Exception as exc:
-        return f"<partial result could not be unpickled: {exc!r}>"
 
 
 class Supervisor(WorkerSet):
@@ -239,7 +206,7 @@ class Supervisor(WorkerSet):
                     self._retire(handle)
                     finished.append((handle, message))
             for request, error in refused:
-                self._post(proc, proto.ChildRefused(request, _pickle_error(error)))
+                self._post(proc, proto.ChildRefused(request, dump_error(error)))
             if finished:
                 resolved += self._after_finish(proc, finished)
             if self._queue:
@@ -415,7 +382,7 @@ class Supervisor(WorkerSet):
             self._close(handle, OperationStatus.COMPLETED)
             handle.set_result(result)
         elif kind is proto.Failed:
-            self._set_failed(handle, rebuild_error(message.error, message.traceback, handle.id))
+            self._set_failed(handle, load_error(message.error, message.traceback, handle.id))
         else:
             handle._partial = load_partial(message.partial)
             reason = CancelationReason(message.reason)
@@ -426,7 +393,7 @@ class Supervisor(WorkerSet):
 
     def _set_failed(self, handle: JobHandle[Any], error: BaseException) -> None:
         if handle._remote is not None and not handle._told_parent:
-            outcome = proto.Failed(handle.id, _pickle_error(error), "")
+            outcome = proto.Failed(handle.id, dump_error(error), "")
             with self._lock:
                 self._tell_parent(handle, outcome)
                 self._send_posts()
@@ -437,7 +404,7 @@ class Supervisor(WorkerSet):
         reason = handle._cancel_reason or CancelationReason.MANUAL
         message = handle._cancel_message or f"job {handle.id} was cancelled ({reason.value})"
         if handle._remote is not None and not handle._told_parent:
-            partial = None if handle._partial is None else _pickle_partial(handle._partial)
+            partial = dump_partial(handle._partial)
             outcome = proto.Cancelled(handle.id, reason.value, message, partial, False)
             with self._lock:
                 self._tell_parent(handle, outcome)
@@ -690,20 +657,6 @@ def _how_it_ended(message: Any) -> str:
 def _decode_metadata(raw: Any) -> dict[str, Any]:
     value = msgspec.msgpack.decode(raw)
     return value if isinstance(value, dict) else {"value": value}
-
-
-def _pickle_error(error: BaseException) -> bytes:
-    try:
-        return pickle.dumps(error, pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return pickle.dumps(RuntimeError(str(error)), pickle.HIGHEST_PROTOCOL)
-
-
-def _pickle_partial(partial: Any) -> bytes | None:
-    try:
-        return pickle.dumps(partial, pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return None
 
 
 def _rss(pid: int) -> int:

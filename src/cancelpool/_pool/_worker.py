@@ -39,6 +39,7 @@ from .._core._sources import TimeoutSource
 from ..shm import Doorbell, SharedToken, SlotRef, TokenTable
 from . import _protocol as proto
 from . import _remote
+from ._payload import dump_error, dump_partial, dumps
 
 #: Bytes asked for per read of the inbox. Frames larger than this arrive in pieces and
 #: are reassembled; smaller means more reads for big batches.
@@ -54,31 +55,6 @@ _FUNCTION_CACHE_SIZE = 256
 #: progress reports, kept by the supervisor in case the worker dies). Shorter keeps a
 #: fresher partial result; longer pickles it less often.
 CHECKPOINT_INTERVAL = 0.05
-
-
-def _dumps(obj: Any) -> bytes:
-    data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-    if len(data) > proto.MAX_PAYLOAD:
-        raise ValueError(
-            f"{type(obj).__name__} is too large to send ({len(data):,} bytes pickled, "
-            f"the limit is {proto.MAX_PAYLOAD:,}); return a file path or another "
-            "reference to the data instead"
-        )
-    return data
-
-
-def _pickle_error(exc: BaseException) -> bytes:
-    """Pickle an exception so that it unpickles; else a RuntimeError that describes it."""
-    try:
-        data = _dumps(exc)
-        pickle.loads(data)
-    except Exception as problem:
-        substitute = RuntimeError(
-            f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
-            f"(the original exception could not be pickled: {problem!r})"
-        )
-        return _dumps(substitute)
-    return data
 
 
 class _Job:
@@ -193,7 +169,7 @@ class Worker:
             args, kwargs = pickle.loads(run.args)
         except BaseException as exc:
             error = TypeError(f"job {run.job} could not be unpickled in the worker: {exc!r}")
-            self._send(proto.Failed(run.job, _pickle_error(error), traceback.format_exc()))
+            self._send(proto.Failed(run.job, dump_error(error), traceback.format_exc()))
             return
         assert self.loop is not None
         self.loop.create_task(self._run(run, fn, args, kwargs))
@@ -260,13 +236,13 @@ class Worker:
                 self._send_failure(job_id, job.failure)
                 return
             try:
-                data = _dumps(result)
+                data = dumps(result)
             except Exception as problem:
                 error = TypeError(
                     f"the result of job {job_id} ({type(result).__name__}) cannot be "
                     f"pickled: {problem!r}; return picklable data"
                 )
-                self._send(proto.Failed(job_id, _pickle_error(error), ""))
+                self._send(proto.Failed(job_id, dump_error(error), ""))
             else:
                 self._send(proto.Done(job_id, data))
         finally:
@@ -281,16 +257,10 @@ class Worker:
 
     def _send_failure(self, job_id: int, exc: BaseException) -> None:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        self._send(proto.Failed(job_id, _pickle_error(exc), text))
+        self._send(proto.Failed(job_id, dump_error(exc), text))
 
     def _send_cancelled(self, job_id: int, exc: CancelationError, op: Cancelable) -> None:
-        partial = op.context.partial_result
-        data: bytes | None = None
-        if partial is not None:
-            try:
-                data = _dumps(partial)
-            except Exception as problem:
-                data = _dumps(f"<partial result could not be pickled: {problem!r}>")
+        data = dump_partial(op.context.partial_result)
         self._send(proto.Cancelled(job_id, exc.reason.value, exc.message, data, True))
 
     def _progress_callback(
@@ -324,7 +294,7 @@ class Worker:
             return
         job.checkpoint_at = time.monotonic()
         try:
-            self._send(proto.Checkpoint(job_id, _dumps(job.op.context.partial_result)))
+            self._send(proto.Checkpoint(job_id, dumps(job.op.context.partial_result)))
         except Exception:
             pass  # reported (or not) when the job ends
 
