@@ -20,7 +20,6 @@ from .._core._loop import LoopHandle
 if TYPE_CHECKING:
     from ..shm import SlotRef
     from ._pool import CancelPool
-    from ._protocol import Run
 
 logger = logging.getLogger("cancelpool")
 
@@ -125,7 +124,10 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         self.cancel_grace = cancel_grace
         self._worker: int | None = None
         self._slot: SlotRef | None = None
-        self._run: Run | None = None
+        # The job as the workers get it (set when it is registered).
+        self._fn = b""
+        self._args = b""
+        self._is_async = True
         self._remote: tuple[int, int, int] | None = None  # worker index, pid, request
         self._checkpoint: bytes | None = None
         self._attempts = 1

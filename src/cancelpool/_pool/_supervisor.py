@@ -277,7 +277,7 @@ class Supervisor(WorkerSet):
             retries=retries,
             cancel_grace=cancel_grace,
         )
-        handle._run = proto.Run(0, 0, 0, fn, args, name, timeout, is_async)
+        handle._fn, handle._args, handle._is_async = fn, args, is_async
         handle._remote = remote
         if remote is not None:
             self._requests[remote] = handle

@@ -340,8 +340,6 @@ class WorkerSet:
         for handle in handles:
             parent = handle.parent
             parent_slot = parent._slot if parent is not None and not parent.done() else None
-            run = handle._run
-            assert run is not None
             try:
                 slot = self._table.allocate(parent_slot)
             except TableFull:
@@ -353,22 +351,23 @@ class WorkerSet:
             handle._worker = proc.index
             proc.inflight.add(handle.id)
             proc.dispatched += 1
-            if run.timeout is not None:
+            if handle.timeout is not None:
                 # Armed now, not when the job reports it started: a worker whose
                 # loop is blocked reports nothing, and that is the case to catch.
-                self._add_timer(time.monotonic() + run.timeout + BACKSTOP_MARGIN, handle, BACKSTOP)
-            if not run.is_async:
+                deadline = time.monotonic() + handle.timeout + BACKSTOP_MARGIN
+                self._add_timer(deadline, handle, BACKSTOP)
+            if not handle._is_async:
                 proc.exclusive = True
             messages.append(
                 proto.Run(
                     handle.id,
                     slot.index,
                     slot.generation,
-                    run.fn,
-                    run.args,
-                    run.name,
-                    run.timeout,
-                    run.is_async,
+                    handle._fn,
+                    handle._args,
+                    handle.name,
+                    handle.timeout,
+                    handle._is_async,
                 )
             )
         if messages:
@@ -389,7 +388,7 @@ class WorkerSet:
             handle = queue.popleft()
             if handle._cancel_reason is not None or handle.id not in self._jobs:
                 continue
-            exclusive = handle._run is not None and not handle._run.is_async
+            exclusive = not handle._is_async
             proc = self._pick_worker(exclusive)
             if proc is None:
                 waiting.append(handle)
