@@ -48,3 +48,13 @@ def blocking_sleep(seconds: float) -> float:
 
 
 NOT_CALLABLE = 42
+
+
+def count_sync(n: int) -> int:
+    """A plain function: reports progress from its worker thread with report_progress_sync."""
+    op = current_operation()
+    assert op is not None
+    for i in range(1, n + 1):
+        op.token.check()
+        op.report_progress_sync(f"{i}/{n}", {"done": i, "total": n})
+    return n

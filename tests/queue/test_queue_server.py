@@ -26,6 +26,15 @@ def test_submit_then_result(cli, start_server) -> None:
     assert json.loads(out.stdout) == {"args": [1, "two", {"three": 3}], "kwargs": {}}
 
 
+def test_a_plain_function_task_reports_progress(queue, start_server) -> None:
+    start_server()
+    job = queue.wait(queue.submit(f"{TASKS}:count_sync", 5), timeout=60)
+    assert job.status.value == "completed"
+    assert job.result == 5
+    assert job.progress_message == "5/5"
+    assert job.progress == {"done": 5, "total": 5}
+
+
 def test_jobs_submitted_without_a_server_run_in_priority_order(queue, start_server) -> None:
     low = queue.submit(f"{DEMO}:add", 1, 1, name="low")
     high = queue.submit(f"{DEMO}:add", 2, 2, name="high", priority=10)
