@@ -1,8 +1,8 @@
-"""The gate handshake of the fault suite: ``tests/_gate.py``."""
+"""The gate handshake of the fault suite: ``tests/_handshake.py``."""
 
 from __future__ import annotations
 
-from _gate import (
+from _handshake import (
     BACKSTOP,
     Arrival,
     Gate,

@@ -1,11 +1,11 @@
-"""The gate handshake (``tests/_gate.py``) and a helper of the pool suite on top of it."""
+"""The gate handshake (``tests/_handshake.py``) and a helper of the pool suite on top of it."""
 
 from __future__ import annotations
 
 import threading
 from typing import Any
 
-from _gate import BACKSTOP, Arrival, Gate, announce, arrive, arrive_sync
+from _handshake import BACKSTOP, Arrival, Gate, announce, arrive, arrive_sync
 
 __all__ = ("BACKSTOP", "Arrival", "Gate", "announce", "arrive", "arrive_sync", "start_running")
 
