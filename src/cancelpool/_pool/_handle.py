@@ -265,14 +265,6 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
                     feed.push(event)
             handle = handle.parent
 
-    def _end_feeds(self) -> None:
-        """End every progress() iteration (the job is about to resolve)."""
-        with self._pool._lock:
-            self._ended = True
-            feeds, self._feeds = self._feeds, None
-        for feed in feeds or ():
-            feed.push(None)
-
     # -- awaiting -------------------------------------------------------------------------------
     def __await__(self) -> Generator[Any, None, T]:
         return self._wait().__await__()

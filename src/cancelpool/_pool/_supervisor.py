@@ -421,15 +421,19 @@ class Supervisor(WorkerSet):
         handle.set_exception(error)
 
     def _close(self, handle: JobHandle[Any], status: OperationStatus) -> None:
-        """Record how a job ended and end its progress streams (before it resolves).
+        """Record how a job ended and end its progress() streams (before it resolves).
 
-        Under the lock: caller threads resolve queued jobs too, and counters must add up.
+        Under the lock: caller threads resolve queued jobs too, counters must add up,
+        and a progress() starting now must see that the stream has ended.
         """
         with self._lock:
             handle._status = status
             handle.ended_at = handle.ended_at or time.time()
             self._counts[status] += 1
-        handle._end_feeds()
+            handle._ended = True
+            feeds, handle._feeds = handle._feeds, None
+        for feed in feeds or ():
+            feed.push(None)
 
     # -- cancelling (lock held) ---------------------------------------------------------------
     def _cancel_locked(
