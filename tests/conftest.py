@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from _handshake import BACKSTOP, Gate
 from cancelpool import OperationRegistry
 
 # How long a test's stray non-daemon threads may take to finish before it counts as a
@@ -93,3 +94,17 @@ def start_thread() -> Iterator[Callable[..., threading.Thread]]:
     yield start
     for thread in threads:
         thread.join(JOIN_SECONDS)
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    """A handshake point for jobs in worker processes (``_handshake.py``); released and
+    removed after the test."""
+    with Gate() as g:
+        yield g
+
+
+@pytest.fixture
+def backstop() -> float:
+    """Seconds to wait for anything that should happen at once; a deadlock backstop."""
+    return BACKSTOP

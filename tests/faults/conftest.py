@@ -17,7 +17,6 @@ import pytest
 
 from cancelpool import CancelPool
 
-from ._gate import BACKSTOP, Gate
 from ._util import EXIT_BACKSTOP, assert_no_leftovers, dev_shm
 
 
@@ -72,16 +71,3 @@ def make_pool() -> Iterator[Callable[..., CancelPool]]:
 def pool(make_pool: Callable[..., CancelPool]) -> CancelPool:
     """A fresh two-worker pool."""
     return make_pool()
-
-
-@pytest.fixture
-def gate() -> Iterator[Gate]:
-    """A handshake point for jobs (see ``_gate.py``); released and removed after."""
-    with Gate() as g:
-        yield g
-
-
-@pytest.fixture
-def backstop() -> float:
-    """Seconds to wait for anything that should happen at once; a deadlock backstop."""
-    return BACKSTOP

@@ -17,8 +17,6 @@ import pytest
 from _leaks import EXIT_BACKSTOP, dev_shm, live_children
 from cancelpool import CancelPool
 
-from ._gate import BACKSTOP, Gate
-
 # Pools that outlive one test (module-scoped): their workers are not a test's leftovers.
 _long_lived: set[CancelPool] = set()
 
@@ -77,16 +75,3 @@ def shared_pool() -> Iterator[CancelPool]:
         finally:
             _long_lived.discard(p)
     assert_no_leftovers(before)
-
-
-@pytest.fixture
-def gate() -> Iterator[Gate]:
-    """A handshake point for jobs (see ``_gate.py``); released and removed after the test."""
-    with Gate() as g:
-        yield g
-
-
-@pytest.fixture
-def backstop() -> float:
-    """Seconds to wait for anything that should happen at once; a deadlock backstop."""
-    return BACKSTOP
