@@ -77,6 +77,7 @@ def test_bad_json_exits_2(run) -> None:
 
 
 def test_result_of_an_unknown_job_exits_1(run) -> None:
+    run("submit", "cancelpool.demo_tasks:add", "[1, 2]")  # a queue, without job 7
     result = run("result", "7")
     assert result.exit_code == 1
     assert "no job with id 7" in result.output
@@ -88,12 +89,15 @@ def test_result_of_a_queued_job_exits_6(run) -> None:
 
 
 def test_stats_without_a_server(run) -> None:
+    run("submit", "cancelpool.demo_tasks:add", "[1, 2]")  # stats reads an existing queue
     result = run("stats")
     assert result.exit_code == 0
     assert "no server running" in result.output
 
 
 def test_watch_with_nothing_to_watch(run) -> None:
+    run("submit", "cancelpool.demo_tasks:add", "[1, 2]")
+    run("cancel", "1")  # a queue with nothing unfinished in it
     result = run("watch")
     assert result.exit_code == 0
     assert "no unfinished job" in result.output

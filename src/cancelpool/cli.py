@@ -23,7 +23,7 @@ import click
 from . import __version__
 
 if TYPE_CHECKING:
-    from .queue import Queue
+    from .queue import JobRecord, Queue
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,6 +50,16 @@ class BadInput(click.ClickException):
     exit_code = 2
 
 
+#: No queue at that path, or its files are refused (owner, mode, type, not a queue).
+EXIT_NO_QUEUE = 3
+
+
+class NoQueue(click.ClickException):
+    """No usable queue at the path (missing for a read-only verb, or refused): exit 3."""
+
+    exit_code = EXIT_NO_QUEUE
+
+
 def _colour() -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
@@ -68,18 +78,36 @@ def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
 
 
+def keep_waiting_option(fn: F) -> F:
+    return click.option(
+        "--keep-waiting",
+        is_flag=True,
+        help="With --wait: when no live server can run the job, say so once and keep "
+        "waiting for one (default: say so and exit 6).",
+    )(fn)
+
+
 @contextmanager
-def open_queue(db: Path | None) -> Iterator[Queue]:
-    from .queue import InvalidJob, JobNotFound, Queue, QueueError
+def open_queue(db: Path | None, *, create: bool = True) -> Iterator[Queue]:
+    """Open the queue; ``create=False`` for verbs that must not create one."""
+    import sqlite3
+
+    from .queue import InvalidJob, JobNotFound, Queue, QueueError, QueueFileError
 
     try:
-        queue = Queue(db)
+        queue = Queue(db, create=create)
+    except QueueFileError as exc:
+        raise NoQueue(str(exc)) from None
     except QueueError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot open the queue database: {exc}") from None
     try:
         yield queue
+    except sqlite3.OperationalError as exc:
+        raise click.ClickException(f"the queue database {queue.path}: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise NoQueue(f"the queue database {queue.path} is damaged: {exc}") from None
     except InvalidJob as exc:
         raise BadInput(str(exc)) from None
     except JobNotFound as exc:
@@ -141,10 +169,19 @@ def cli() -> None:
     show_default=True,
     help="Seconds a shutdown waits for cancelled jobs to stop.",
 )
+@click.option(
+    "--path",
+    "paths",
+    multiple=True,
+    metavar="DIR",
+    help="Import tasks from DIR too (repeatable; first wins). The working directory is "
+    "never on the import path: give --path . to import from it.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Log nothing but errors.")
 def serve(
     db: Path | None,
     allow: tuple[str, ...],
+    paths: tuple[str, ...],
     workers: int | None,
     concurrency: int | None,
     max_attempts: int,
@@ -157,23 +194,27 @@ def serve(
     On shutdown it stops claiming, cancels the running jobs (keeping their partial
     results), requeues or cancels them per --on-shutdown, and exits 0.
     """
-    from .queue._model import check_pattern
+    from .queue import QueueFileError
+    from .queue._model import check_allow_pattern
     from .queue._server import Server, ServerOptions
     from .queue._store import default_db_path
+    from .queue._task import set_server_import_path
 
     for pattern in allow:
         try:
-            check_pattern(pattern)
+            check_allow_pattern(pattern)
         except ValueError as exc:
             raise BadInput(str(exc)) from None
+    try:
+        # Tasks come from the environment's path plus --path, never the working dir.
+        set_server_import_path(paths)
+    except QueueFileError as exc:
+        raise NoQueue(str(exc)) from None
 
     def log(message: str) -> None:
         if not quiet:
             click.echo(f"{time.strftime('%H:%M:%S')} cancelpool serve: {message}", err=True)
 
-    # Tasks are imported from the directory the server starts in, like `python -m`.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     options = ServerOptions(
         allow=allow,
         workers=workers or os.cpu_count() or 1,
@@ -182,7 +223,10 @@ def serve(
         on_shutdown=on_shutdown,
         grace=grace,
     )
-    server = Server(db or default_db_path(), options, log)
+    try:
+        server = Server(db or default_db_path(), options, log)
+    except QueueFileError as exc:
+        raise NoQueue(str(exc)) from None
     sys.exit(server.run())
 
 
@@ -196,6 +240,7 @@ def serve(
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
 @click.option("--parent", type=int, default=None, help="Parent job id: its cancel cancels this.")
 @click.option("--wait", is_flag=True, help="Wait for the outcome and print it (like `result`).")
+@keep_waiting_option
 @json_option
 def submit(
     db: Path | None,
@@ -206,6 +251,7 @@ def submit(
     priority: int,
     parent: int | None,
     wait: bool,
+    keep_waiting: bool,
     as_json: bool,
 ) -> None:
     """Queue TASK ('package.module:function') with ARGS_JSON; print the job id.
@@ -221,7 +267,9 @@ def submit(
         args, kwargs = parse_args_json(args_json)
         job_id = queue._submit(task, args, kwargs, name, timeout, priority, parent)
         if wait:
-            _show_result(queue, job_id, wait=True, timeout=None, as_json=as_json)
+            _show_result(
+                queue, job_id, wait=True, timeout=None, as_json=as_json, keep_waiting=keep_waiting
+            )
         elif as_json:
             click.echo(_json({"id": job_id}))
         else:
@@ -235,6 +283,7 @@ def submit(
 @click.option("--pattern", default=None, help="Cancel every unfinished job whose name matches.")
 @click.option("--message", default=None, help="Why (stored with the jobs).")
 @click.option("--wait", is_flag=True, help="Wait until the running ones have stopped.")
+@keep_waiting_option
 @json_option
 def cancel(
     db: Path | None,
@@ -242,6 +291,7 @@ def cancel(
     pattern: str | None,
     message: str | None,
     wait: bool,
+    keep_waiting: bool,
     as_json: bool,
 ) -> None:
     """Cancel jobs by ID or --pattern 'user_42_*', with their child jobs.
@@ -251,11 +301,12 @@ def cancel(
     """
     if not ids and pattern is None:
         raise click.UsageError("give job ids or --pattern")
-    with open_queue(db) as queue:
+    with open_queue(db, create=False) as queue:
         outcome = queue.cancel_jobs(ids, name_pattern=pattern, message=message)
         if wait:
             for job_id in outcome.requested:
-                queue.wait(job_id)
+                if _wait_for(queue, job_id, None, keep_waiting) is None:
+                    sys.exit(EXIT_NOT_FINISHED)
         if as_json:
             click.echo(
                 _json(
@@ -311,7 +362,7 @@ def ls_command(
     """List jobs: status, progress, time and outcome."""
     from .queue._format import jobs_table
 
-    with open_queue(db) as queue:
+    with open_queue(db, create=False) as queue:
         jobs = queue.store.list_jobs(
             status=statuses, pattern=pattern, limit=limit, newest_first=True
         )
@@ -343,7 +394,7 @@ def watch(
     On a terminal: a bar per running job, a table of the finished ones. Otherwise (or
     with --json): one line per change.
     """
-    with open_queue(db) as queue:
+    with open_queue(db, create=False) as queue:
         store = queue.store
         if ids:
             missing = [i for i in ids if store.status_of(i) is None]
@@ -415,31 +466,68 @@ def _watch_loop(
 @click.argument("job_id", type=click.IntRange(min=1))
 @click.option("--wait", is_flag=True, help="Wait until the job has finished.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this.")
+@keep_waiting_option
 @json_option
-def result(db: Path | None, job_id: int, wait: bool, timeout: float | None, as_json: bool) -> None:
+def result(
+    db: Path | None,
+    job_id: int,
+    wait: bool,
+    timeout: float | None,
+    keep_waiting: bool,
+    as_json: bool,
+) -> None:
     """Print a job's result (JSON), or its error / partial result.
 
     Exit code: 0 completed, 3 failed, 4 cancelled, 5 interrupted, 6 not finished.
     """
-    with open_queue(db) as queue:
-        _show_result(queue, job_id, wait=wait, timeout=timeout, as_json=as_json)
+    with open_queue(db, create=False) as queue:
+        _show_result(
+            queue, job_id, wait=wait, timeout=timeout, as_json=as_json, keep_waiting=keep_waiting
+        )
+
+
+def _wait_for(
+    queue: Queue, job_id: int, timeout: float | None, keep_waiting: bool
+) -> JobRecord | None:
+    """``queue.wait`` that tells the user on stderr when no live server can finish the
+    job: then None, or (``keep_waiting``) it keeps waiting. None also on ``timeout``."""
+    from .queue import JobNotFinished, NoLiveServer
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        return queue.wait(job_id, timeout, need_server=True)
+    except NoLiveServer as exc:
+        if not keep_waiting:
+            click.echo(f"{exc} (or pass --keep-waiting)", err=True)
+            return None
+        click.echo(f"{exc}; waiting for a server (--keep-waiting)", err=True)
+    except JobNotFinished:
+        return None
+    remaining = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
+    try:
+        return queue.wait(job_id, remaining)
+    except JobNotFinished:
+        return None
 
 
 def _show_result(
-    queue: Queue, job_id: int, *, wait: bool, timeout: float | None, as_json: bool
+    queue: Queue,
+    job_id: int,
+    *,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+    keep_waiting: bool = False,
 ) -> None:
-    from .queue import JobNotFinished, JobNotFound
+    from .queue import JobNotFound
     from .queue._format import pretty_json
 
     job = queue.get(job_id)
     if job is None:
         raise JobNotFound(f"no job with id {job_id}")
     if wait and not job.finished:
-        try:
-            job = queue.wait(job_id, timeout)
-        except JobNotFinished:
-            job = queue.get(job_id)
-            assert job is not None
+        job = _wait_for(queue, job_id, timeout, keep_waiting) or queue.get(job_id)
+        assert job is not None
     status = job.status.value
     if as_json:
         click.echo(_json(job.to_dict()))
@@ -466,7 +554,7 @@ def stats(db: Path | None, as_json: bool) -> None:
     """Jobs per status and the running servers."""
     from .queue._format import table
 
-    with open_queue(db) as queue:
+    with open_queue(db, create=False) as queue:
         info = queue.statistics()
         counts = {s: getattr(info, s) for s in STATUSES}
         servers = [

@@ -97,7 +97,7 @@ def test_files_are_private_even_in_a_shared_directory(tmp_path, capsys) -> None:
     shared.chmod(0o755)
     with Queue(shared / "q.db") as q:
         q.submit(f"{DEMO}:add", 1, 1)
-    assert "can be entered by other users" in capsys.readouterr().err
+    assert capsys.readouterr().err == ""  # a 0755 directory (a home) is fine: no warning
     for name in ("q.db", "q.db-wal", "q.db-shm"):
         path = shared / name
         if path.exists():

@@ -12,7 +12,9 @@ from ._client import QueueStatistics as QueueStatistics
 from ._exceptions import InvalidJob as InvalidJob
 from ._exceptions import JobNotFinished as JobNotFinished
 from ._exceptions import JobNotFound as JobNotFound
+from ._exceptions import NoLiveServer as NoLiveServer
 from ._exceptions import QueueError as QueueError
+from ._exceptions import QueueFileError as QueueFileError
 from ._exceptions import TaskNotAllowed as TaskNotAllowed
 from ._model import JobRecord as JobRecord
 from ._model import JobStatus as JobStatus
@@ -23,8 +25,10 @@ __all__ = (
     "JobNotFound",
     "JobRecord",
     "JobStatus",
+    "NoLiveServer",
     "Queue",
     "QueueError",
+    "QueueFileError",
     "QueueStatistics",
     "TaskNotAllowed",
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import threading
 import time
 from collections.abc import Iterable
@@ -37,6 +38,15 @@ SERVER_CACHE_SECONDS = 1.0
 #: quick results are seen quickly, long jobs cost few queries.
 WAIT_POLL_FIRST = 0.002
 WAIT_POLL_MAX = 0.1
+#: How often ``wait()`` derives whether a live server can finish the job (a query of the
+#: servers table, a process lookup and a FIFO open per server). Shorter notices a dead
+#: server sooner; longer costs less.
+LIVENESS_CHECK_INTERVAL = 0.25
+#: How long a job must stay unserved before ``wait(need_server=True)`` gives up. It
+#: covers a server that is still starting (it registers after its pool is up, about a
+#: second) and the 2 s a live server takes to take over the jobs of a dead one; longer
+#: makes the user wait longer to hear that nothing runs their job.
+NO_SERVER_GRACE = 3.0
 
 
 @dataclass(frozen=True)
@@ -73,13 +83,20 @@ class Queue:
         path: the database file (default: ``$CANCELPOOL_DB`` or
             ``~/.local/state/cancelpool/queue.db``). Created (0600, in a 0700
             directory) if missing.
+        create: with False, a path that holds no queue raises ``QueueFileError`` and
+            nothing is created (what the read-only CLI verbs use).
+
+    Raises:
+        QueueFileError: the path is empty, a directory, a device, not a SQLite file, a
+            database of something else, or its files or directory belong to another
+            user or are writable by group or others (the message says how to fix it).
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True) -> None:
         from ._store import Store, default_db_path
 
         self.path = Path(path) if path is not None else default_db_path()
-        self._store: Store = Store(self.path)
+        self._store: Store = Store(self.path, create=create)
         self._servers: tuple[ServerInfo, ...] = ()
         self._servers_at = -SERVER_CACHE_SECONDS
         self._lock = threading.Lock()
@@ -118,7 +135,7 @@ class Queue:
             return self._servers
 
     def _wake(self, owners: Iterable[str] | None = None) -> None:
-        from ._server import poke_path
+        from ._liveness import poke_server
 
         wanted = None if owners is None else set(owners)
         servers = self.live_servers()
@@ -126,7 +143,7 @@ class Queue:
             servers = self.live_servers(refresh=True)  # a server newer than our cache
         for info in servers:
             if wanted is None or info.id in wanted:
-                poke_path(info.wake_path)
+                poke_server(self._store.path, info.id)
 
     # -- producing ----------------------------------------------------------------------------
     def submit(
@@ -256,18 +273,34 @@ class Queue:
             check_pattern(name_pattern)
         return self._store.list_jobs(status=statuses, pattern=name_pattern, limit=limit)
 
-    def wait(self, job_id: int, timeout: float | None = None) -> JobRecord:
+    def wait(
+        self, job_id: int, timeout: float | None = None, *, need_server: bool = False
+    ) -> JobRecord:
         """Block until the job has finished; returns its record.
+
+        A job whose cancellation was requested and whose server died is marked
+        ``cancelled`` here (its partial result kept) rather than waited for: it can never
+        report back.
+
+        Args:
+            timeout: seconds to wait (None: no limit).
+            need_server: give up with ``NoLiveServer`` once no live server can finish
+                the job for ``NO_SERVER_GRACE`` seconds (none runs on this queue, none
+                allows the task, or it ran on a server that died and nobody is left to
+                take it over). Without it, ``wait`` keeps waiting for a server to start.
 
         Raises:
             JobNotFound: no such job.
             JobNotFinished: it has not finished within ``timeout`` seconds.
+            NoLiveServer: ``need_server`` and nothing can finish the job.
         """
-        from ._exceptions import JobNotFound
+        from ._exceptions import JobNotFound, NoLiveServer
 
         check_job_id(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = WAIT_POLL_FIRST
+        next_check = time.monotonic()
+        unserved_since: float | None = None
         while True:
             status = self._store.status_of(job_id)
             if status is None:
@@ -276,6 +309,16 @@ class Queue:
                 record = self._store.get(job_id)
                 assert record is not None
                 return record
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + LIVENESS_CHECK_INTERVAL
+                reason = self.unserved_reason(job_id)
+                if reason is None:
+                    unserved_since = None
+                elif unserved_since is None:
+                    unserved_since = now
+                elif need_server and now - unserved_since >= NO_SERVER_GRACE:
+                    raise NoLiveServer(reason)
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -283,6 +326,45 @@ class Queue:
                 pause = min(pause, remaining)
             time.sleep(pause)
             pause = min(pause * 2, WAIT_POLL_MAX)
+
+    def unserved_reason(self, job_id: int) -> str | None:
+        """Why no live server can finish this unfinished job, or None if one can.
+
+        Derived each call from the processes and FIFOs of the registered servers (a dead
+        or zombie server does not count). As a side effect, a job whose cancellation was
+        requested and whose server died is marked ``cancelled`` (it can never stop
+        itself), so the next status read finds it finished.
+        """
+        job = self._store.get(check_job_id(job_id))
+        if job is None or job.finished:
+            return None
+        servers = self.live_servers(refresh=True)
+        allowing = [info for info in servers if task_allowed(job.task, info.allow)]
+        where = f"the queue {self._store.path}"
+        start = (
+            f"start one: cancelpool serve --db {shlex.quote(str(self._store.path))} "
+            f"--allow {shlex.quote(_module_of(job.task) + ':*')}"
+        )
+        if job.status is JobStatus.QUEUED:
+            if allowing:
+                return None
+            if servers:
+                return (
+                    f"job {job_id} is queued, but none of the live servers of {where} "
+                    f"allows its task {job.task!r}; {start}"
+                )
+            return f"job {job_id} is queued and no live server serves {where}; {start}"
+        if job.owner is not None and any(info.id == job.owner for info in servers):
+            return None
+        if job.cancel_requested and job.owner is not None:
+            self._store.settle_orphan_cancel(job_id, job.owner)
+            return None
+        if allowing:
+            return None  # a live server takes the dead one's jobs over within seconds
+        return (
+            f"job {job_id} was running on server {job.owner}, which is no longer alive, and "
+            f"no live server of {where} can take it over; {start}"
+        )
 
     def statistics(self) -> QueueStatistics:
         """Jobs per status and the live servers."""
@@ -296,3 +378,7 @@ class Queue:
             interrupted=counts["interrupted"],
             servers=self.live_servers(refresh=True),
         )
+
+
+def _module_of(task: str) -> str:
+    return task.partition(":")[0]

@@ -9,7 +9,6 @@ path (``package.module:function``) and checked against glob patterns such as
 from __future__ import annotations
 
 import enum
-import fnmatch
 import math
 import re
 from collections.abc import Iterable
@@ -19,6 +18,9 @@ from typing import Any
 import msgspec
 
 from ._exceptions import InvalidJob
+from ._taskref import check_allow_pattern as check_allow_pattern
+from ._taskref import parse_task_ref
+from ._taskref import task_allowed as _task_allowed
 
 #: Largest encoded arguments of one job. Bigger payloads belong in files or a blob
 #: store, with their path as the argument; a cap keeps one bad submit from bloating the
@@ -29,8 +31,6 @@ MAX_RESULT_BYTES = 16 << 20
 #: Longest job name; names are labels for patterns and tables, not data.
 MAX_NAME_LENGTH = 200
 
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_TASK_RE = re.compile(rf"{_IDENT}(?:\.{_IDENT})*:{_IDENT}(?:\.{_IDENT})*")
 # Letters, digits and a few separators; no spaces, quotes, control characters or glob
 # metacharacters, so a name is always safe in a shell and matched literally by patterns.
 _NAME_RE = re.compile(r"[A-Za-z0-9_.:@/+=,-]+")
@@ -102,13 +102,8 @@ class JobRecord:
 
 # -- validation ----------------------------------------------------------------------------
 def check_task(task: object) -> str:
-    """Return ``task`` if it is an import path ``package.module:function``."""
-    if not isinstance(task, str) or not _TASK_RE.fullmatch(task):
-        raise InvalidJob(
-            f"task {task!r} is not an import path like 'myapp.tasks:resize' "
-            "(module, a colon, then the function)"
-        )
-    return task
+    """Return ``task`` if it is a task reference ``package.module:function``."""
+    return str(parse_task_ref(task))
 
 
 def check_name(name: object) -> str | None:
@@ -162,8 +157,9 @@ def check_job_id(job_id: object) -> int:
 
 
 def task_allowed(task: str, patterns: Iterable[str]) -> bool:
-    """True if ``task`` matches one of the glob ``patterns`` (case-sensitive)."""
-    return any(fnmatch.fnmatchcase(task, pattern) for pattern in patterns)
+    """True if ``task`` is a valid reference one of the ``--allow`` patterns admits
+    (``*`` and ``?`` match within one segment: never a dot or the colon)."""
+    return _task_allowed(task, patterns)
 
 
 # -- JSON ------------------------------------------------------------------------------------

@@ -20,24 +20,26 @@ progress and outcomes over through a deque and a byte in the FIFO.
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
+import stat
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from .._core._exceptions import JobCancelled
 from .._pool._handle import JobHandle
 from .._pool._pool import CancelPool
-from ._model import MAX_RESULT_BYTES, decode_json, encode_json_lossy
-from ._store import ServerInfo, Store, control_dir, make_private_dir, process_start_time
+from ._exceptions import QueueFileError
+from ._files import check_control_dir
+from ._liveness import poke_server, process_start_time, wake_path
+from ._model import MAX_RESULT_BYTES, check_allow_pattern, decode_json, encode_json_lossy
+from ._store import ServerInfo, Store
 from ._task import run_task
 
 #: How often the server looks at the database when nobody wakes it: the safety net for
@@ -75,6 +77,8 @@ class Server:
     ) -> None:
         if not options.allow:
             raise ValueError("a server needs at least one --allow pattern, e.g. 'myapp.tasks:*'")
+        for pattern in options.allow:
+            check_allow_pattern(pattern)
         if options.on_shutdown not in ("requeue", "cancel"):
             raise ValueError("on_shutdown must be 'requeue' or 'cancel'")
         self.options = options
@@ -89,19 +93,25 @@ class Server:
         self._progress_lock = threading.Lock()
         self._stop_signal: str | None = None
         self._signals = 0
-        ctl = control_dir(self.store.path)
-        make_private_dir(ctl)
-        self.wake_path = ctl / f"{self.id}.wake"
+        check_control_dir(self.store.path, create=True)
+        self.wake_path = wake_path(self.store.path, self.id)
         self._rfd = self._wfd = -1
         self.stats = {"completed": 0, "failed": 0, "cancelled": 0, "released": 0}
 
     # -- wake-ups ---------------------------------------------------------------------------
     def _open_fifo(self) -> None:
+        # mkfifo fails if anything exists at the path; the mode is then checked on the
+        # descriptor we read from, so what clients see as our FIFO is the one we made.
         os.mkfifo(self.wake_path, 0o600)
-        self._rfd = os.open(self.wake_path, os.O_RDONLY | os.O_NONBLOCK)
+        flags = os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._rfd = os.open(self.wake_path, os.O_RDONLY | flags)
+        info = os.fstat(self._rfd)
+        if not stat.S_ISFIFO(info.st_mode) or info.st_uid != os.getuid():
+            raise QueueFileError(f"{self.wake_path} was replaced while the server started")
+        os.fchmod(self._rfd, 0o600)  # mkfifo's mode passed through the umask
         # Our own writer keeps the FIFO from reporting EOF when clients close theirs,
         # and carries wake-ups from signal handlers and the pool's thread.
-        self._wfd = os.open(self.wake_path, os.O_WRONLY | os.O_NONBLOCK)
+        self._wfd = os.open(self.wake_path, os.O_WRONLY | flags)
 
     def _close_fifo(self) -> None:
         for fd in (self._rfd, self._wfd):
@@ -402,19 +412,4 @@ def poke_servers(store: Store, owners: Sequence[str] | None = None, *, skip: str
             continue
         if owners is not None and info.id not in owners:
             continue
-        poke_path(info.wake_path)
-
-
-def poke_path(path: str | Path) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno not in (errno.ENXIO, errno.ENOENT, errno.EACCES):
-            raise
-        return  # no reader: that server is gone
-    try:
-        os.write(fd, b"!")
-    except OSError:
-        pass  # full: it has wake-ups pending already
-    finally:
-        os.close(fd)
+        poke_server(store.path, info.id)

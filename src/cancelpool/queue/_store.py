@@ -21,8 +21,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import sqlite3
-import stat
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,16 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import InvalidJob, JobNotFound, QueueError
+from ._exceptions import InvalidJob, JobNotFound, QueueFileError
+from ._files import check_db_files, check_queue_dir, directory_lock, resolve_db_path
+from ._liveness import remove_fifo, server_alive, valid_server_id, wake_path
 from ._model import JobRecord, JobStatus, decode_json
 
 #: How long a writer waits for another process's transaction before giving up. Long
 #: enough to ride out a burst of commits from several servers; a real deadlock (none is
 #: possible with BEGIN IMMEDIATE) would surface as an error after it.
 BUSY_TIMEOUT_MS = 30_000
-#: Two records of one process's start time are the same process if this close (psutil
-#: derives it from clock ticks); a reused pid starts later by far more.
-PROC_START_TOLERANCE = 1.0
 
 SCHEMA_VERSION = 1
 
@@ -105,49 +102,6 @@ def default_db_path() -> Path:
     return Path(state) / "cancelpool" / "queue.db"
 
 
-def control_dir(db_path: Path) -> Path:
-    """The private directory that holds the servers' wake-up FIFOs of one database."""
-    return db_path.with_name(db_path.name + ".ctl")
-
-
-def make_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) readable only by its owner; tighten it if ours."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.stat()
-    if not stat.S_ISDIR(info.st_mode):
-        raise QueueError(f"{path} is not a directory")
-    if info.st_mode & 0o077:
-        if path.name.endswith(".ctl") and info.st_uid == os.getuid():
-            os.chmod(path, 0o700)  # ours alone: the wake-up FIFOs live here
-        elif path.name.endswith(".ctl"):
-            raise QueueError(f"{path} belongs to another user; refusing to use it")
-        else:
-            print(
-                f"cancelpool: warning: {path} can be entered by other users; the queue's "
-                "files are private (0600) but consider a private directory",
-                file=sys.stderr,
-            )
-
-
-def process_alive(pid: int, proc_start: float) -> bool:
-    """True if the process ``pid`` runs and is the one that started at ``proc_start``."""
-    import psutil
-
-    try:
-        started = psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
-    except psutil.Error:
-        return True  # exists but not ours to inspect: assume alive, never steal its jobs
-    return abs(started - proc_start) < PROC_START_TOLERANCE
-
-
-def process_start_time(pid: int) -> float:
-    import psutil
-
-    return float(psutil.Process(pid).create_time())
-
-
 @dataclass(frozen=True)
 class ServerInfo:
     """A server registered in the database."""
@@ -197,41 +151,88 @@ class Store:
     """One connection to a queue database. Thread-safe (a lock per call)."""
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
-        self.path = Path(path).expanduser().absolute()
-        if not create and not self.path.exists():
-            raise QueueError(f"no queue database at {self.path}")
-        make_private_dir(self.path.parent)
+        """Open the queue at ``path`` after checking its files (see ``_files``).
+
+        Args:
+            create: make the directory (0700), database (0600) and schema if missing;
+                otherwise a path with no queue raises and nothing is created.
+
+        Raises:
+            QueueFileError: no queue there (``create=False``), or a file that is not
+                private, not SQLite, or a SQLite database of something else.
+        """
+        self.path = resolve_db_path(path)
         self._lock = threading.RLock()
-        # Create the file ourselves, 0600, so that SQLite (which gives the WAL and
-        # shared-memory files the mode of the database) never makes them readable.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
-        self._conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-        )
-        self._conn.row_factory = sqlite3.Row
-        self._conn.create_function("name_matches", 2, _name_matches, deterministic=True)
-        conn = self._conn
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal":
-            raise QueueError(f"{self.path}: could not switch the database to WAL mode ({mode})")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        with self.transaction():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-        for suffix in ("-wal", "-shm"):
-            side = self.path.with_name(self.path.name + suffix)
+        check_queue_dir(self.path.parent, create=create)
+        with directory_lock(self.path.parent):
+            check_db_files(self.path, create=create)
+            uri = self.path.as_uri() + "?mode=rw"  # never let SQLite create the file
             try:
-                if side.stat().st_mode & 0o077:
-                    os.chmod(side, 0o600)
-            except FileNotFoundError:
-                pass
+                self._conn = sqlite3.connect(
+                    uri,
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=BUSY_TIMEOUT_MS / 1000,
+                )
+            except sqlite3.Error as exc:
+                raise QueueFileError(f"cannot open the queue at {self.path}: {exc}") from None
+            try:
+                self._prepare(create)
+            except BaseException:
+                self._conn.close()
+                raise
+
+    def _prepare(self, create: bool) -> None:
+        conn = self._conn
+        conn.row_factory = sqlite3.Row
+        conn.create_function("name_matches", 2, _name_matches, deterministic=True)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            schema = (
+                conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+                if "meta" in tables
+                else None
+            )
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            raise QueueFileError(
+                f"{self.path} is not a cancelpool queue: {exc} (nothing was changed)"
+            ) from None
+        if schema is not None:
+            if schema[0] != str(SCHEMA_VERSION):
+                raise QueueFileError(
+                    f"{self.path} is a queue of schema version {schema[0]}; this cancelpool "
+                    f"reads version {SCHEMA_VERSION}"
+                )
+        elif tables:
+            raise QueueFileError(
+                f"{self.path} is a SQLite database of something else, not a cancelpool "
+                "queue (nothing was changed); give the queue its own file"
+            )
+        elif not create:
+            raise QueueFileError(f"no queue at {self.path}: the file is empty")
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode != "wal":
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise QueueFileError(
+                    f"{self.path}: could not switch the database to WAL mode ({mode})"
+                )
+        conn.execute("PRAGMA synchronous = NORMAL")
+        if schema is None:
+            with self.transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+        # SQLite gives the side files the database's mode (0600); check what it made.
+        check_db_files(self.path, create=False)
 
     def close(self) -> None:
         with self._lock:
@@ -424,30 +425,46 @@ class Store:
         return counts
 
     def servers(self, *, live_only: bool = True) -> list[ServerInfo]:
+        """Registered servers; ``live_only``: those whose liveness is derived as alive
+        (see ``_liveness``), whatever their rows say. Rows that no server could have
+        written (a malformed id or allow list) are left out."""
         with self._lock:
             rows = self._conn.execute(
                 "SELECT * FROM servers"
                 + (" WHERE stopped_at IS NULL" if live_only else "")
                 + " ORDER BY started_at"
             ).fetchall()
-        infos = [
-            ServerInfo(
-                id=row["id"],
-                pid=row["pid"],
-                proc_start=row["proc_start"],
-                wake_path=row["wake_path"],
-                allow=tuple(decode_json(row["allow"])),
-                workers=row["workers"],
-                started_at=row["started_at"],
-                heartbeat=row["heartbeat"],
-                stopped_at=row["stopped_at"],
-                stop_reason=row["stop_reason"],
-            )
-            for row in rows
-        ]
-        if live_only:
-            infos = [info for info in infos if process_alive(info.pid, info.proc_start)]
+        infos: list[ServerInfo] = []
+        for row in rows:
+            info = self._server_info(row)
+            if info is None:
+                continue
+            if live_only and not server_alive(self.path, info.id, info.pid, info.proc_start):
+                continue
+            infos.append(info)
         return infos
+
+    def _server_info(self, row: sqlite3.Row) -> ServerInfo | None:
+        if not valid_server_id(row["id"]):
+            return None
+        try:
+            allow = decode_json(row["allow"])
+        except (ValueError, TypeError):
+            return None
+        if not isinstance(allow, list) or not all(isinstance(p, str) for p in allow):
+            return None
+        return ServerInfo(
+            id=row["id"],
+            pid=row["pid"],
+            proc_start=row["proc_start"],
+            wake_path=str(wake_path(self.path, row["id"])),  # derived, never the column
+            allow=tuple(allow),
+            workers=row["workers"],
+            started_at=row["started_at"],
+            heartbeat=row["heartbeat"],
+            stopped_at=row["stopped_at"],
+            stop_reason=row["stop_reason"],
+        )
 
     # -- servers ----------------------------------------------------------------------------
     def register_server(self, info: ServerInfo) -> None:
@@ -459,7 +476,7 @@ class Store:
                     info.id,
                     info.pid,
                     info.proc_start,
-                    info.wake_path,
+                    str(wake_path(self.path, info.id)),
                     _json_list(info.allow),
                     info.workers,
                     info.started_at,
@@ -625,6 +642,25 @@ class Store:
                     (now, message, job_id, owner),
                 )
 
+    def settle_orphan_cancel(self, job_id: int, owner: str) -> bool:
+        """Mark ``cancelled`` a running job whose cancellation was requested and whose
+        server ``owner`` is dead (derived, not read from its row). True if it did.
+
+        Fenced on (owner, status, request): if the server is alive after all, or the job
+        finished or moved meanwhile, nothing changes.
+        """
+        info = next((i for i in self.servers(live_only=False) if i.id == owner), None)
+        if info is not None and server_alive(self.path, info.id, info.pid, info.proc_start):
+            return False
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE jobs SET status = 'cancelled', ended_at = ?, "
+                "cancel_message = COALESCE(cancel_message, ?) "
+                "WHERE id = ? AND owner = ? AND status = 'running' AND cancel_requested = 1",
+                (time.time(), f"job {job_id} was cancelled; its server had died", job_id, owner),
+            )
+        return cursor.rowcount == 1
+
     def recover(self, me: str | None, max_attempts: int) -> dict[str, int]:
         """Account for the jobs of servers that died without stopping (SIGKILL, crash).
 
@@ -637,7 +673,7 @@ class Store:
             for info in self.servers(live_only=False)
             if info.stopped_at is None
             and info.id != me
-            and not process_alive(info.pid, info.proc_start)
+            and not server_alive(self.path, info.id, info.pid, info.proc_start)
         ]
         counts = {"queued": 0, "interrupted": 0, "cancelled": 0}
         if not dead:
@@ -683,10 +719,7 @@ class Store:
                     (now, info.id),
                 )
         for info in dead:
-            try:
-                os.unlink(info.wake_path)
-            except OSError:
-                pass
+            remove_fifo(self.path, info.id)
         return counts
 
 
