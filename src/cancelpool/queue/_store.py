@@ -18,6 +18,7 @@ need ``FULL`` and an fsync per job).
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import sqlite3
@@ -730,28 +731,51 @@ def _json_list(items: Iterable[str]) -> str:
 
 
 def _record(row: sqlite3.Row) -> JobRecord:
-    return JobRecord(
+    """A stored row as a record. A damaged row (a value no cancelpool wrote: JSON that
+    does not decode, an unknown status) still becomes a record, shown as ``failed``
+    with what is wrong in ``error``, so one bad row never hides the others."""
+    damage: list[str] = []
+
+    def json_field(column: str, default: Any = None) -> Any:
+        try:
+            return decode_json(row[column])
+        except (ValueError, TypeError):
+            damage.append(f"{column} is not JSON")
+            return default
+
+    try:
+        status = JobStatus(row["status"])
+    except ValueError:
+        damage.append(f"unknown status {str(row['status'])[:40]!r}")
+        status = JobStatus.FAILED
+    args = json_field("args", [])
+    kwargs = json_field("kwargs", {})
+    record = JobRecord(
         id=row["id"],
         task=row["task"],
-        args=decode_json(row["args"]),
-        kwargs=decode_json(row["kwargs"]),
+        args=args if isinstance(args, list) else [args],
+        kwargs=kwargs if isinstance(kwargs, dict) else {},
         name=row["name"],
         priority=row["priority"],
         timeout=row["timeout"],
         parent=row["parent"],
-        status=JobStatus(row["status"]),
+        status=status,
         owner=row["owner"],
         attempts=row["attempts"],
         submitted_at=row["submitted_at"],
         started_at=row["started_at"],
         ended_at=row["ended_at"],
         progress_message=row["progress_message"],
-        progress=decode_json(row["progress"]),
-        result=decode_json(row["result"]),
-        partial_result=decode_json(row["partial_result"]),
+        progress=json_field("progress"),
+        result=json_field("result"),
+        partial_result=json_field("partial_result"),
         error=row["error"],
         traceback=row["traceback"],
         cancel_requested=bool(row["cancel_requested"]),
         cancel_reason=row["cancel_reason"],
         cancel_message=row["cancel_message"],
     )
+    if not damage:
+        return record
+    note = f"damaged row: {'; '.join(damage)}"
+    return dataclasses.replace(record, error=f"{note} ({record.error})" if record.error else note)
