@@ -95,8 +95,10 @@ class Queue:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True) -> None:
         from ._store import Store, default_db_path
 
+        # The raw text reaches the store: Path() would drop a trailing "/" that says
+        # "this is a directory".
+        self._store: Store = Store(path if path is not None else default_db_path(), create=create)
         self.path = Path(path) if path is not None else default_db_path()
-        self._store: Store = Store(self.path, create=create)
         self._servers: tuple[ServerInfo, ...] = ()
         self._servers_at = -SERVER_CACHE_SECONDS
         self._lock = threading.Lock()

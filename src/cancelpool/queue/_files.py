@@ -111,6 +111,12 @@ def check_queue_dir(directory: Path, *, create: bool) -> None:
             f"{directory} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); a "
             "queue lives in a directory of its user's own: use one of yours"
         )
+    if info.st_mode & 0o022 and info.st_mode & stat.S_ISVTX:
+        raise QueueFileError(
+            f"{directory} is a shared directory (writable by group or others, like /tmp), "
+            "where others could plant the queue's side files; make a private one "
+            f"(mkdir -m 700 {directory / 'myqueue'}) and put the queue there"
+        )
     if info.st_mode & 0o022:
         raise QueueFileError(
             f"{directory} is writable by group or others, who could replace the queue's "

@@ -200,7 +200,7 @@ class Store:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise
             raise QueueFileError(
-                f"{self.path} is not a cancelpool queue: {exc} (nothing was changed)"
+                f"{self.path} cannot be read as a cancelpool queue ({exc}); nothing was changed"
             ) from None
         if schema is not None:
             if schema[0] != str(SCHEMA_VERSION):
