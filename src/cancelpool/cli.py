@@ -305,7 +305,7 @@ def cancel(
         outcome = queue.cancel_jobs(ids, name_pattern=pattern, message=message)
         if wait:
             for job_id in outcome.requested:
-                if _wait_for(queue, job_id, None, keep_waiting) is None:
+                if _wait_for(queue, job_id, None, keep_waiting)[0] is None:
                     sys.exit(EXIT_NOT_FINISHED)
         if as_json:
             click.echo(
@@ -488,26 +488,27 @@ def result(
 
 def _wait_for(
     queue: Queue, job_id: int, timeout: float | None, keep_waiting: bool
-) -> JobRecord | None:
+) -> tuple[JobRecord | None, bool]:
     """``queue.wait`` that tells the user on stderr when no live server can finish the
-    job: then None, or (``keep_waiting``) it keeps waiting. None also on ``timeout``."""
+    job: then (None, True), or (``keep_waiting``) it keeps waiting. (None, False) on
+    ``timeout``; (record, told) when the job finished."""
     from .queue import JobNotFinished, NoLiveServer
 
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        return queue.wait(job_id, timeout, need_server=True)
+        return queue.wait(job_id, timeout, need_server=True), False
     except NoLiveServer as exc:
         if not keep_waiting:
             click.echo(f"{exc} (or pass --keep-waiting)", err=True)
-            return None
+            return None, True
         click.echo(f"{exc}; waiting for a server (--keep-waiting)", err=True)
     except JobNotFinished:
-        return None
+        return None, False
     remaining = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
     try:
-        return queue.wait(job_id, remaining)
+        return queue.wait(job_id, remaining), True
     except JobNotFinished:
-        return None
+        return None, True
 
 
 def _show_result(
@@ -525,8 +526,10 @@ def _show_result(
     job = queue.get(job_id)
     if job is None:
         raise JobNotFound(f"no job with id {job_id}")
+    told = False
     if wait and not job.finished:
-        job = _wait_for(queue, job_id, timeout, keep_waiting) or queue.get(job_id)
+        waited, told = _wait_for(queue, job_id, timeout, keep_waiting)
+        job = waited or queue.get(job_id)
         assert job is not None
     status = job.status.value
     if as_json:
@@ -541,7 +544,7 @@ def _show_result(
         why = job.cancel_message or job.error or status
         click.echo(f"job {job_id} {status} ({job.cancel_reason or 'died'}): {why}", err=True)
         click.echo(pretty_json(job.partial_result))
-    else:
+    elif not told:  # else the reason it is unfinished was said already
         click.echo(f"job {job_id} is {status}", err=True)
     sys.exit(_STATUS_EXIT.get(status, EXIT_NOT_FINISHED))
 
