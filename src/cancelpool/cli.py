@@ -83,7 +83,7 @@ def keep_waiting_option(fn: F) -> F:
         "--keep-waiting",
         is_flag=True,
         help="With --wait: when no live server can run the job, say so once and keep "
-        "waiting for one (default: say so and exit 6).",
+        f"waiting for one (default: say so and exit {EXIT_NOT_FINISHED}, not finished).",
     )(fn)
 
 

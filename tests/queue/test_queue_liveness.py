@@ -18,6 +18,8 @@ import psutil
 import pytest
 from qhelpers import BACKSTOP, DEMO, TASKS, ServerProc, env, wait_for, wait_progress, wait_status
 
+from cancelpool.cli import EXIT_NOT_FINISHED
+
 
 def _one_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
@@ -85,7 +87,7 @@ def test_rows_of_the_servers_table_are_not_trusted(cli, db, queue, start_server,
 
 def test_submit_wait_without_a_server_says_so(cli, queue) -> None:
     out = cli("submit", f"{DEMO}:add", "[1, 2]", "--wait")
-    assert out.returncode == 6, (out.stdout, out.stderr)
+    assert out.returncode == EXIT_NOT_FINISHED, (out.stdout, out.stderr)
     line = _one_line(out.stderr)
     assert "is queued and no live server serves" in line
     assert "--keep-waiting" in line
@@ -141,7 +143,7 @@ def orphan(queue, start_server) -> int:
 
 def test_result_wait_on_the_job_of_a_dead_server_says_so(cli, queue, orphan) -> None:
     out = cli("result", str(orphan), "--wait")
-    assert out.returncode == 6, (out.stdout, out.stderr)
+    assert out.returncode == EXIT_NOT_FINISHED, (out.stdout, out.stderr)
     lines = out.stderr.strip().splitlines()
     assert "which is no longer alive" in lines[0], out.stderr
     assert "Traceback" not in out.stderr
