@@ -84,7 +84,7 @@ def test_result_of_an_unknown_job_exits_1(run) -> None:
 
 def test_result_of_a_queued_job_exits_6(run) -> None:
     run("submit", "cancelpool.demo_tasks:add", "[1, 2]")
-    assert run("result", "1").exit_code == 6
+    assert run("result", "1").exit_code == 7
 
 
 def test_stats_without_a_server(run) -> None:
