@@ -531,7 +531,7 @@ def _show_result(
     queue: Queue, job_id: int, *, wait: bool, timeout: float | None, as_json: bool
 ) -> None:
     from .queue import JobNotFinished, JobNotFound
-    from .queue._format import cancel_text, visible, visible_json, visible_lines
+    from .queue._format import cancel_text, quoted, visible, visible_json
 
     job = queue.get(job_id)
     if job is None:
@@ -550,7 +550,7 @@ def _show_result(
     elif status == "failed":
         click.echo(f"job {job_id} failed: {visible(job.error or 'no error recorded')}", err=True)
         if job.traceback:
-            click.echo(visible_lines(job.traceback.rstrip()), err=True)
+            click.echo(quoted(job.traceback.rstrip()), err=True)
     elif status in ("cancelled", "interrupted"):
         click.echo(f"job {job_id} {status} ({cancel_text(job)})", err=True)
         click.echo(visible_json(job.partial_result))

@@ -84,6 +84,12 @@ def visible_lines(text: str) -> str:
     return _UNSAFE_BUT_NEWLINE.sub(_escape, text)
 
 
+def quoted(text: str) -> str:
+    """Several lines of a job's text (a traceback) for a terminal: each line made
+    visible and marked ``| ``, so that no line the job wrote passes for one of ours."""
+    return "\n".join("| " + visible_lines(line) for line in text.splitlines())
+
+
 def _json_escape(match: re.Match[str]) -> str:
     code = ord(match.group())
     if code < 0x10000:
