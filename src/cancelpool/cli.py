@@ -552,7 +552,7 @@ def _show_result(
         if job.traceback:
             click.echo(quoted(job.traceback.rstrip()), err=True)
     elif status in ("cancelled", "interrupted"):
-        click.echo(f"job {job_id} {status} ({cancel_text(job)})", err=True)
+        click.echo(f"job {job_id} {cancel_text(job)}", err=True)
         click.echo(visible_json(job.partial_result))
     else:
         click.echo(f"job {job_id} is {status}", err=True)

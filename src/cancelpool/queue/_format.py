@@ -226,12 +226,14 @@ def bar(part: float | None, width: int = 20, *, running: bool = False) -> str:
 
 
 def cancel_text(job: JobRecord) -> str:
-    """Why a job was cancelled or interrupted, each part said once:
-    ``manual``, ``manual: user 42 closed the tab``, ``timeout, forced: ...``."""
+    """How a job was cancelled or interrupted, each part said once:
+    ``cancelled (manual)``, ``cancelled (manual): user 42 closed the tab``,
+    ``cancelled (timeout, forced: its worker was killed): ...``."""
     reason = job.cancel_reason or ("died" if job.status is JobStatus.INTERRUPTED else "?")
-    text = reason
+    text = f"{job.status.value} ({reason}"
     if job.forced:
         text += ", forced: its worker was killed"
+    text += ")"
     message = job.cancel_message
     if message is None and job.status is JobStatus.INTERRUPTED:
         message = job.error
