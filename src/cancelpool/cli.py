@@ -230,7 +230,7 @@ def serve(
     results), requeues or cancels them per --on-shutdown, and exits 0.
     """
     from .queue._model import check_pattern
-    from .queue._server import Server, ServerOptions
+    from .queue._server import Server, ServerOptions, stop_helper_processes
     from .queue._store import default_db_path
 
     for pattern in allow:
@@ -260,7 +260,9 @@ def serve(
         cancel_grace=cancel_grace,
     )
     server = Server(db or default_db_path(), options, log)
-    sys.exit(server.run())
+    code = server.run()
+    stop_helper_processes()  # its fork server too is gone when serve's exit is seen
+    sys.exit(code)
 
 
 # -- submit ----------------------------------------------------------------------------------

@@ -85,11 +85,3 @@ def stubborn_sync(ready: str) -> str:
     os.close(fd)
     while True:
         time.sleep(0.05)  # ignores every cancel
-
-
-def where() -> int:
-    return os.getpid()
-
-
-async def where_async() -> int:
-    return os.getpid()

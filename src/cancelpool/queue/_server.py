@@ -271,7 +271,7 @@ class Server:
                     decode_json(job.args),
                     decode_json(job.kwargs),
                     self.options.allow,
-                    name=job.name,
+                    name=job.name or job.task,
                     timeout=job.timeout,
                     parent=parent,
                     metadata={"queue_id": job.id},
@@ -422,6 +422,29 @@ def _outcome(job_id: int, handle: JobHandle[Any], cancel_grace: float) -> dict[s
         "traceback": remote if isinstance(remote, str) else None,
         "partial_result": None if partial is None else encode_json_lossy(partial),
     }
+
+
+def stop_helper_processes() -> None:
+    """Stop multiprocessing's fork server and resource tracker of this process.
+
+    Both outlive every pool until the interpreter exits, and then stop a moment after
+    it. ``cancelpool serve`` calls this as it exits, so that when its exit is seen, no
+    process it started is left. Only for a process that runs no pool any more (the next
+    pool would start them again).
+    """
+    from multiprocessing import forkserver, resource_tracker
+
+    for helper in (
+        getattr(forkserver, "_forkserver", None),
+        getattr(resource_tracker, "_resource_tracker", None),
+    ):
+        stop = getattr(helper, "_stop", None)  # private, stable since 3.8; absent: skip
+        if stop is None:
+            continue
+        try:
+            stop()
+        except (OSError, ChildProcessError):
+            pass  # already gone
 
 
 def poke_servers(store: Store, owners: Sequence[str] | None = None, *, skip: str = "") -> None:
