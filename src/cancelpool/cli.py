@@ -129,8 +129,9 @@ def open_queue(db: Path | None) -> Iterator[Queue]:
     from . import queue as queue_package
     from .queue import InvalidJob, JobNotFound, Queue, QueueError
 
-    # Q1's QueueUnavailable (no queue there / an unsafe file); () matches nothing before.
-    unavailable = getattr(queue_package, "QueueUnavailable", ())
+    # QueueFileError: no queue there, or an unsafe file (issue 8 item 2, branch queue-a);
+    # until that lands, () matches nothing.
+    unavailable = getattr(queue_package, "QueueFileError", ())
     try:
         queue = Queue(db)
     except InvalidJob as exc:
