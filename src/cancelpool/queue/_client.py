@@ -162,9 +162,14 @@ class Queue:
             priority: higher runs first; equal priorities run in submission order.
             parent: id of a parent job: cancelling it cancels this one too.
 
+        Arguments must be JSON data that comes back unchanged: NaN, infinities, bytes,
+        sets, non-string dict keys and other objects are refused, naming where they are
+        (``args[1]``, ``kwargs['x'][0]``); tuples are accepted and come back as lists.
+
         Raises:
             InvalidJob: a malformed task path, name or argument, arguments that are not
-                JSON data or larger than 1 MiB encoded, an unknown parent.
+                such JSON data, nested deeper than 64 levels or larger than 1 MiB
+                encoded, a timeout that is not finite seconds > 0, an unknown parent.
             TaskNotAllowed: servers are running and none allows this task.
         """
         return self._submit(task, list(args), kwargs, name, timeout, priority, parent)
