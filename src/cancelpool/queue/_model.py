@@ -291,8 +291,9 @@ def check_json_value(value: Any, where: str) -> None:
             continue
         if isinstance(item, (list, tuple, dict)):
             if depth >= MAX_JSON_DEPTH:
+                shown = place if len(place) <= 80 else place[:60] + "...]"
                 raise InvalidJob(
-                    f"{place} is nested deeper than {MAX_JSON_DEPTH} levels; flatten it"
+                    f"{shown} is nested deeper than {MAX_JSON_DEPTH} levels; flatten it"
                 )
             if isinstance(item, dict):
                 for key, sub in item.items():
