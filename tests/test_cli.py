@@ -4,6 +4,7 @@ installed entry point plus ``cancelpool demo`` as real processes."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,9 +84,9 @@ def test_result_of_an_unknown_job_exits_1(run) -> None:
     assert "no job with id 7" in result.output
 
 
-def test_result_of_a_queued_job_exits_6(run) -> None:
+def test_result_of_a_queued_job_exits_7(run) -> None:
     run("submit", "cancelpool.demo_tasks:add", "[1, 2]")
-    assert run("result", "1").exit_code == 6
+    assert run("result", "1").exit_code == 7
 
 
 def test_stats_without_a_server(run) -> None:
@@ -124,6 +125,14 @@ def test_demo_runs_and_leaves_nothing_behind(tmp_path: Path) -> None:
     assert "cancelpool cancel --pattern 'user_42_*'" in out.stdout
     for expected in ("completed", "cancelled", "failed", "timeout", "parent", "partial="):
         assert expected in out.stdout
+    # The stop times it measured, not a promise.
+    assert "within milliseconds" not in out.stdout
+    assert re.search(
+        r"running jobs stopped, cancel to outcome stored: .*user_42_report_\d+ \d+ ms", out.stdout
+    )
+    assert re.search(
+        r"timeout: slow_download stopped -?\d+ ms after its 1\.5 s deadline", out.stdout
+    )
     assert list(tmp_path.iterdir()) == []  # the temporary queue is gone
     leftovers = []
     for proc in psutil.process_iter(["cmdline"]):

@@ -67,6 +67,7 @@ def __getattr__(name: str) -> object:
         return Queue
     raise AttributeError(f"module 'cancelpool' has no attribute {name!r}")
 
+
 # The double-l spellings some documents use name the same objects.
 Cancellable = Cancelable
 CancellationToken = CancelationToken

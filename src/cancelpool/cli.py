@@ -4,8 +4,13 @@
 ``stats`` talk to the queue database from any process; ``demo`` shows it all on a
 temporary database. Every client verb has ``--json`` for scripts.
 
-Exit codes of ``result``: 0 completed, 3 failed, 4 cancelled, 5 interrupted, 6 not
-finished yet. Bad input exits 2 and changes nothing; an unknown job id exits 1.
+Exit codes (docs/cli.md): 0 ok; 1 a runtime error (an unknown job id, a busy or
+failing database); 2 bad usage or input, and nothing was written; 3 no queue at that
+path or a file refused as unsafe. ``result`` and ``submit --wait`` report the job: 0
+completed, 4 failed, 5 cancelled, 6 interrupted, 7 not finished yet.
+
+Every human-readable line passes job-provided text through ``queue._format.visible``;
+``--json`` output is exact JSON.
 """
 
 from __future__ import annotations
@@ -27,10 +32,14 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_FAILED = 3
-EXIT_CANCELLED = 4
-EXIT_INTERRUPTED = 5
-EXIT_NOT_FINISHED = 6
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_NO_QUEUE = 3
+EXIT_FAILED = 4
+EXIT_CANCELLED = 5
+EXIT_INTERRUPTED = 6
+EXIT_NOT_FINISHED = 7
 _STATUS_EXIT = {
     "completed": 0,
     "failed": EXIT_FAILED,
@@ -47,17 +56,54 @@ WATCH_INTERVAL = 0.1
 class BadInput(click.ClickException):
     """Invalid job input: exit 2, like a usage error, and nothing was written."""
 
-    exit_code = 2
-
-
-#: No queue at that path, or its files are refused (owner, mode, type, not a queue).
-EXIT_NO_QUEUE = 3
+    exit_code = EXIT_USAGE
 
 
 class NoQueue(click.ClickException):
-    """No usable queue at the path (missing for a read-only verb, or refused): exit 3."""
+    """No queue at that path, or its files were refused as unsafe: exit 3."""
 
     exit_code = EXIT_NO_QUEUE
+
+
+class Checked(click.ParamType):  # type: ignore[type-arg]
+    """A value converted with ``base`` and checked by a validator of ``queue._model``
+    (named, so that importing the CLI stays light): the CLI and ``Queue`` share one
+    rule per kind of value, and a bad one is a usage error (exit 2)."""
+
+    def __init__(self, name: str, base: Callable[[str], Any], check: str, **options: Any) -> None:
+        self.name = name
+        self._base = base
+        self._check = check
+        self._options = options
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from .queue import InvalidJob, _model
+
+        if isinstance(value, str):
+            try:
+                value = self._base(value)
+            except (ValueError, OverflowError):
+                self.fail(f"{value!r} is not a valid {self.name}", param, ctx)
+        check = getattr(_model, self._check)
+        try:
+            if self._options:  # check_seconds names the option in its sentence
+                what = param.opts[0] if param is not None and param.opts else self.name
+                return check(value, what, **self._options)
+            return check(value)
+        except InvalidJob as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def seconds(*, allow_zero: bool = True) -> Checked:
+    """Finite seconds (>= 0, or > 0), at most a year: ``queue._model.check_seconds``."""
+    return Checked("seconds", float, "check_seconds", allow_zero=allow_zero, allow_none=False)
+
+
+JOB_ID = Checked("job id", int, "check_job_id")
+PRIORITY = Checked("integer", int, "check_priority")
+LIMIT = Checked("integer", int, "check_limit")
+PATTERN = Checked("pattern", str, "check_pattern")
+MESSAGE = Checked("message", str, "check_message")
 
 
 def _colour() -> bool:
@@ -96,6 +142,8 @@ def open_queue(db: Path | None, *, create: bool = True) -> Iterator[Queue]:
 
     try:
         queue = Queue(db, create=create)
+    except InvalidJob as exc:
+        raise BadInput(str(exc)) from None
     except QueueFileError as exc:
         raise NoQueue(str(exc)) from None
     except QueueError as exc:
@@ -164,10 +212,18 @@ def cli() -> None:
 )
 @click.option(
     "--grace",
-    type=click.FloatRange(0, 3600),
+    type=seconds(),
     default=10.0,
     show_default=True,
-    help="Seconds a shutdown waits for cancelled jobs to stop.",
+    help="Seconds a shutdown waits for cancelled jobs to stop before giving them up.",
+)
+@click.option(
+    "--cancel-grace",
+    type=seconds(),
+    default=5.0,
+    show_default=True,
+    help="Seconds a cancelled job may ignore its cancellation before its worker is "
+    "killed (a forced stop, shown by ls and result).",
 )
 @click.option(
     "--path",
@@ -187,6 +243,7 @@ def serve(
     max_attempts: int,
     on_shutdown: str,
     grace: float,
+    cancel_grace: float,
     quiet: bool,
 ) -> None:
     """Run queued jobs in a CancelPool until SIGTERM or Ctrl-C.
@@ -196,7 +253,7 @@ def serve(
     """
     from .queue import QueueFileError
     from .queue._model import check_allow_pattern
-    from .queue._server import Server, ServerOptions
+    from .queue._server import Server, ServerOptions, stop_helper_processes
     from .queue._store import default_db_path
     from .queue._task import set_server_import_path
 
@@ -211,9 +268,13 @@ def serve(
     except QueueFileError as exc:
         raise NoQueue(str(exc)) from None
 
+    from .queue._format import visible
+
     def log(message: str) -> None:
-        if not quiet:
-            click.echo(f"{time.strftime('%H:%M:%S')} cancelpool serve: {message}", err=True)
+        if not quiet:  # one line per event: what jobs wrote into it can't forge another
+            click.echo(
+                f"{time.strftime('%H:%M:%S')} cancelpool serve: {visible(message)}", err=True
+            )
 
     options = ServerOptions(
         allow=allow,
@@ -222,12 +283,15 @@ def serve(
         max_attempts=max_attempts,
         on_shutdown=on_shutdown,
         grace=grace,
+        cancel_grace=cancel_grace,
     )
     try:
         server = Server(db or default_db_path(), options, log)
     except QueueFileError as exc:
         raise NoQueue(str(exc)) from None
-    sys.exit(server.run())
+    code = server.run()
+    stop_helper_processes()  # its fork server too is gone when serve's exit is seen
+    sys.exit(code)
 
 
 # -- submit ----------------------------------------------------------------------------------
@@ -236,9 +300,11 @@ def serve(
 @click.argument("task")
 @click.argument("args_json", required=False, default="[]")
 @click.option("--name", default=None, help="Label for patterns: letters, digits, _.:@/+=,-")
-@click.option("--timeout", type=float, default=None, help="Seconds the job may run.")
-@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first.")
-@click.option("--parent", type=int, default=None, help="Parent job id: its cancel cancels this.")
+@click.option(
+    "--timeout", type=seconds(allow_zero=False), default=None, help="Seconds the job may run."
+)
+@click.option("--priority", type=PRIORITY, default=0, show_default=True, help="Higher runs first.")
+@click.option("--parent", type=JOB_ID, default=None, help="Parent job id: its cancel cancels this.")
 @click.option("--wait", is_flag=True, help="Wait for the outcome and print it (like `result`).")
 @keep_waiting_option
 @json_option
@@ -259,10 +325,20 @@ def submit(
     ARGS_JSON: a JSON array is positional arguments, an object keyword arguments,
     anything else a single argument. Use '-' to read it from stdin.
     """
-    from .queue._model import parse_args_json
+    from .queue._model import MAX_ARGS_BYTES, parse_args_json
 
     if args_json == "-":
-        args_json = sys.stdin.read()
+        # One byte past the limit tells a payload too large without reading all of it.
+        data = sys.stdin.buffer.read(MAX_ARGS_BYTES + 1)
+        if len(data) > MAX_ARGS_BYTES:
+            raise BadInput(
+                f"the arguments on stdin are over {MAX_ARGS_BYTES} bytes; the limit is "
+                f"{MAX_ARGS_BYTES} bytes"
+            )
+        try:
+            args_json = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"the arguments on stdin are not UTF-8 text ({exc.reason})") from None
     with open_queue(db) as queue:
         args, kwargs = parse_args_json(args_json)
         job_id = queue._submit(task, args, kwargs, name, timeout, priority, parent)
@@ -279,9 +355,11 @@ def submit(
 # -- cancel ----------------------------------------------------------------------------------
 @cli.command()
 @db_option
-@click.argument("ids", nargs=-1, type=click.IntRange(min=1))
-@click.option("--pattern", default=None, help="Cancel every unfinished job whose name matches.")
-@click.option("--message", default=None, help="Why (stored with the jobs).")
+@click.argument("ids", nargs=-1, type=JOB_ID)
+@click.option(
+    "--pattern", type=PATTERN, default=None, help="Cancel every unfinished job whose name matches."
+)
+@click.option("--message", type=MESSAGE, default=None, help="Why (one line, stored with the jobs).")
 @click.option("--wait", is_flag=True, help="Wait until the running ones have stopped.")
 @keep_waiting_option
 @json_option
@@ -343,10 +421,12 @@ def cancel(
     type=click.Choice(STATUSES),
     help="Only jobs in this status (repeatable).",
 )
-@click.option("--pattern", default=None, help="Only jobs whose name matches this glob.")
+@click.option(
+    "--pattern", type=PATTERN, default=None, help="Only jobs whose name matches this glob."
+)
 @click.option(
     "--limit",
-    type=click.IntRange(min=1),
+    type=LIMIT,
     default=100,
     show_default=True,
     help="Show the newest N jobs.",
@@ -378,9 +458,11 @@ def ls_command(
 # -- watch -----------------------------------------------------------------------------------
 @cli.command()
 @db_option
-@click.argument("ids", nargs=-1, type=click.IntRange(min=1))
-@click.option("--pattern", default=None, help="Jobs whose name matches this glob.")
-@click.option("--timeout", type=float, default=None, help="Stop watching after this many seconds.")
+@click.argument("ids", nargs=-1, type=JOB_ID)
+@click.option("--pattern", type=PATTERN, default=None, help="Jobs whose name matches this glob.")
+@click.option(
+    "--timeout", type=seconds(), default=None, help="Stop watching after this many seconds."
+)
 @json_option
 def watch(
     db: Path | None,
@@ -424,13 +506,14 @@ def _watch_loop(
     ``on_tick`` runs before each frame; the lines it returns are printed above the
     live view, once. ``erase`` clears the live view at the end.
     """
-    from .queue._format import live_lines, progress_text, to_json
+    from .queue._format import changes, live_lines, progress_text, to_json, visible
 
     live = sys.stdout.isatty() and not as_json
     colour = _colour()
     deadline = None if timeout is None else time.monotonic() + timeout
     drawn = 0
     last: dict[int, tuple[str, str]] = {}
+    sent: dict[int, dict[str, Any]] = {}  # --json: what each job looked like last time
     while True:
         messages = on_tick() if on_tick is not None else []
         jobs = queue.store.list_jobs(ids=ids)
@@ -443,16 +526,22 @@ def _watch_loop(
             for message in messages:
                 click.echo(message)
             for job in jobs:
+                if as_json:
+                    record = job.to_dict()
+                    delta = changes(sent.get(job.id), record)
+                    sent[job.id] = record
+                    if delta:
+                        click.echo(to_json(delta))
+                    continue
                 state = (job.status.value, job.progress_message or "")
                 if last.get(job.id) != state:
                     last[job.id] = state
-                    if as_json:
-                        click.echo(to_json(job.to_dict()))
-                    else:
-                        click.echo(
+                    click.echo(
+                        visible(
                             f"{job.id} {job.name or job.task} {job.status.value} "
                             f"{progress_text(job)} {job.progress_message or ''}".rstrip()
                         )
+                    )
         if finished or (deadline is not None and time.monotonic() >= deadline):
             if live and erase and drawn:
                 click.echo(f"\x1b[{drawn}F\x1b[J", nl=False)
@@ -463,9 +552,9 @@ def _watch_loop(
 # -- result ----------------------------------------------------------------------------------
 @cli.command()
 @db_option
-@click.argument("job_id", type=click.IntRange(min=1))
+@click.argument("job_id", type=JOB_ID)
 @click.option("--wait", is_flag=True, help="Wait until the job has finished.")
-@click.option("--timeout", type=float, default=None, help="With --wait: give up after this.")
+@click.option("--timeout", type=seconds(), default=None, help="With --wait: give up after this.")
 @keep_waiting_option
 @json_option
 def result(
@@ -521,7 +610,7 @@ def _show_result(
     keep_waiting: bool = False,
 ) -> None:
     from .queue import JobNotFound
-    from .queue._format import pretty_json
+    from .queue._format import cancel_text, quoted, visible, visible_json
 
     job = queue.get(job_id)
     if job is None:
@@ -535,15 +624,14 @@ def _show_result(
     if as_json:
         click.echo(_json(job.to_dict()))
     elif status == "completed":
-        click.echo(pretty_json(job.result))
+        click.echo(visible_json(job.result))
     elif status == "failed":
-        click.echo(f"job {job_id} failed: {job.error}", err=True)
+        click.echo(f"job {job_id} failed: {visible(job.error or 'no error recorded')}", err=True)
         if job.traceback:
-            click.echo(job.traceback.rstrip(), err=True)
+            click.echo(quoted(job.traceback.rstrip()), err=True)
     elif status in ("cancelled", "interrupted"):
-        why = job.cancel_message or job.error or status
-        click.echo(f"job {job_id} {status} ({job.cancel_reason or 'died'}): {why}", err=True)
-        click.echo(pretty_json(job.partial_result))
+        click.echo(f"job {job_id} {cancel_text(job)}", err=True)
+        click.echo(visible_json(job.partial_result))
     elif not told:  # else the reason it is unfinished was said already
         click.echo(f"job {job_id} is {status}", err=True)
     sys.exit(_STATUS_EXIT.get(status, EXIT_NOT_FINISHED))
@@ -555,7 +643,7 @@ def _show_result(
 @json_option
 def stats(db: Path | None, as_json: bool) -> None:
     """Jobs per status and the running servers."""
-    from .queue._format import table
+    from .queue._format import table, visible
 
     with open_queue(db, create=False) as queue:
         info = queue.statistics()
@@ -574,7 +662,7 @@ def stats(db: Path | None, as_json: bool) -> None:
         if as_json:
             click.echo(_json({"db": str(queue.path), "jobs": counts, "servers": servers}))
             return
-        click.echo(f"queue {queue.path}")
+        click.echo(f"queue {visible(str(queue.path))}")
         click.echo(table(list(counts), [[str(n) for n in counts.values()]], colour=_colour()))
         if not info.servers:
             click.echo("no server running")
@@ -609,8 +697,25 @@ def _json(value: Any) -> str:
 
 
 def main() -> None:
-    """Entry point of the ``cancelpool`` console script."""
-    cli(prog_name="cancelpool")
+    """Entry point of the ``cancelpool`` console script.
+
+    Errors print as one sentence (with click's usage hint for usage errors) and exit
+    with their documented code; their text, which may quote what a user or the database
+    gave, passes through ``visible`` like every other line.
+    """
+    from .queue._format import visible_lines
+
+    try:
+        cli.main(prog_name="cancelpool", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.message = visible_lines(exc.message)
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(EXIT_RUNTIME)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

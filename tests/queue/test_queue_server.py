@@ -61,20 +61,20 @@ def test_result_exit_codes(cli, queue, start_server) -> None:
     start_server()
     failed = queue.submit(f"{DEMO}:fail", "boom")
     out = cli("result", str(failed), "--wait")
-    assert out.returncode == 3
+    assert out.returncode == 4
     assert "ValueError: boom" in out.stderr
     assert "Traceback" in out.stderr
 
     timed = queue.submit(f"{DEMO}:crunch", 1000, 0.01, timeout=0.3)
     out = cli("result", str(timed), "--wait")
-    assert out.returncode == 4, out.stderr
+    assert out.returncode == 5, out.stderr
     assert "timeout" in out.stderr
     assert json.loads(out.stdout)["steps_done"] >= 1
 
     pending = queue.submit(f"{DEMO}:wait_for_cancel")
     wait_status(queue, pending, "running")
-    assert cli("result", str(pending)).returncode == 6
-    assert cli("result", str(pending), "--wait", "--timeout", "0.05").returncode == 6
+    assert cli("result", str(pending)).returncode == 7
+    assert cli("result", str(pending), "--wait", "--timeout", "0.05").returncode == 7
     queue.cancel(pending)
     assert cli("result", "999999").returncode == 1
 

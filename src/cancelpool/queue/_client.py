@@ -18,9 +18,12 @@ from ._model import (
     JobRecord,
     JobStatus,
     check_job_id,
+    check_limit,
+    check_message,
     check_name,
     check_pattern,
     check_priority,
+    check_seconds,
     check_task,
     check_timeout,
     encode_json,
@@ -47,6 +50,16 @@ LIVENESS_CHECK_INTERVAL = 0.25
 #: second) and the 2 s a live server takes to take over the jobs of a dead one; longer
 #: makes the user wait longer to hear that nothing runs their job.
 NO_SERVER_GRACE = 3.0
+
+
+def _check_status(status: object) -> str:
+    try:
+        if not isinstance(status, str):
+            raise ValueError(status)
+        return JobStatus(status).value
+    except ValueError:
+        choices = ", ".join(s.value for s in JobStatus)
+        raise InvalidJob(f"status {status!r} is not one of {choices}") from None
 
 
 @dataclass(frozen=True)
@@ -168,9 +181,14 @@ class Queue:
             priority: higher runs first; equal priorities run in submission order.
             parent: id of a parent job: cancelling it cancels this one too.
 
+        Arguments must be JSON data that comes back unchanged: NaN, infinities, bytes,
+        sets, non-string dict keys and other objects are refused, naming where they are
+        (``args[1]``, ``kwargs['x'][0]``); tuples are accepted and come back as lists.
+
         Raises:
             InvalidJob: a malformed task path, name or argument, arguments that are not
-                JSON data or larger than 1 MiB encoded, an unknown parent.
+                such JSON data, nested deeper than 64 levels or larger than 1 MiB
+                encoded, a timeout that is not finite seconds > 0, an unknown parent.
             TaskNotAllowed: servers are running and none allows this task.
         """
         return self._submit(task, list(args), kwargs, name, timeout, priority, parent)
@@ -191,8 +209,10 @@ class Queue:
         check_priority(priority)
         if parent is not None:
             check_job_id(parent)
-        args_json = encode_json(args, "the arguments", MAX_ARGS_BYTES)
-        kwargs_json = encode_json(kwargs, "the keyword arguments", MAX_ARGS_BYTES)
+        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+            raise InvalidJob("the arguments must be a list and the keyword arguments a dict")
+        args_json = encode_json(list(args), "args", MAX_ARGS_BYTES)
+        kwargs_json = encode_json(kwargs, "kwargs", MAX_ARGS_BYTES)
         if len(args_json) + len(kwargs_json) > MAX_ARGS_BYTES:
             raise InvalidJob(
                 f"the arguments are {len(args_json) + len(kwargs_json)} bytes of JSON; "
@@ -237,9 +257,12 @@ class Queue:
         message: str | None = None,
     ) -> CancelOutcome:
         """Like :meth:`cancel` / :meth:`cancel_all`, returning what happened to each job."""
+        if isinstance(job_ids, (str, bytes)) or not isinstance(job_ids, Iterable):
+            raise InvalidJob(f"job ids must be an iterable of integers, not {job_ids!r}")
         ids = [check_job_id(job_id) for job_id in job_ids]
         if name_pattern is not None:
             check_pattern(name_pattern)
+        check_message(message)
         outcome = self._store.request_cancel(
             ids, pattern=name_pattern, reason="manual", message=message
         )
@@ -268,11 +291,14 @@ class Queue:
         if status is None:
             statuses: tuple[str, ...] = ()
         elif isinstance(status, (str, JobStatus)):
-            statuses = (JobStatus(status).value,)
+            statuses = (_check_status(status),)
+        elif isinstance(status, Iterable):
+            statuses = tuple(_check_status(s) for s in status)
         else:
-            statuses = tuple(JobStatus(s).value for s in status)
+            raise InvalidJob(f"status must be a status or several, not {status!r}")
         if name_pattern is not None:
             check_pattern(name_pattern)
+        limit = check_limit(limit)
         return self._store.list_jobs(status=statuses, pattern=name_pattern, limit=limit)
 
     def wait(
@@ -299,6 +325,7 @@ class Queue:
         from ._exceptions import JobNotFound, NoLiveServer
 
         check_job_id(job_id)
+        timeout = check_seconds(timeout, "timeout")
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = WAIT_POLL_FIRST
         next_check = time.monotonic()

@@ -12,7 +12,9 @@
                                         progress, outcomes  <- deque + FIFO <-  callbacks in
                                         committed in batches                    supervisor
     SIGTERM / SIGINT  -> signal wake-up fd: stop claiming, cancel running jobs, keep their
-                         partial results, requeue (or cancel) them, exit 0.
+                         partial results, requeue (or cancel) them, shut the pool down
+                         (stubborn jobs force-stopped after --cancel-grace), exit 0 once
+                         every worker process is gone.
 
 Only the main thread touches the database; the pool's supervisor thread hands
 progress and outcomes over through a deque and a byte in the FIFO.
@@ -34,11 +36,18 @@ from typing import Any
 
 from .._core._exceptions import JobCancelled
 from .._pool._handle import JobHandle
-from .._pool._pool import CancelPool
+from .._pool._pool import DEFAULT_CANCEL_GRACE, CancelPool
 from ._exceptions import QueueFileError
 from ._files import check_control_dir
 from ._liveness import poke_server, process_start_time, wake_path
-from ._model import MAX_RESULT_BYTES, check_allow_pattern, decode_json, encode_json_lossy
+from ._model import (
+    FORCED_STOP,
+    MAX_RESULT_BYTES,
+    check_allow_pattern,
+    decode_json,
+    encode_json_lossy,
+)
+from ._plain import is_plain_task, run_plain_task
 from ._store import ServerInfo, Store
 from ._task import run_task
 
@@ -67,6 +76,8 @@ class ServerOptions:
     max_attempts: int = 3
     on_shutdown: str = "requeue"  # or "cancel"
     grace: float = 10.0
+    #: Seconds a cancelled job may ignore it before its worker is killed (forced stop).
+    cancel_grace: float = DEFAULT_CANCEL_GRACE
 
 
 class Server:
@@ -91,6 +102,7 @@ class Server:
         self._done: deque[tuple[int, JobHandle[Any]]] = deque()
         self._progress: dict[int, tuple[str, dict[str, Any]]] = {}
         self._progress_lock = threading.Lock()
+        self._plain: dict[str, bool] = {}  # task -> is a plain function (looked at once)
         self._stop_signal: str | None = None
         self._signals = 0
         check_control_dir(self.store.path, create=True)
@@ -159,8 +171,12 @@ class Server:
 
         return on_done
 
-    def _on_progress_for(self, job_id: int) -> Callable[[int, str, dict[str, Any]], None]:
-        def on_progress(_pool_id: int, message: str, metadata: dict[str, Any]) -> None:
+    def _on_progress_for(
+        self, job_id: int, pool_id: int
+    ) -> Callable[[int, str, dict[str, Any]], None]:
+        def on_progress(reporter: int, message: str, metadata: dict[str, Any]) -> None:
+            if reporter != pool_id:
+                return  # a child job's report, bubbling up: the child's row shows it
             with self._progress_lock:
                 first = not self._progress
                 self._progress[job_id] = (message, metadata)
@@ -188,7 +204,7 @@ class Server:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     old_handlers[sig] = signal.signal(sig, self._on_signal)
                 old_wakeup = signal.set_wakeup_fd(self._wfd, warn_on_full_buffer=False)
-            with CancelPool(options.workers) as pool:
+            with CancelPool(options.workers, cancel_grace=options.cancel_grace) as pool:
                 now = time.time()
                 self.store.register_server(
                     ServerInfo(
@@ -261,14 +277,17 @@ class Server:
             self.stats["failed"] += refused
         for job in claimed:
             parent = self._running.get(job.parent) if job.parent is not None else None
+            plain = self._plain.get(job.task)
+            if plain is None:
+                plain = self._plain[job.task] = is_plain_task(job.task, self.options.allow)
             try:
                 handle = pool.submit(
-                    run_task,
+                    run_plain_task if plain else run_task,
                     job.task,
                     decode_json(job.args),
                     decode_json(job.kwargs),
                     self.options.allow,
-                    name=job.name,
+                    name=job.name or job.task,
                     timeout=job.timeout,
                     parent=parent,
                     metadata={"queue_id": job.id},
@@ -280,7 +299,7 @@ class Server:
                 )
                 continue
             self._running[job.id] = handle
-            handle.on_progress(self._on_progress_for(job.id))
+            handle.on_progress(self._on_progress_for(job.id, handle.id))
             handle.add_done_callback(self._on_done_for(job.id))
 
     def _apply_cancels(self) -> None:
@@ -315,7 +334,9 @@ class Server:
             job_id, handle = self._done.popleft()
             self._running.pop(job_id, None)
             self._cancel_sent.discard(job_id)
-            outcome = _outcome(job_id, handle)
+            outcome = _outcome(job_id, handle, self.options.cancel_grace)
+            if outcome.get("forced"):
+                self.log(f"job {job_id} ({handle.name or '-'}) {outcome['error']}")
             if releasing and outcome["status"] == "cancelled":
                 released.append((job_id, outcome.get("partial_result")))
                 continue
@@ -363,15 +384,22 @@ class Server:
             if self._running:
                 self._wait(min(0.05, deadline - time.monotonic()))
         self._record_done(releasing=True)
+        if self._running:
+            self.log(
+                f"{len(self._running)} job(s) still running after --grace; they are "
+                f"force-stopped once they ignored their cancel for --cancel-grace "
+                f"({self.options.cancel_grace:g} s)"
+            )
+        # Every handle resolves here (stubborn jobs as forced stops, their workers
+        # killed by the pool), and every worker process has exited when it returns.
+        pool.shutdown(wait=True, cancel_pending=True, cancel_running=True)
+        self._record_done(releasing=True)
         if self._progress:
             self._flush_progress()
         stuck = list(self._running)
-        if stuck:
-            self.log(f"{len(stuck)} job(s) ignored cancellation; giving them up")
+        if stuck:  # no handle left unresolved by the pool: a safety net only
             self._release([(job_id, None) for job_id in stuck])
             self._running.clear()
-            pool.shutdown(wait=False, cancel_pending=True, cancel_running=True)
-            pool._kill_all()
         self.store.unregister_server(self.id, why)
         s = self.stats
         self.log(
@@ -381,19 +409,26 @@ class Server:
         )
 
 
-def _outcome(job_id: int, handle: JobHandle[Any]) -> dict[str, Any]:
+def _outcome(job_id: int, handle: JobHandle[Any], cancel_grace: float) -> dict[str, Any]:
     exc = handle.exception(timeout=0)
     if exc is None:
         return {"id": job_id, "status": "completed", "result": handle.result(timeout=0)}
     if isinstance(exc, JobCancelled):
         partial = exc.partial_result
-        return {
+        outcome = {
             "id": job_id,
             "status": "cancelled",
             "partial_result": None if partial is None else encode_json_lossy(partial),
             "cancel_reason": exc.reason.value,
             "cancel_message": exc.message,
         }
+        if exc.forced:
+            outcome["forced"] = True
+            outcome["error"] = (
+                f"{FORCED_STOP}it ignored its cancellation for {cancel_grace:g} s, so its "
+                "worker process was killed; the partial result is its last checkpoint"
+            )
+        return outcome
     remote = getattr(exc.__cause__, "tb", None)
     partial = getattr(exc, "partial_result", None)  # WorkerCrashed keeps the last one
     return {
@@ -403,6 +438,29 @@ def _outcome(job_id: int, handle: JobHandle[Any]) -> dict[str, Any]:
         "traceback": remote if isinstance(remote, str) else None,
         "partial_result": None if partial is None else encode_json_lossy(partial),
     }
+
+
+def stop_helper_processes() -> None:
+    """Stop multiprocessing's fork server and resource tracker of this process.
+
+    Both outlive every pool until the interpreter exits, and then stop a moment after
+    it. ``cancelpool serve`` calls this as it exits, so that when its exit is seen, no
+    process it started is left. Only for a process that runs no pool any more (the next
+    pool would start them again).
+    """
+    from multiprocessing import forkserver, resource_tracker
+
+    for helper in (
+        getattr(forkserver, "_forkserver", None),
+        getattr(resource_tracker, "_resource_tracker", None),
+    ):
+        stop = getattr(helper, "_stop", None)  # private, stable since 3.8; absent: skip
+        if stop is None:
+            continue
+        try:
+            stop()
+        except (OSError, ChildProcessError):
+            pass  # already gone
 
 
 def poke_servers(store: Store, owners: Sequence[str] | None = None, *, skip: str = "") -> None:
