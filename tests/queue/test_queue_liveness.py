@@ -234,9 +234,11 @@ def test_serve_never_imports_from_its_working_directory(db, queue, tmp_path, mon
         wait_for(lambda: queue.live_servers(refresh=True), "the second server to register")
         servers[1].remember_children()
         assert queue.wait(queue.submit("planted_task:run"), timeout=BACKSTOP).result == "ran"
-        assert marker.read_text().splitlines() == [
-            f"planted_task was imported from {lib / 'planted_task.py'}"
-        ]
+        # Imported from --path only: once by the server (which looks whether the allowed
+        # task is a plain function, docs/security.md) and once by the worker that ran it.
+        imports = marker.read_text().splitlines()
+        assert imports, "the task ran, so it was imported"
+        assert set(imports) == {f"planted_task was imported from {lib / 'planted_task.py'}"}
         assert servers[1].stop() == 0
     finally:
         for server in servers:
