@@ -361,7 +361,7 @@ class Server:
             self._release([(job_id, None) for job_id in stuck])
             self._running.clear()
             pool.shutdown(wait=False, cancel_pending=True, cancel_running=True)
-            pool._kill_all()
+            pool.terminate()
         self.store.unregister_server(self.id, why)
         s = self.stats
         self.log(
