@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _handshake import BACKSTOP, Gate
 from cancelpool import CancelationReason, CancelPool, JobCancelled, OperationStatus
 from cancelpool._pool._protocol import MAX_FRAME
 
 from . import _jobs
-from ._gate import BACKSTOP, Gate
 
 EXAMPLES = settings(
     max_examples=30,

@@ -15,9 +15,8 @@ from typing import Any
 
 import anyio
 
+from _handshake import BACKSTOP, announce, arrive, arrive_sync
 from cancelpool import current_operation
-
-from ._gate import BACKSTOP, announce, arrive, arrive_sync
 
 
 def _op() -> Any:

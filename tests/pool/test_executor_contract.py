@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from _handshake import BACKSTOP
 from cancelpool import CancelPool, OperationStatus, PoolBroken, PoolError
 
 from . import _jobs
-from ._gate import BACKSTOP
 
 
 @pytest.mark.parametrize("fn", [_jobs.raise_base, _jobs.raise_base_async], ids=["sync", "async"])

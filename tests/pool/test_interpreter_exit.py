@@ -30,7 +30,7 @@ import sys
 
 from cancelpool import CancelPool, PoolClosed
 from pool import _jobs
-from pool._gate import BACKSTOP, Gate
+from _handshake import BACKSTOP, Gate
 
 def report(**what):
     print(json.dumps(what), flush=True)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from _handshake import BACKSTOP
 from cancelpool import (
     CancelationReason,
     CancelPool,
@@ -20,7 +21,6 @@ from cancelpool import (
 )
 
 from . import _jobs
-from ._gate import BACKSTOP
 
 
 @pytest.fixture

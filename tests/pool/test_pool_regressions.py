@@ -18,6 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from _handshake import BACKSTOP, Gate, start_running
 from cancelpool import (
     CancelPool,
     JobCancelled,
@@ -28,7 +29,6 @@ from cancelpool import (
 )
 
 from . import _jobs
-from ._gate import BACKSTOP, Gate, start_running
 
 # Seconds within which something that should happen "at once" must have happened. Far
 # below BACKSTOP, so that an outcome that only arrives through a backstop (or never)

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from _handshake import BACKSTOP, Gate
 from cancelpool import CancelPool, JobCancelled, PoolBroken, WorkerLost
 from cancelpool._pool import _supervisor
 
 from . import _jobs
-from ._gate import BACKSTOP, Gate
 
 
 def test_a_supervisor_that_cannot_go_on_resolves_every_handle_with_pool_broken(
