@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,3 +184,22 @@ async def sleep_forever() -> None:
     """Wait until cancelled (backstop: BACKSTOP seconds, then fail loudly)."""
     await anyio.sleep(BACKSTOP)
     raise AssertionError(f"a job was never cancelled within {BACKSTOP}s (backstop)")
+
+
+def start_running(
+    pool: Any, gate: Gate, tag: str = "-", partial: Any = None, **options: Any
+) -> Any:
+    """Submit a ``_jobs.hold_running`` job and return its handle once the job is RUNNING
+    in the supervisor's eyes and held at ``gate`` (``options`` go to ``submit``)."""
+    from pool import _jobs  # tests/ is on sys.path
+
+    handle = pool.submit(_jobs.hold_running, gate.path, tag, partial, **options)
+    [ready] = gate.wait(1)
+    assert ready.tag == f"{tag}-ready"
+    reported = threading.Event()
+    handle.on_progress(lambda job_id, message, meta: reported.set())
+    gate.release(ready)
+    assert reported.wait(BACKSTOP), f"job {tag} did not report within {BACKSTOP}s"
+    [held] = gate.wait(1)
+    assert held.tag == tag
+    return handle

@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
+import time
 from collections.abc import Iterable
 
 import psutil
@@ -58,3 +59,32 @@ def dev_shm() -> set[str]:
     # multiprocessing's POSIX semaphores are created and unlinked at once; another test
     # process running in parallel may hold one for a moment.
     return {name for name in names if not name.startswith("sem.")}
+
+
+def assert_no_new_shm(before: set[str]) -> None:
+    """No new ``/dev/shm`` entry (a parallel test's short-lived one may come and go)."""
+    deadline = time.monotonic() + EXIT_BACKSTOP
+    new = dev_shm() - before
+    while new and time.monotonic() < deadline:
+        time.sleep(0.05)  # backstop poll for a parallel test's short-lived entry
+        new = dev_shm() - before
+    assert not new, f"/dev/shm entries left behind: {sorted(new)}"
+
+
+def assert_no_leftovers(shm_before: set[str], allowed: Iterable[int] = ()) -> None:
+    """No child process (but the helpers and ``allowed``) and no new /dev/shm entry
+    remain. The one leftover check of the pool and fault suites."""
+    leftovers = live_children(allowed)
+    if leftovers:
+        _gone, alive = psutil.wait_procs(leftovers, timeout=EXIT_BACKSTOP)
+        described = []
+        for proc in alive:
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                described.append(f"{proc.pid} {' '.join(proc.cmdline())}")
+                proc.kill()  # so that one leak does not fail every test after it
+            except psutil.Error:
+                pass
+        assert not described, f"child processes left running: {described}"
+    assert_no_new_shm(shm_before)

@@ -28,11 +28,13 @@ from ._core._exceptions import ConditionCancelation as ConditionCancelation
 from ._core._exceptions import JobCancelled as JobCancelled
 from ._core._exceptions import ManualCancelation as ManualCancelation
 from ._core._exceptions import ParentCancelation as ParentCancelation
+from ._core._exceptions import PoolBroken as PoolBroken
 from ._core._exceptions import PoolClosed as PoolClosed
 from ._core._exceptions import PoolError as PoolError
 from ._core._exceptions import SignalCancelation as SignalCancelation
 from ._core._exceptions import TimeoutCancelation as TimeoutCancelation
 from ._core._exceptions import WorkerCrashed as WorkerCrashed
+from ._core._exceptions import WorkerKilled as WorkerKilled
 from ._core._exceptions import WorkerLost as WorkerLost
 from ._core._registry import OperationRegistry as OperationRegistry
 from ._core._registry import RegistryStatistics as RegistryStatistics
@@ -102,6 +104,7 @@ __all__ = (
     "OperationRegistry",
     "OperationStatus",
     "ParentCancelation",
+    "PoolBroken",
     "PoolClosed",
     "PoolError",
     "PoolStatistics",
@@ -116,6 +119,7 @@ __all__ = (
     "TimeoutCancelation",
     "TimeoutSource",
     "WorkerCrashed",
+    "WorkerKilled",
     "WorkerLost",
     "WorkerStatistics",
     "call_soon_threadsafe",

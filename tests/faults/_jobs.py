@@ -20,9 +20,8 @@ from typing import Any
 import anyio
 import anyio.from_thread
 
+from _handshake import BACKSTOP, announce, announce_async, arrive, arrive_sync, sleep_forever
 from cancelpool import current_operation, current_pool
-
-from ._gate import BACKSTOP, announce, announce_async, arrive, arrive_sync, sleep_forever
 
 # When a worker imported this module: a fresh worker does so to unpickle its first job.
 LOADED_AT = time.monotonic()
@@ -442,7 +441,7 @@ async def report_big(size: int) -> int:
     return size
 
 
-# -- probes (measure_issue4.py) -------------------------------------------------------------
+# -- probes (benchmarks/measure_issue4.py) ----------------------------------------------
 async def probe(gate: str, tag: str, depth: int = 0, hold_first: bool = False) -> None:
     """Waits to be cancelled and records, as its partial result, the monotonic time at
     which it saw the cancellation (the clock is shared by every process of the machine).

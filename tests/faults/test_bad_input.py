@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _handshake import BACKSTOP, Gate
 from cancelpool import CancelationReason, CancelPool, JobCancelled, OperationStatus
 from cancelpool._pool._protocol import MAX_FRAME
 
 from . import _jobs
-from ._gate import BACKSTOP, Gate
 
 EXAMPLES = settings(
     max_examples=30,
@@ -172,8 +172,10 @@ def test_an_argument_that_cannot_be_unpickled_fails_that_job_only(
 ) -> None:
     handle = pool.submit(_jobs.echo, _jobs.RefusesToUnpickle(message))
     exc = handle.exception(BACKSTOP)
-    assert isinstance(exc, TypeError)
+    # The unpickling error keeps its own type, and the worker's traceback shows it.
+    assert type(exc) is ValueError  # what _jobs.RefusesToUnpickle raises
     assert "could not be unpickled in the worker" in str(exc)
+    assert "ValueError" in str(exc.__cause__)
     assert handle.status is OperationStatus.FAILED
     assert_healthy(pool)
 
@@ -194,8 +196,11 @@ def test_a_result_that_cannot_be_unpickled_fails_that_job_only(
 ) -> None:
     handle = pool.submit(_jobs.return_refusing_to_unpickle, message)
     exc = handle.exception(BACKSTOP)
-    assert isinstance(exc, TypeError)
+    # The unpickling error keeps its own type, chained to the original.
+    assert type(exc) is ValueError  # what _jobs.RefusesToUnpickle raises
     assert "could not be unpickled" in str(exc)
+    assert type(exc.__cause__) is ValueError
+    assert str(exc.__cause__) == message
     assert_healthy(pool)
 
 

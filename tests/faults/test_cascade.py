@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from _handshake import BACKSTOP, Arrival, Gate
 from cancelpool import (
     CancelationReason,
     CancelPool,
@@ -22,7 +23,6 @@ from cancelpool import (
 )
 
 from . import _jobs
-from ._gate import BACKSTOP, Arrival, Gate
 from ._util import descendants
 
 # Seconds a job with a timeout may run before it is cancelled, in the tests that cancel

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from _handshake import BACKSTOP
 from cancelpool import (
     CancelationReason,
     CancelPool,
@@ -30,7 +31,6 @@ from cancelpool import (
 )
 
 from . import _jobs
-from ._gate import BACKSTOP
 from ._util import is_gone
 
 JOBS = 2000

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from _handshake import BACKSTOP, Gate
 from cancelpool import (
     CancelationReason,
     CancelPool,
@@ -25,7 +26,6 @@ from cancelpool import (
 from cancelpool._pool._supervisor import MEMORY_CHECK_INTERVAL
 
 from . import _jobs
-from ._gate import BACKSTOP, Gate
 from ._util import descendants, is_gone
 
 HOW = {

@@ -10,15 +10,15 @@ from collections.abc import Callable
 
 import pytest
 
+from _handshake import BACKSTOP, Gate
 from cancelpool import CancelPool, JobCancelled, OperationStatus, WorkerCrashed, WorkerLost
 
 from . import _jobs
-from ._gate import BACKSTOP, Gate
 from ._util import is_gone
 
 GRACE = 0.3
 # Seconds past the grace a forced stop may take before the test calls it a hang. A
-# backstop against a deadlock, not a speed target (measure_issue4.py measures that).
+# backstop against a deadlock, not a speed target (benchmarks/measure_issue4.py measures that).
 FORCED_STOP_BACKSTOP = 10.0
 
 

@@ -22,16 +22,16 @@ from typing import IO, Any
 import psutil
 import pytest
 
+from _handshake import BACKSTOP, Gate
 from cancelpool import CancelPool, JobCancelled
 
 from . import _jobs, _program
-from ._gate import BACKSTOP, Gate
 from ._util import assert_no_new_shm, dev_shm, is_gone
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 # Seconds an orphaned worker, an interrupted program or a shutdown may take before the
 # test calls it a hang. Backstops, not targets: the times are printed (and measured
-# properly by measure_issue4.py); the issue's targets are tens of milliseconds.
+# properly by benchmarks/measure_issue4.py); the issue's targets are tens of milliseconds.
 EXIT_BACKSTOP = 10.0
 START_METHODS = ["fork", "spawn", "forkserver"]
 

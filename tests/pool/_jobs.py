@@ -15,9 +15,8 @@ from typing import Any
 
 import anyio
 
+from _handshake import BACKSTOP, announce, arrive, arrive_sync
 from cancelpool import current_operation
-
-from ._gate import BACKSTOP, announce, arrive, arrive_sync
 
 
 def _op() -> Any:
@@ -343,3 +342,85 @@ def report_sync(count: int) -> int:
     for i in range(count):
         op.report_progress_sync(f"sync {i}", {"i": i})
     return count
+
+
+async def work_then_record(path: str, seconds: float) -> str:
+    """Work for ``seconds`` (the job's own workload), then write "finished" to ``path``."""
+    await anyio.sleep(seconds)
+    Path(path).write_text("finished")
+    return "finished"
+
+
+async def record_cancellation(gate: str, path: str) -> None:
+    """Report at the gate, wait; when cancelled, write the reason to ``path``."""
+    announce(gate, "waiting")
+    try:
+        await anyio.sleep(BACKSTOP)
+    finally:
+        reason = _op().context.cancel_reason
+        Path(path).write_text(str(reason.value if reason is not None else None))
+
+
+def raise_base(kind: str) -> None:
+    """Raise SystemExit or KeyboardInterrupt (``kind``) from a job."""
+    raise {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt}[kind](kind)
+
+
+async def raise_base_async(kind: str) -> None:
+    raise_base(kind)
+
+
+def _exit_on_load() -> None:
+    raise SystemExit("raised while the result was unpickled")
+
+
+class ExitsWhenUnpickled:
+    """Pickles fine in the worker; unpickling it (in the caller) raises SystemExit."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_exit_on_load, ())
+
+
+async def return_exiting_on_unpickle() -> ExitsWhenUnpickled:
+    return ExitsWhenUnpickled()
+
+
+class RefusesToPickle:
+    """``__reduce__`` raises ``pickle.PicklingError``."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import pickle
+
+        raise pickle.PicklingError("this result refuses to be pickled")
+
+
+async def return_refusing_to_pickle() -> RefusesToPickle:
+    return RefusesToPickle()
+
+
+class Box:
+    """A result that can be weakly referenced (to see when the caller lets it go)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def box(value: Any) -> Box:
+    return Box(value)
+
+
+_initialized: list[Any] = []
+
+
+def initialize(*args: Any) -> None:
+    """A pool initializer: record the call in this worker process."""
+    _initialized.append((os.getpid(), args))
+
+
+def initialized() -> list[Any]:
+    """What :func:`initialize` recorded in this worker."""
+    return list(_initialized)
+
+
+def failing_initializer(message: str) -> None:
+    raise ValueError(message)

@@ -8,44 +8,23 @@ entry exists.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
-import psutil
 import pytest
 
-from _leaks import EXIT_BACKSTOP, dev_shm, live_children
+import _leaks
+from _leaks import dev_shm
 from cancelpool import CancelPool
 
 # Pools that outlive one test (module-scoped): their workers are not a test's leftovers.
 _long_lived: set[CancelPool] = set()
 
 
-def _leftover_children() -> list[psutil.Process]:
-    workers = (w.pid for pool in _long_lived for w in pool.statistics().workers)
-    return live_children(pid for pid in workers if pid is not None)
-
-
 def assert_no_leftovers(shm_before: set[str]) -> None:
-    """No child process (but the helpers) and no new /dev/shm entry remain."""
-    leftovers = _leftover_children()
-    if leftovers:
-        _gone, alive = psutil.wait_procs(leftovers, timeout=EXIT_BACKSTOP)
-        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        described = []
-        for proc in alive:
-            try:
-                described.append(f"{proc.pid} {' '.join(proc.cmdline())}")
-            except psutil.Error:
-                pass
-            proc.kill()  # so that one leak does not fail every test after it
-        assert not described, f"child processes left running: {described}"
-    deadline = time.monotonic() + EXIT_BACKSTOP
-    new = dev_shm() - shm_before
-    while new and time.monotonic() < deadline:
-        time.sleep(0.05)  # backstop poll for a parallel test's short-lived entry
-        new = dev_shm() - shm_before
-    assert not new, f"/dev/shm entries left behind: {sorted(new)}"
+    """The one leftover check (``tests/_leaks.py``); a module-wide pool's workers are
+    not a test's leftovers."""
+    workers = (w.pid for pool in _long_lived for w in pool.statistics().workers)
+    _leaks.assert_no_leftovers(shm_before, [pid for pid in workers if pid is not None])
 
 
 @pytest.fixture(autouse=True)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from _handshake import Gate
 from cancelpool import CancelationReason, CancelPool, JobCancelled, OperationStatus, PoolClosed
 
 from . import _jobs
-from ._gate import Gate
 
 pytestmark = pytest.mark.anyio
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from _handshake import BACKSTOP, Gate, start_running
 from cancelpool import (
     CancelationError,
     CancelationReason,
@@ -22,7 +23,6 @@ from cancelpool import (
 )
 
 from . import _jobs
-from ._gate import BACKSTOP, Gate, start_running
 
 MANUAL = CancelationReason.MANUAL
 TIMEOUT = CancelationReason.TIMEOUT

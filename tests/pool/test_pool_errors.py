@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import math
 import threading
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from cancelpool import CancelPool, OperationStatus, PoolClosed, PoolError
+from _handshake import BACKSTOP
+from cancelpool import (
+    CancelationReason,
+    CancelPool,
+    JobCancelled,
+    OperationStatus,
+    PoolClosed,
+    PoolError,
+)
 
 from . import _jobs
-from ._gate import BACKSTOP
 
 
 @pytest.fixture
@@ -78,7 +86,6 @@ def test_an_unpicklable_argument_is_refused(
     ("timeout", "error"),
     [
         (-1, ValueError),
-        (0, ValueError),
         (math.nan, ValueError),
         (math.inf, ValueError),
         (-math.inf, ValueError),
@@ -92,6 +99,19 @@ def test_a_bad_timeout_is_refused(
 ) -> None:
     with pytest.raises(error, match=r"^timeout must be a (finite )?number of seconds"):
         still_usable.submit(_jobs.add, 1, 1, timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", [0, 0.0, timedelta(0)])
+def test_a_timeout_of_zero_has_already_passed(still_usable: CancelPool, timeout: Any) -> None:
+    # One rule for seconds everywhere (cancelpool._core._validate): 0 is a deadline
+    # that has passed, as with Cancelable(timeout=0) and anyio.fail_after(0).
+    exc = still_usable.submit(_jobs.nap, BACKSTOP, timeout=timeout).exception(BACKSTOP)
+    assert isinstance(exc, JobCancelled)
+    assert exc.reason is CancelationReason.TIMEOUT
+
+
+def test_a_timeout_may_be_a_timedelta(still_usable: CancelPool) -> None:
+    assert still_usable.submit(_jobs.add, 1, 1, timeout=timedelta(minutes=1)).result(BACKSTOP) == 2
 
 
 @pytest.mark.parametrize(
@@ -138,7 +158,7 @@ def test_cancel_all_refuses_a_bad_status(still_usable: CancelPool) -> None:
     ],
 )
 def test_bad_pool_options_are_refused(options: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="must be"):
+    with pytest.raises((TypeError, ValueError), match="must be"):
         CancelPool(**options)
 
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from _handshake import BACKSTOP, Gate
 from cancelpool import CancelPool, JobCancelled, OperationStatus, ProgressEvent
 
 from . import _jobs
-from ._gate import BACKSTOP, Gate
 
 STEPS = 40
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from _handshake import BACKSTOP, Gate, start_running
 from cancelpool import CancelPool, OperationStatus, PoolStatistics, WorkerStatistics
 
 from . import _jobs
-from ._gate import BACKSTOP, Gate, start_running
 
 
 def test_statistics_add_up(gate: Gate, tmp_path: Path) -> None:

@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
 import resource
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
-import time
 from pathlib import Path
 
 import anyio
-import psutil
 import pytest
 
+from _handshake import BACKSTOP, Gate, start_running
 from cancelpool import (
     CancelPool,
     JobCancelled,
@@ -32,10 +27,8 @@ from cancelpool import (
     TimeoutCancelation,
     WorkerCrashed,
 )
-from cancelpool._pool._workers import WORKER_EXIT_GRACE
 
 from . import _jobs
-from ._gate import BACKSTOP, Gate, start_running
 
 # Seconds within which something that should happen "at once" must have happened. Far
 # below BACKSTOP, so that an outcome that only arrives through a backstop (or never)
@@ -281,71 +274,3 @@ def test_children_of_a_job_on_a_replacement_worker_get_their_own_results(gate: G
             handle.exception(BACKSTOP)  # its outcome has been dealt with by now
         gate.release(b["two-0"], b["two-1"])
         assert second.result(BACKSTOP) == ["two-0", "two-1"]
-
-
-# -- 12. leaving the interpreter without shutdown ----------------------------------------------
-_EXIT_SCRIPT = textwrap.dedent(
-    """
-    import json
-    import time
-
-    from cancelpool import CancelPool
-    from pool import _jobs
-    from pool._gate import BACKSTOP, Gate
-
-    def main() -> None:
-        global pool  # alive until the interpreter exits, never shut down
-        gate = Gate()
-        pool = CancelPool(workers=2)
-        assert pool.submit(_jobs.add, 1, 2).result(BACKSTOP) == 3
-        pool.submit(_jobs.announce_and_wait, gate.path, "left")
-        gate.wait(1)  # it runs
-        gate.close()
-        workers = [w.pid for w in pool.statistics().workers]
-        print(json.dumps({"workers": workers, "leaving": time.monotonic()}), flush=True)
-
-
-    if __name__ == "__main__":  # workers may import this module (forkserver, spawn)
-        main()
-        # No shutdown: the interpreter exits with the pool running and a job in it.
-    """
-)
-# Seconds the program may take to start, run its two jobs and exit: a backstop.
-RUN_BACKSTOP = 30.0
-_EXIT_NOISE = (
-    "Traceback",
-    "supervisor thread failed",
-    "Bad file descriptor",
-    "process object is closed",
-)
-
-
-@pytest.mark.parametrize("run", range(5))
-def test_exiting_without_shutdown_is_quiet_and_leaves_no_worker(tmp_path: Path, run: int) -> None:
-    script = tmp_path / "exit_without_shutdown.py"
-    script.write_text(_EXIT_SCRIPT)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=RUN_BACKSTOP,
-    )
-    exited = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process
-    assert done.returncode == 0, done.stderr
-    for noise in _EXIT_NOISE:
-        assert noise not in done.stderr, done.stderr
-    report = json.loads(done.stdout)
-    # Prompt: well within the grace the atexit hook would give a stuck supervisor.
-    assert exited - report["leaving"] < WORKER_EXIT_GRACE, done.stderr
-    alive = []
-    for pid in report["workers"]:
-        try:
-            alive.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            continue
-    _gone, still = psutil.wait_procs(alive, timeout=WORKER_EXIT_GRACE)  # a backstop
-    still = [p for p in still if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not still, f"workers left running: {[p.pid for p in still]}"

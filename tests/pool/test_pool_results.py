@@ -12,6 +12,7 @@ import os
 
 import pytest
 
+from _handshake import BACKSTOP, Gate
 from cancelpool import (
     CancelationError,
     CancelationReason,
@@ -22,7 +23,6 @@ from cancelpool import (
 )
 
 from . import _jobs
-from ._gate import BACKSTOP, Gate
 
 
 def test_sync_use_in_a_with_block() -> None:

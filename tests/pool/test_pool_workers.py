@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from _handshake import BACKSTOP, Gate
 from cancelpool import (
     CancelPool,
     JobCancelled,
@@ -21,7 +22,6 @@ from cancelpool import (
 )
 
 from . import _jobs
-from ._gate import BACKSTOP, Gate
 
 START_METHODS = [
     pytest.param(

@@ -45,10 +45,10 @@ from ._sources import (
     SignalSource,
     TimeoutSource,
     validate_interval,
-    validate_seconds,
     validate_signals,
 )
 from ._token import CancelationToken
+from ._validate import is_async_callable, optional_seconds
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -94,13 +94,6 @@ def _label(fn: object) -> str:
     return f"{name}()" if name else repr(fn)
 
 
-def _is_async_callable(fn: object) -> bool:
-    if inspect.iscoroutinefunction(fn):
-        return True
-    # An instance whose class defines ``async def __call__``.
-    return not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__)
-
-
 def _require_async(fn: object, decorator: str) -> None:
     if not callable(fn):
         raise TypeError(f"@{decorator} decorates a function, not {fn!r}")
@@ -110,7 +103,7 @@ def _require_async(fn: object, decorator: str) -> None:
             f"cannot stay open while the generator is suspended in its caller. Open the "
             f"operation around the loop instead and iterate with `op.stream(...)`."
         )
-    if not _is_async_callable(fn):
+    if not is_async_callable(fn):
         raise TypeError(
             f"@{decorator} needs an async function (`async def`), and {_label(fn)} is "
             f"not one: the operation must stay open while the function awaits. Make it "
@@ -125,7 +118,7 @@ def _check_name(name: object) -> None:
 
 
 def _check_timeout(timeout: float | timedelta | None) -> float | None:
-    return None if timeout is None else validate_seconds(timeout, "timeout")
+    return optional_seconds(timeout, "timeout")
 
 
 def _default_name(fn: object) -> str:
@@ -704,7 +697,7 @@ def with_current_operation(inject_param: Any = "operation") -> Any:
                 f"{_label(fn)} has no such parameter (nor **kwargs); add "
                 f"`{inject_param}: Cancelable | None = None`."
             )
-        if _is_async_callable(fn):
+        if is_async_callable(fn):
             async_fn: Callable[P, Awaitable[Any]] = fn  # type: ignore[assignment]
 
             @functools.wraps(fn)

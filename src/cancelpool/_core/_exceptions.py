@@ -13,9 +13,13 @@
      |                                    concurrent.futures.CancelledError)
      +-- RuntimeError
           +-- PoolError                   the pool cannot do what was asked
-               +-- PoolClosed             submit() after shutdown
-               +-- WorkerLost             a job's worker was killed to stop another job
-               +-- WorkerCrashed          a job's worker died on its own
+               +-- PoolClosed             submit() after shutdown (or interpreter exit)
+               +-- PoolBroken             the pool cannot run jobs any more: its
+               |                          supervisor failed, or its initializer did
+               |                          (also a concurrent.futures.BrokenExecutor)
+               +-- WorkerLost             a job was lost with its worker process
+                    +-- WorkerKilled      ... killed by the pool to force-stop another job
+                    +-- WorkerCrashed     ... that died on its own (exit code or signal)
 
 A cancellation that comes from *outside* a :class:`Cancelable` (an enclosing cancel
 scope, the task itself being cancelled) is never turned into one of these: it propagates
@@ -168,13 +172,25 @@ class PoolError(RuntimeError):
 
 
 class PoolClosed(PoolError):
-    """The pool is shut down; it accepts no more jobs."""
+    """The pool is shut down (or the interpreter is exiting); it accepts no more jobs."""
+
+
+class PoolBroken(PoolError, concurrent.futures.BrokenExecutor):
+    """The pool cannot run jobs any more; every job it held failed with this error.
+
+    Raised when its supervisor thread failed, or when the ``initializer`` failed in a
+    worker (the error's ``__cause__`` says how). ``submit()`` raises it from then on;
+    ``shutdown()`` still releases everything. Also a ``concurrent.futures.BrokenExecutor``,
+    as ``ProcessPoolExecutor``'s ``BrokenProcessPool`` is.
+    """
 
 
 class WorkerLost(PoolError):
-    """The job's worker was killed to force-stop another job that ignored cancellation.
+    """The job was lost with its worker process, before it could finish.
 
-    ``partial_result`` is the last partial result the job checkpointed.
+    Catch this for both ways a worker goes: :class:`WorkerKilled` and
+    :class:`WorkerCrashed`. ``partial_result`` is the last partial result the job
+    checkpointed (see ``report_progress``), or None.
     """
 
     def __init__(self, message: str, *, job_id: str = "", partial_result: Any = None) -> None:
@@ -184,6 +200,14 @@ class WorkerLost(PoolError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_worker_error, (type(self), str(self), self.job_id, self.partial_result))
+
+
+class WorkerKilled(WorkerLost):
+    """The pool killed the job's worker to force-stop another job (the message names it).
+
+    That other job ignored its cancellation past its grace period, or blocked the
+    worker's event loop; this job was a bystander.
+    """
 
 
 class WorkerCrashed(WorkerLost):

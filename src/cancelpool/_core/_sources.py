@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import signal as _signal
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
@@ -22,23 +21,11 @@ from typing import Any
 import anyio
 
 from ._enums import CancelationReason
+from ._validate import seconds
 
 logger = logging.getLogger("cancelpool")
 
 FireCallback = Callable[["CancelationSource"], None]
-
-
-def validate_seconds(value: float | timedelta, what: str) -> float:
-    """Turn seconds or a timedelta into a finite, non-negative float, or raise."""
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise TypeError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
-    if math.isnan(seconds) or seconds < 0 or math.isinf(seconds):
-        raise ValueError(f"{what} must be a finite number of seconds >= 0, not {value!r}")
-    return seconds
 
 
 class CancelationSource:
@@ -135,7 +122,7 @@ class TimeoutSource(CancelationSource):
 
     def __init__(self, timeout: float | timedelta, name: str | None = None) -> None:
         super().__init__(name=name or "timeout")
-        self.timeout = validate_seconds(timeout, "timeout")
+        self.timeout = seconds(timeout, "timeout")
 
     async def monitor(self) -> None:
         await anyio.sleep(self.timeout)
@@ -189,10 +176,7 @@ ConditionFn = Callable[[], "bool | Awaitable[bool]"]
 
 def validate_interval(check_interval: float) -> float:
     """A check interval must be a finite number of seconds > 0."""
-    interval = validate_seconds(check_interval, "check_interval")
-    if interval == 0:
-        raise ValueError("check_interval must be > 0 seconds")
-    return interval
+    return seconds(check_interval, "check_interval", positive=True)
 
 
 class ConditionSource(CancelationSource):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+from .._core._exceptions import PoolError
 from ._protocol import MAX_PAYLOAD
 
 
@@ -26,12 +27,31 @@ def dumps(obj: Any) -> bytes:
     return data
 
 
+def rewrap(problem: BaseException, message: str) -> BaseException:
+    """An exception of ``problem``'s own type saying ``message``, chained to ``problem``.
+
+    A pickle failure keeps its type (``PicklingError`` stays one, a lock's ``TypeError``
+    stays a ``TypeError``) while saying which job and what to do. A type that cannot be
+    built from one message is returned as it is. A ``BaseException`` that is not an
+    ``Exception`` (``SystemExit`` raised by a ``__reduce__``) becomes a ``PoolError``:
+    the problem belongs to one job's data, it must not stop the process that reads it.
+    """
+    kind = type(problem) if isinstance(problem, Exception) else PoolError
+    try:
+        error: BaseException = kind(message)
+    except Exception:
+        error = problem
+    if error is not problem:
+        error.__cause__ = problem
+    return error
+
+
 def dump_error(exc: BaseException) -> bytes:
     """Pickle an exception so that it unpickles; else a RuntimeError that describes it."""
     try:
         data = dumps(exc)
         pickle.loads(data)
-    except Exception as problem:
+    except BaseException as problem:  # SystemExit from a __reduce__ included
         return dumps(
             RuntimeError(
                 f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
@@ -47,7 +67,7 @@ def dump_partial(partial: Any) -> bytes | None:
         return None
     try:
         return dumps(partial)
-    except Exception as problem:
+    except BaseException as problem:
         return dumps(f"<partial result could not be pickled: {problem!r}>")
 
 
@@ -57,7 +77,7 @@ def load_partial(data: bytes | None) -> Any:
         return None
     try:
         return pickle.loads(data)
-    except Exception as exc:
+    except BaseException as exc:
         return f"<partial result could not be unpickled: {exc!r}>"
 
 
@@ -76,10 +96,46 @@ def load_error(data: bytes, traceback_text: str, job_id: int) -> BaseException:
     """Unpickle a job's exception and hang the worker's traceback on it."""
     try:
         error: BaseException = pickle.loads(data)
-    except Exception as exc:
-        error = RuntimeError(
-            f"job {job_id} failed and its exception could not be unpickled: {exc!r}"
+    except BaseException as exc:  # SystemExit from a __setstate__ included
+        error = rewrap(
+            exc, f"job {job_id} failed and its exception could not be unpickled: {exc!r}"
         )
     if traceback_text:
         error.__cause__ = _RemoteTraceback(traceback_text)
     return error
+
+
+def fn_label(fn: Any) -> str:
+    """How messages name a job function."""
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def pickle_fn(fn: Any) -> bytes:
+    """Pickle a job's function, or raise a TypeError that says what to do."""
+    if not callable(fn):
+        raise TypeError(f"Cannot submit {fn!r}: it is not callable")
+    try:
+        return pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(
+            f"Cannot submit {fn_label(fn)}: job functions must be importable "
+            f"module-level functions (pickle failed: {exc})"
+        ) from None
+
+
+def pickle_args(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """Pickle a job's arguments, or raise a TypeError/ValueError that says what to do."""
+    try:
+        data = pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(
+            f"Cannot submit {fn_label(fn)}: its arguments cannot be pickled ({exc}); "
+            "pass plain data or importable objects"
+        ) from None
+    if len(data) > MAX_PAYLOAD:
+        raise ValueError(
+            f"Cannot submit {fn_label(fn)}: its arguments are too large ({len(data):,} "
+            f"bytes pickled, the limit is {MAX_PAYLOAD:,}); pass a file path or "
+            "another reference to the data instead"
+        )
+    return data

@@ -9,16 +9,14 @@ is the truth about cancellation; the doorbell only makes an awaiting worker look
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
 import fnmatch
-import inspect
 import itertools
-import math
 import multiprocessing
+import multiprocessing.context
 import os
-import pickle
 import re
+import sys
 import threading
 import time
 import traceback
@@ -30,29 +28,21 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .._core import _validate
 from .._core._enums import CancelationReason, OperationStatus
-from .._core._exceptions import PoolClosed
+from .._core._exceptions import PoolBroken, PoolClosed
 from ..shm import TokenTable
-from . import _protocol as proto
 from . import _worker
 from ._handle import JobHandle
+from ._payload import pickle_args, pickle_fn
+from ._settings import DEFAULT_CANCEL_GRACE, DEFAULT_CONCURRENCY, DEFAULT_HISTORY, PoolSettings
 from ._supervisor import Supervisor
-from ._workers import WORKER_EXIT_GRACE, WorkerProc
+from ._workers import WorkerProc
 
 T = TypeVar("T")
 
-#: Jobs one worker runs at once by default. Async jobs are cheap (a task each); higher
-#: means fewer jobs wait in the supervisor's queue, lower means fairer spreading of
-#: long jobs over workers.
-DEFAULT_CONCURRENCY = 256
-#: Seconds a running job may ignore its cancellation before its worker is killed.
-#: Shorter stops stubborn jobs sooner; longer gives cleanup code (finally blocks,
-#: partial results) more room.
-DEFAULT_CANCEL_GRACE = 5.0
 #: Modules every worker needs, loaded in the fork server (missing ones are skipped).
 _WORKER_PRELOAD = ("anyio._backends._asyncio", "uvloop", "msgspec.msgpack")
-#: Finished jobs remembered for ``get()`` / ``jobs()``.
-DEFAULT_HISTORY = 1000
 
 
 @dataclass(frozen=True)
@@ -77,36 +67,6 @@ class PoolStatistics:
     workers: tuple[WorkerStatistics, ...]
 
 
-def _check_seconds(value: float | None, what: str, *, allow_zero: bool = False) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds or None, not {value!r}")
-    if math.isnan(value) or math.isinf(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{what} must be a finite number of seconds {bound}, not {value!r}")
-    return float(value)
-
-
-def _check_count(value: int | None, what: str, minimum: int) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{what} must be an int >= {minimum}, not {value!r}")
-    return value
-
-
-def _check_name(name: str | None) -> None:
-    if name is None:
-        return
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a string, not {name!r}")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"name {name!r} is not valid UTF-8 text; use printable text") from None
-
-
 def _check_reason(reason: CancelationReason) -> None:
     if not isinstance(reason, CancelationReason):
         raise TypeError(f"reason must be a CancelationReason, not {reason!r}")
@@ -120,47 +80,6 @@ def _compile_pattern(pattern: str | None) -> Callable[[str], Any] | None:
     if not pattern:
         raise ValueError("name_pattern is empty and would match nothing; use '*' for all jobs")
     return re.compile(fnmatch.translate(pattern)).match
-
-
-def _fn_label(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or repr(fn)
-
-
-def _is_async(fn: Any) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - objects with an async __call__
-    )
-
-
-def pickle_fn(fn: Callable[..., Any]) -> bytes:
-    """Pickle a job's function, or raise a TypeError that says what to do."""
-    if not callable(fn):
-        raise TypeError(f"Cannot submit {fn!r}: it is not callable")
-    try:
-        return pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        raise TypeError(
-            f"Cannot submit {_fn_label(fn)}: job functions must be importable "
-            f"module-level functions (pickle failed: {exc})"
-        ) from None
-
-
-def pickle_args(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Pickle a job's arguments, or raise a TypeError/ValueError that says what to do."""
-    try:
-        data = pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        raise TypeError(
-            f"Cannot submit {_fn_label(fn)}: its arguments cannot be pickled ({exc}); "
-            "pass plain data or importable objects"
-        ) from None
-    if len(data) > proto.MAX_PAYLOAD:
-        raise ValueError(
-            f"Cannot submit {_fn_label(fn)}: its arguments are too large ({len(data):,} "
-            f"bytes pickled, the limit is {proto.MAX_PAYLOAD:,}); pass a file path or "
-            "another reference to the data instead"
-        )
-    return data
 
 
 class CancelPool(Supervisor, concurrent.futures.Executor):
@@ -183,10 +102,25 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
             once instead of after a process start. Each costs an idle process.
         history: finished jobs kept for :meth:`get` and :meth:`jobs`.
         use_uvloop: run workers on uvloop when it is installed.
+        max_workers: the ``concurrent.futures`` spelling of ``workers``.
+        mp_context: a ``multiprocessing`` context (instead of ``start_method``), as
+            ``ProcessPoolExecutor`` takes it.
+        initializer: called as ``initializer(*initargs)`` once in each worker process
+            (a replacement too) before it runs any job; may be an async function. If
+            it raises, the pool is broken: its jobs fail with :class:`PoolBroken`
+            (the error as ``__cause__``), no worker is restarted, ``submit()`` raises.
+        initargs: the arguments of ``initializer`` (a tuple that pickles).
+        map_read_ahead: how many jobs :meth:`map` keeps submitted ahead of the result
+            being consumed (default ``workers * concurrency``); per call: ``buffersize``.
+        cancel_at_exit: at interpreter exit, cancel the jobs still running (reason
+            SIGNAL) instead of letting them finish as ``concurrent.futures`` does.
 
     Use it as a context manager (``with`` or ``async with``) or call
     :meth:`shutdown`. Leaving the block because of an exception cancels every job
     first (reason SIGNAL for Ctrl-C), so their handles resolve with partial results.
+    A pool still running at interpreter exit lets its jobs finish (unless
+    ``cancel_at_exit``); Ctrl-C then, or an exit caused by Ctrl-C, cancels them with
+    reason SIGNAL. A pool dropped without ``shutdown()`` shuts down once it is garbage.
     """
 
     def __init__(
@@ -202,32 +136,44 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         spare_workers: int = 0,
         history: int = DEFAULT_HISTORY,
         use_uvloop: bool = True,
+        max_workers: int | None = None,
+        mp_context: multiprocessing.context.BaseContext | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        map_read_ahead: int | None = None,
+        cancel_at_exit: bool = False,
     ) -> None:
-        workers = _check_count(os.cpu_count() or 1 if workers is None else workers, "workers", 1)
-        assert workers is not None
-        concurrency_ = _check_count(concurrency, "concurrency", 1)
-        assert concurrency_ is not None
-        methods = multiprocessing.get_all_start_methods()
-        if start_method is None:
-            start_method = "forkserver" if "forkserver" in methods else "spawn"
-        if start_method not in methods:
-            raise ValueError(f"start_method must be one of {methods}, not {start_method!r}")
-        grace = _check_seconds(cancel_grace, "cancel_grace", allow_zero=True)
-        assert grace is not None
-        self._mp = multiprocessing.get_context(start_method)
-        if start_method == "forkserver":
+        settings = self._settings = PoolSettings.build(
+            workers=workers,
+            max_workers=max_workers,
+            concurrency=concurrency,
+            start_method=start_method,
+            mp_context=mp_context,
+            capacity=capacity,
+            cancel_grace=cancel_grace,
+            max_tasks_per_child=max_tasks_per_child,
+            max_memory_per_worker=max_memory_per_worker,
+            spare_workers=spare_workers,
+            history=history,
+            use_uvloop=use_uvloop,
+            initializer=initializer,
+            initargs=initargs,
+            map_read_ahead=map_read_ahead,
+            cancel_at_exit=cancel_at_exit,
+        )
+        self._mp = settings.context
+        if settings.start_method == "forkserver":
             # Imported once in the fork server, so that every worker (a replacement
             # too) starts with them: anyio's asyncio backend alone takes ~20 ms to import.
             self._mp.set_forkserver_preload([_worker.__name__, *_WORKER_PRELOAD])
-        self._concurrency = concurrency_
-        self._use_uvloop = use_uvloop
-        self._cancel_grace = grace
-        self._max_tasks = _check_count(max_tasks_per_child, "max_tasks_per_child", 1)
-        self._max_memory = _check_count(max_memory_per_worker, "max_memory_per_worker", 1)
-        self._capacity = _check_count(
-            workers * concurrency_ + 64 if capacity is None else capacity, "capacity", 1
-        )
-        _check_count(history, "history", 0)
+        self._concurrency = settings.concurrency
+        self._use_uvloop = settings.use_uvloop
+        self._cancel_grace = settings.cancel_grace
+        self._max_tasks = settings.max_tasks_per_child
+        self._max_memory = settings.max_memory_per_worker
+        self._capacity = settings.capacity
+        history = settings.history
+        workers = settings.workers
         self._lock = threading.RLock()
         # One condition for every handle's result() to wait on (see JobHandle).
         # Reentrant: concurrent.futures.wait() holds the conditions of all the futures
@@ -235,7 +181,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         self._results = threading.Condition(threading.RLock())
         self._idle = threading.Condition(self._lock)
         self._workers = [WorkerProc(index) for index in range(workers)]
-        self._spare_count = _check_count(spare_workers, "spare_workers", 0) or 0
+        self._spare_count = settings.spare_workers
         self._spares = []
         self._spares_starting = 0
         # Pickles of job functions seen so far, for spares to load in advance.
@@ -261,6 +207,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
         self._wake_pending = False
+        self._broken: PoolBroken | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def _ensure_started(self) -> None:
@@ -268,8 +215,11 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
             if self._state == "running":
                 return
             if self._state != "new":
-                raise PoolClosed("this CancelPool is shut down; create a new one to submit jobs")
-            assert self._capacity is not None
+                raise self._closed_error()
+            if _interpreter_exiting:
+                raise PoolClosed(
+                    "the interpreter is shutting down: this CancelPool starts no workers now"
+                )
             self._table = TokenTable.create(self._capacity)
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
@@ -366,12 +316,40 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         if wait and thread is not None and thread is not threading.current_thread():
             thread.join()
         with self._lock:
-            if self._state == "closed":
+            if self._state in ("closed", "broken"):
                 _live_pools.discard(self)
 
     def close(self) -> None:
         """Same as ``shutdown(wait=True)``."""
         self.shutdown(wait=True)
+
+    def terminate(self, message: str = "the pool was terminated") -> None:
+        """Stop now: cancel every job and kill every worker process at once.
+
+        Jobs that were queued resolve as :class:`JobCancelled`; running ones resolve as
+        :class:`JobCancelled` with ``forced=True`` and their last checkpointed partial
+        result (they get no grace period). Returns once every worker has exited and
+        the shared memory is released. Harmless on a pool already stopped.
+        """
+        with self._lock:
+            if self._state == "new":
+                self._state = "closed"
+                return
+            if self._state == "running":
+                self._state = "closing"
+        self._cancel_everything(CancelationReason.MANUAL, message)
+        with self._lock:
+            for proc in (*self._workers, *self._spares):
+                if proc.alive and proc.process is not None and proc.process.exitcode is None:
+                    proc.forced_for = proc.forced_for or 0
+                    proc.process.kill()
+            self._wake()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._lock:
+            if self._state in ("closed", "broken"):
+                _live_pools.discard(self)
 
     # -- submitting -----------------------------------------------------------------------
     def _prepare(
@@ -382,7 +360,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         plain = isinstance(fn, types.FunctionType)
         cached = self._fn_cache.get(fn) if plain else None
         if cached is None:
-            cached = (pickle_fn(fn), _is_async(fn))
+            cached = (pickle_fn(fn), _validate.is_async_callable(fn))
             if plain:
                 self._fn_cache[fn] = cached
                 if self._spare_count:
@@ -426,10 +404,10 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
             ValueError: a bad timeout, retries or cancel_grace.
             PoolClosed: the pool is shut down.
         """
-        timeout = _check_seconds(timeout, "timeout")
-        cancel_grace = _check_seconds(cancel_grace, "cancel_grace", allow_zero=True)
-        _check_count(retries, "retries", 0)
-        _check_name(name)
+        timeout = _validate.optional_seconds(timeout, "timeout")
+        cancel_grace = _validate.optional_seconds(cancel_grace, "cancel_grace")
+        _validate.count(retries, "retries", 0)
+        _validate.name(name)
         if metadata is not None and not isinstance(metadata, dict):
             raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
         if parent is not None and not isinstance(parent, JobHandle):
@@ -460,32 +438,60 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
         job_timeout: float | None = None,
         name: str | None = None,
     ) -> Iterator[T]:
-        """Like ``Executor.map``: results in order, one job per item.
+        """Like ``Executor.map``: ``fn`` over the items, one job each, results in order.
 
-        ``timeout`` bounds the whole iteration (as in ``concurrent.futures``);
-        ``job_timeout`` bounds each job. Leaving the iteration early cancels the
-        jobs not yet collected. ``chunksize`` is accepted and ignored.
+        Lazy: the iterables are read as results are consumed, keeping at most
+        ``buffersize`` jobs submitted ahead (default: the pool's ``map_read_ahead``);
+        a result is let go once it has been yielded. ``timeout`` bounds the whole
+        iteration from this call on (``TimeoutError`` from ``next()``, as in
+        ``concurrent.futures``); ``job_timeout`` bounds each job. A job's exception
+        is raised by ``next()``. Leaving the iteration early (or an exception)
+        cancels the jobs submitted and not yet consumed. ``chunksize`` is accepted
+        and ignored.
+
+        Raises:
+            PoolClosed: the pool is shut down (at once, not on the first ``next()``).
         """
-        handles = [
-            self.submit(fn, *items, timeout=job_timeout, name=name)
-            for items in zip(*iterables, strict=False)
-        ]
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None
+        if timeout is not None:
+            deadline = time.monotonic() + _validate.seconds(timeout, "timeout")
+        _validate.count(chunksize, "chunksize", 1)
+        ahead = self._settings.map_read_ahead
+        if buffersize is not None:
+            ahead = _validate.count(buffersize, "buffersize", 1)
+        job_timeout = _validate.optional_seconds(job_timeout, "job_timeout")
+        items = zip(*iterables, strict=False)
+        window: deque[JobHandle[Any]] = deque()
+        # The first window now, as concurrent.futures submits at once: the jobs start
+        # before the first next(), and a closed pool raises here.
+        for args in itertools.islice(items, ahead):
+            window.append(self.submit(fn, *args, timeout=job_timeout, name=name))
+        return self._map_results(fn, items, window, ahead, deadline, job_timeout, name)
 
-        def results() -> Iterator[T]:
-            try:
-                for handle in handles:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    yield handle.result(remaining)
-            finally:
-                for handle in handles:
-                    if not handle.done():
-                        handle.cancel("map() was abandoned")
-
-        return results()
+    def _map_results(
+        self,
+        fn: Callable[..., T],
+        items: Iterator[tuple[Any, ...]],
+        window: deque[JobHandle[Any]],
+        ahead: int,
+        deadline: float | None,
+        job_timeout: float | None,
+        name: str | None,
+    ) -> Iterator[T]:
+        try:
+            while window:
+                for args in itertools.islice(items, ahead - len(window) + 1):
+                    window.append(self.submit(fn, *args, timeout=job_timeout, name=name))
+                remaining = None if deadline is None else deadline - time.monotonic()
+                # Popped before waiting: once yielded, nothing here holds the result.
+                yield _map_result(window.popleft(), remaining)
+        finally:
+            for handle in window:
+                handle.cancel("map() was abandoned")
 
     # -- cancelling -------------------------------------------------------------------------
     def cancel(
@@ -616,24 +622,49 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         return f"<CancelPool workers={len(self._workers)} {self._state} jobs={len(self._jobs)}>"
 
 
-# Pools still running at interpreter exit are stopped hard: their jobs are cancelled,
-# their workers killed, their memory released.
+def _map_result(handle: JobHandle[T], timeout: float | None) -> T:
+    try:
+        return handle.result(timeout)
+    except BaseException:
+        handle.cancel("map() was abandoned")
+        raise
+
+
+# Pools that were started and not yet shut down, for the interpreter's exit.
 _live_pools: weakref.WeakSet[CancelPool] = weakref.WeakSet()
+# Set once the interpreter has begun to exit: no pool starts workers from then on.
+_interpreter_exiting = False
 
 
-@atexit.register
+def _exiting_on_ctrl_c() -> bool:
+    # The interpreter stores the exception that ended the main module before it exits.
+    return isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+
+
 def _stop_live_pools() -> None:
+    """At interpreter exit: let the jobs of the pools still running finish, as
+    ``concurrent.futures`` does, then stop their workers.
+
+    A pool created with ``cancel_at_exit=True``, or every pool when the program ends
+    because of Ctrl-C, cancels its jobs first (reason SIGNAL). Ctrl-C while we wait
+    cancels what is left and kills the workers.
+    """
+    global _interpreter_exiting
+    _interpreter_exiting = True
     for pool in list(_live_pools):
         try:
-            pool._cancel_everything(CancelationReason.SIGNAL, "the interpreter is exiting")
-            pool.shutdown(wait=False)
-            with pool._lock:
-                for proc in (*pool._workers, *pool._spares):
-                    if proc.process is not None and proc.process.exitcode is None:
-                        proc.process.kill()
-            # The supervisor thread sees the deaths, resolves the handles and releases
-            # every fd and the shared memory; it needs only a moment.
-            if pool._thread is not None:
-                pool._thread.join(WORKER_EXIT_GRACE)
+            if pool._settings.cancel_at_exit or _exiting_on_ctrl_c():
+                pool._cancel_everything(CancelationReason.SIGNAL, "the interpreter is exiting")
+            try:
+                pool.shutdown(wait=True)
+            except KeyboardInterrupt:
+                pool._cancel_everything(CancelationReason.SIGNAL, "Ctrl-C at interpreter exit")
+                pool.terminate()
         except Exception:
             traceback.print_exc()
+
+
+# Run by threading._shutdown(), before atexit's handlers and before the interpreter
+# stops other threads, as concurrent.futures.process does: so the supervisor thread can
+# still resolve the handles, and a submit() in an atexit handler finds the flag set.
+threading._register_atexit(_stop_live_pools)  # type: ignore[attr-defined]

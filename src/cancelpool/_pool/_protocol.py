@@ -68,6 +68,14 @@ class Cancelled(msgspec.Struct, tag=13, array_like=True, frozen=True):
     started: bool
 
 
+class InitFailed(msgspec.Struct, tag=16, array_like=True, frozen=True):
+    """The pool's initializer raised in this worker, which exits: ``error`` is the
+    exception's pickle, ``traceback`` its text."""
+
+    error: bytes
+    traceback: str
+
+
 class Progress(msgspec.Struct, tag=14, array_like=True, frozen=True):
     """A progress report from inside a job."""
 
@@ -141,7 +149,17 @@ class Checkpoint(msgspec.Struct, tag=15, array_like=True, frozen=True):
 
 
 ToWorker = Run | Stop | Warm | ChildAccepted | ChildRefused | ChildOutcome | ChildProgress
-FromWorker = Started | Done | Failed | Cancelled | Progress | Checkpoint | SubmitChild | CancelChild
+FromWorker = (
+    Started
+    | Done
+    | Failed
+    | Cancelled
+    | Progress
+    | Checkpoint
+    | SubmitChild
+    | CancelChild
+    | InitFailed
+)
 
 _HEADER: Final = struct.Struct("<I")
 HEADER_SIZE: Final = _HEADER.size

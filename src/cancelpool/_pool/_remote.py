@@ -16,10 +16,11 @@ from collections.abc import Callable, Generator, Iterable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from .._core import _validate
 from .._core._enums import CancelationReason
 from .._core._exceptions import JobCancelled
 from . import _protocol as proto
-from ._payload import load_error, load_partial
+from ._payload import load_error, load_partial, pickle_args, pickle_fn
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -128,17 +129,21 @@ class RemotePool:
         Raises:
             TypeError: ``fn`` or the arguments cannot be pickled.
         """
-        from ._pool import _check_name, _check_seconds, _is_async, pickle_args, pickle_fn
-
-        timeout = _check_seconds(timeout, "timeout")
-        _check_name(name)
+        timeout = _validate.optional_seconds(timeout, "timeout")
+        _validate.name(name)
         fn_data, args_data = pickle_fn(fn), pickle_args(fn, args, kwargs)
         request = next(self._requests)
         child = ChildJob(self._worker, request, name or getattr(fn, "__name__", None))
         self._worker.children[request] = child
         self._worker.post_threadsafe(
             proto.SubmitChild(
-                request, self.job_id, fn_data, args_data, child.name, timeout, _is_async(fn)
+                request,
+                self.job_id,
+                fn_data,
+                args_data,
+                child.name,
+                timeout,
+                _validate.is_async_callable(fn),
             )
         )
         return child

@@ -32,10 +32,17 @@ from typing import Any
 import msgspec
 
 from .._core._enums import CancelationReason, OperationStatus
-from .._core._exceptions import JobCancelled, PoolClosed, WorkerCrashed, WorkerLost
+from .._core._exceptions import (
+    JobCancelled,
+    PoolBroken,
+    PoolClosed,
+    PoolError,
+    WorkerCrashed,
+    WorkerKilled,
+)
 from . import _protocol as proto
 from ._handle import JobHandle
-from ._payload import dump_error, dump_partial, load_error, load_partial
+from ._payload import dump_error, dump_partial, load_error, load_partial, rewrap
 from ._workers import BACKSTOP, FORCE, WORKER_EXIT_GRACE, WorkerProc, WorkerSet
 
 logger = logging.getLogger("cancelpool")
@@ -51,6 +58,14 @@ _READ_SIZE = 1 << 16
 class Supervisor(WorkerSet):
     """The supervisor-thread half of :class:`CancelPool` (state lives on the pool)."""
 
+    def _closed_error(self) -> PoolError:
+        """The error submit() raises once the pool no longer accepts jobs."""
+        if self._broken is not None:
+            error = PoolBroken(str(self._broken))
+            error.__cause__ = self._broken.__cause__
+            return error
+        return PoolClosed("this CancelPool is shut down; create a new one to submit jobs")
+
     def _close_resources(self) -> None:
         if self._table is not None:
             self._table.close()
@@ -64,21 +79,26 @@ class Supervisor(WorkerSet):
     def _supervise(self) -> None:
         try:
             self._loop()
-        except BaseException:
+        except BaseException as exc:
             logger.exception("cancelpool: the supervisor thread failed; stopping the pool")
-            self._fail_everything("the pool's supervisor thread failed")
+            with self._lock:
+                self._state = "broken"
+                self._broken = PoolBroken(f"the pool's supervisor thread failed: {exc!r}")
+                self._broken.__cause__ = exc
+            self._fail_everything(self._broken)
         finally:
             self._kill_all()
             with self._lock:
                 self._close_resources()
-                self._state = "closed"
+                if self._state != "broken":
+                    self._state = "closed"
                 self._idle.notify_all()
 
     def _loop(self) -> None:
         stop_deadline: float | None = None
         while True:
             with self._lock:
-                if self._state == "closing" and not self._jobs:
+                if self._state in ("closing", "broken") and not self._jobs:
                     for proc in (*self._workers, *self._spares):
                         if proc.alive and not proc.stop_sent:
                             proc.stop_sent = True
@@ -87,17 +107,27 @@ class Supervisor(WorkerSet):
                         return
                     if stop_deadline is None:
                         stop_deadline = time.monotonic() + WORKER_EXIT_GRACE
+                # What each polled fd stood for when the poll began, with the process
+                # it belonged to. Handling one event may bury a worker and start its
+                # replacement, whose new pipes can reuse the numbers of the old ones:
+                # an event is acted on only while its fd still means the same thing.
+                watched: dict[int, tuple[int, WorkerProc, Any]] = {}
                 readers = [self._wake_r]
                 writers = []
                 for proc in self._workers:
                     if proc.alive:
+                        watched[proc.out_fd] = (_OUTBOX, proc, proc.process)
+                        watched[proc.sentinel] = (_SENTINEL, proc, proc.process)
                         readers.append(proc.out_fd)
                         readers.append(proc.sentinel)
                         if proc.write_buffer:
                             writers.append(proc.in_fd)
-                spares = {proc.sentinel: proc for proc in self._spares if proc.alive}
-                readers.extend(spares)
-                writers.extend(p.in_fd for p in self._spares if p.alive and p.write_buffer)
+                for proc in self._spares:
+                    if proc.alive:
+                        watched[proc.sentinel] = (_SPARE, proc, proc.process)
+                        readers.append(proc.sentinel)
+                        if proc.write_buffer:
+                            writers.append(proc.in_fd)
                 deadline = self._timers[0][0] if self._timers else None
                 if stop_deadline is not None:
                     deadline = stop_deadline if deadline is None else min(deadline, stop_deadline)
@@ -105,24 +135,28 @@ class Supervisor(WorkerSet):
             if stop_deadline is not None and time.monotonic() >= stop_deadline:
                 self._kill_all()  # workers that ignored Stop
                 return
-            for fd in readable:
+            # Outboxes first: what a worker said before it died is read before its death
+            # is handled.
+            for fd in sorted(readable, key=lambda fd: watched[fd][0] if fd in watched else _WAKE):
                 if fd == self._wake_r:
                     self._drain_wake()
                     with self._lock:
                         if self._queue:
                             self._dispatch_queue()
                     continue
-                if fd in spares:
-                    self._spare_died(spares[fd])
+                entry = watched.get(fd)
+                if entry is None:
                     continue
-                for proc in self._workers:
-                    if proc.alive and fd == proc.out_fd:
-                        self._read(proc)
-                        break
-                    if proc.alive and fd == proc.sentinel:
-                        self._read(proc)  # whatever it said before dying
-                        self._worker_died(proc)
-                        break
+                kind, proc, process = entry
+                if not proc.alive or proc.process is not process or process is None:
+                    continue  # buried (and perhaps replaced) since the poll began
+                if kind == _OUTBOX:
+                    self._read(proc)
+                elif kind == _SPARE:
+                    self._spare_died(proc)
+                else:
+                    self._read(proc)  # whatever it said before dying
+                    self._worker_died(proc)
             if writable:
                 with self._lock:
                     for proc in (*self._workers, *self._spares):
@@ -163,6 +197,7 @@ class Supervisor(WorkerSet):
         progress: list[tuple[JobHandle[Any], proto.Progress]] = []
         refused: list[tuple[int, BaseException]] = []
         resolved: list[JobHandle[Any]] = []
+        broken: list[proto.InitFailed] = []
         with self._lock:
             jobs = self._jobs
             for message in messages:
@@ -171,6 +206,9 @@ class Supervisor(WorkerSet):
                     error = self._submit_child(proc, message)
                     if error is not None:
                         refused.append((message.request, error))
+                    continue
+                if kind is proto.InitFailed:
+                    broken.append(message)
                     continue
                 if kind is proto.CancelChild:
                     child = self._requests.get((proc.index, proc.pid or 0, message.request))
@@ -213,14 +251,50 @@ class Supervisor(WorkerSet):
                 self._dispatch_queue()
             self._send_posts()
         for handle, message in progress:
-            metadata = _decode_metadata(message.metadata)
-            handle._report(handle.id, message.message, metadata)
+            try:
+                metadata = _decode_metadata(message.metadata)
+                handle._report(handle.id, message.message, metadata)
+            except BaseException:
+                # A progress callback that raised SystemExit, say: the report is lost,
+                # the job and the pool go on.
+                logger.exception("cancelpool: delivering progress of job %s failed", handle.id)
         for handle, message in finished:
-            self._resolve(handle, message)
+            self._resolve_guarded(handle, message)
         for handle in resolved:
             self._resolve_cancelled(handle)
         if finished and self._state == "closing":
             self._wake()
+        if broken:
+            self._initializer_failed(proc, broken[0])
+
+    def _initializer_failed(self, proc: WorkerProc, message: proto.InitFailed) -> None:
+        """The initializer raised in a worker: the pool is broken (no respawn spin).
+
+        Every job it holds fails with :class:`PoolBroken`, the initializer's error as
+        ``__cause__``; the workers are killed; ``submit()`` raises from now on.
+        """
+        cause = load_error(message.error, message.traceback, 0)
+        label = self._settings.initializer_label
+        logger.error(
+            "cancelpool: the initializer %s failed in worker %s:\n%s",
+            label,
+            proc.pid,
+            message.traceback,
+        )
+        with self._lock:
+            if self._broken is not None:
+                return
+            self._broken = PoolBroken(
+                f"the pool's initializer {label} failed in worker process {proc.pid} "
+                f"({cause!r}); no job can run: fix the initializer and create a new pool"
+            )
+            self._broken.__cause__ = cause
+            if self._state in ("running", "closing"):
+                self._state = "broken"
+            for other in (*self._workers, *self._spares):
+                if other.alive and other.process is not None and other.process.exitcode is None:
+                    other.process.kill()
+        self._fail_everything(self._broken)
 
     def _after_finish(
         self, proc: WorkerProc, finished: list[tuple[JobHandle[Any], Any]]
@@ -266,7 +340,7 @@ class Supervisor(WorkerSet):
     ) -> JobHandle[Any]:
         """Register a job and queue or dispatch it (lock held)."""
         if self._state != "running":
-            raise PoolClosed("this CancelPool is shut down; create a new one to submit jobs")
+            raise self._closed_error()
         handle: JobHandle[Any] = JobHandle(
             self,  # type: ignore[arg-type]  # a Supervisor is always a CancelPool
             next(self._ids),
@@ -369,14 +443,36 @@ class Supervisor(WorkerSet):
             self._idle.notify_all()
 
     # -- resolving handles (outside the lock) --------------------------------------------------
+    def _resolve_guarded(self, handle: JobHandle[Any], message: Any) -> None:
+        """Resolve a finished job; whatever goes wrong doing it fails that job only.
+
+        Unpickling a result runs the job's code (``__setstate__``, ``__reduce__``) in
+        this thread, and a done callback may raise anything: a ``SystemExit`` there
+        must not kill the supervisor and leave the handle unresolved for ever.
+        """
+        try:
+            self._resolve(handle, message)
+        except BaseException as exc:
+            if handle.done():  # resolved; a done callback raised
+                logger.exception("cancelpool: a done callback of job %s failed", handle.id)
+                return
+            error = PoolError(f"job {handle.id} ended, but its outcome could not be read: {exc!r}")
+            error.__cause__ = exc
+            try:
+                self._set_failed(handle, error)
+            except BaseException:
+                logger.exception("cancelpool: a done callback of job %s failed", handle.id)
+
     def _resolve(self, handle: JobHandle[Any], message: Any) -> None:
         handle.ended_at = time.time()
         kind = type(message)
         if kind is proto.Done:
             try:
                 result = pickle.loads(message.result)
-            except Exception as exc:
-                error = TypeError(f"the result of job {handle.id} could not be unpickled: {exc!r}")
+            except BaseException as exc:  # SystemExit from a __setstate__ included
+                error = rewrap(
+                    exc, f"the result of job {handle.id} could not be unpickled: {exc!r}"
+                )
                 self._set_failed(handle, error)
                 return
             self._close(handle, OperationStatus.COMPLETED)
@@ -535,7 +631,7 @@ class Supervisor(WorkerSet):
                 self._retire(handle)
                 cancelled += self._cascade(handle, "was lost with its worker")
                 if forced_for is not None:
-                    error: BaseException = WorkerLost(
+                    error: BaseException = WorkerKilled(
                         f"job {handle.id} was lost: its worker (pid {proc.pid}) was killed to "
                         f"force-stop job {forced_for}, which ignored its cancellation",
                         job_id=str(handle.id),
@@ -606,8 +702,9 @@ class Supervisor(WorkerSet):
     def _spare_died(self, spare: WorkerProc) -> None:
         """A spare exited (asked to at shutdown, or killed): forget it, start another."""
         with self._lock:
-            if spare in self._spares:
-                self._spares.remove(spare)
+            if spare not in self._spares:
+                return  # it replaced a worker meanwhile: its death is a worker's death
+            self._spares.remove(spare)
             if spare.process is not None:
                 spare.process.join(0)
             self._bury(spare)
@@ -615,16 +712,37 @@ class Supervisor(WorkerSet):
         if self._state == "closing":
             self._wake()
 
-    def _fail_everything(self, why: str) -> None:
+    def _fail_everything(self, why: PoolBroken) -> None:
+        """Fail every job the pool holds with ``why`` (the supervisor cannot go on)."""
         with self._lock:
             handles = list(self._jobs.values())
             for handle in handles:
-                self._retire(handle)
+                try:
+                    self._retire(handle)
+                except BaseException:
+                    logger.exception("cancelpool: could not retire job %s", handle.id)
             self._queue.clear()
         for handle in handles:
+            if handle.done():
+                continue
+            error = PoolBroken(f"job {handle.id} was lost: {why}")
+            error.__cause__ = why.__cause__
+            try:
+                self._close(handle, OperationStatus.FAILED)
+            except BaseException:
+                pass
             if not handle.done():
-                self._set_failed(handle, PoolClosed(f"job {handle.id} was lost: {why}"))
+                try:
+                    handle.set_exception(error)
+                except BaseException:  # a done callback: the handle is resolved anyway
+                    logger.exception("cancelpool: a done callback of job %s failed", handle.id)
 
+
+# What a polled fd is, in the order events are handled.
+_OUTBOX = 0
+_SENTINEL = 1
+_SPARE = 2
+_WAKE = 3
 
 _READ_EVENTS = select.POLLIN | select.POLLHUP | select.POLLERR
 

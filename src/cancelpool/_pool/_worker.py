@@ -39,7 +39,7 @@ from .._core._sources import TimeoutSource
 from ..shm import Doorbell, SharedToken, SlotRef, TokenTable
 from . import _protocol as proto
 from . import _remote
-from ._payload import dump_error, dump_partial, dumps
+from ._payload import dump_error, dump_partial, dumps, rewrap
 
 #: Bytes asked for per read of the inbox. Frames larger than this arrive in pieces and
 #: are reassembled; smaller means more reads for big batches.
@@ -99,7 +99,7 @@ class Worker:
         self.unannounced: list[int] = []
 
     # -- lifecycle -----------------------------------------------------------------------
-    async def run(self) -> None:
+    async def run(self, initializer: tuple[bytes, bool] | None = None) -> None:
         loop = self.loop = asyncio.get_running_loop()
         self.thread_id = threading.get_ident()
         self.finished = asyncio.Event()
@@ -107,14 +107,35 @@ class Worker:
         self.out_fd = self.outbox.fileno()
         os.set_blocking(self.in_fd, False)
         os.set_blocking(self.out_fd, False)
+        self._watch_supervisor(loop)
+        if initializer is not None and not await self._initialize(initializer):
+            return
         loop.add_reader(self.in_fd, self._on_inbox)
         loop.add_reader(self.bell.fileno(), self._on_bell)
-        self._watch_supervisor(loop)
         await self.finished.wait()
         self._flush()
         if self.write_buffer:
             os.set_blocking(self.out_fd, True)
             os.write(self.out_fd, self.write_buffer)
+
+    async def _initialize(self, initializer: tuple[bytes, bool]) -> bool:
+        """Run the pool's initializer once, before any job; False (and reported to the
+        supervisor, which stops the pool) if it raised."""
+        data, is_async = initializer
+        try:
+            fn, args = pickle.loads(data)
+            result = fn(*args)
+            if is_async:
+                await result
+        except BaseException as exc:  # SystemExit included: the pool must hear of it
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            self._send(proto.InitFailed(dump_error(exc), text))
+            self._flush()
+            if self.write_buffer:
+                os.set_blocking(self.out_fd, True)
+                os.write(self.out_fd, self.write_buffer)
+            return False
+        return True
 
     def _watch_supervisor(self, loop: asyncio.AbstractEventLoop) -> None:
         # A pidfd becomes readable when the supervisor exits, under every start method
@@ -167,8 +188,8 @@ class Worker:
                     self.functions.clear()
                 fn = self.functions[run.fn] = pickle.loads(run.fn)
             args, kwargs = pickle.loads(run.args)
-        except BaseException as exc:
-            error = TypeError(f"job {run.job} could not be unpickled in the worker: {exc!r}")
+        except BaseException as exc:  # SystemExit from a __setstate__ included
+            error = rewrap(exc, f"job {run.job} could not be unpickled in the worker: {exc!r}")
             self._send(proto.Failed(run.job, dump_error(error), traceback.format_exc()))
             return
         assert self.loop is not None
@@ -225,24 +246,28 @@ class Worker:
                 # An operation inside the job was cancelled and the job let it escape:
                 # the job failed with that error, as it would have in one process.
                 self._send_failure(job_id, exc)
-        except Exception as exc:
-            self._send_failure(job_id, exc)
-        except BaseException as exc:
-            # The worker itself is being torn down (e.g. SystemExit in a job).
+        except asyncio.CancelledError as exc:
+            # Only the worker's own shutdown cancels a job's task from outside: say so,
+            # then let the cancellation go on.
             self._send_failure(job_id, RuntimeError(f"job stopped by {exc!r}"))
             raise
+        except BaseException as exc:
+            # The job's own exception, whatever it is (SystemExit and KeyboardInterrupt
+            # included, as in concurrent.futures): the caller's result() raises it.
+            self._send_failure(job_id, exc)
         else:
             if job.failure is not None:  # it returned before the cancellation landed
                 self._send_failure(job_id, job.failure)
                 return
             try:
                 data = dumps(result)
-            except Exception as problem:
-                error = TypeError(
+            except BaseException as problem:  # SystemExit from a __reduce__ included
+                error = rewrap(
+                    problem,
                     f"the result of job {job_id} ({type(result).__name__}) cannot be "
-                    f"pickled: {problem!r}; return picklable data"
+                    f"pickled: {problem!r}; return picklable data",
                 )
-                self._send(proto.Failed(job_id, dump_error(error), ""))
+                self._send_failure(job_id, error)
             else:
                 self._send(proto.Done(job_id, data))
         finally:
@@ -415,8 +440,10 @@ def main(
     outbox: Connection,
     supervisor_pid: int,
     use_uvloop: bool,
+    initializer: tuple[bytes, bool] | None = None,
 ) -> None:
-    """Entry point of a worker process."""
+    """Entry point of a worker process (``initializer``: the pickle of the pool's
+    ``(initializer, initargs)`` and whether it is async)."""
     # Ctrl-C is the supervisor's to handle: it cancels our jobs through their tokens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = Worker(table, bell, inbox, outbox, supervisor_pid)
@@ -430,5 +457,5 @@ def main(
         except ImportError:
             pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(worker.run())
+        runner.run(worker.run(initializer))
     sys.stdout.flush()

@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from .._core._enums import OperationStatus
+from .._core._exceptions import PoolBroken
 from ..shm import Doorbell, TableFull, TokenTable
 from . import _protocol as proto
 from . import _worker
@@ -27,6 +28,8 @@ from ._handle import JobHandle
 
 if TYPE_CHECKING:
     import multiprocessing.process
+
+    from ._settings import PoolSettings
 
 logger = logging.getLogger("cancelpool")
 
@@ -106,6 +109,8 @@ class WorkerSet:
     _wake_r: int
     _wake_w: int
     _wake_pending: bool
+    _broken: PoolBroken | None
+    _settings: PoolSettings
     _concurrency: int
     _use_uvloop: bool
     _mp: Any
@@ -123,9 +128,13 @@ class WorkerSet:
         in_r, in_w = self._mp.Pipe(duplex=False)
         out_r, out_w = self._mp.Pipe(duplex=False)
         bell = Doorbell()
+        settings = self._settings
+        initializer = None
+        if settings.initializer is not None:
+            initializer = (settings.initializer, settings.initializer_is_async)
         process = self._mp.Process(
             target=_worker.main,
-            args=(self._table, bell, in_r, out_w, os.getpid(), self._use_uvloop),
+            args=(self._table, bell, in_r, out_w, os.getpid(), self._use_uvloop, initializer),
             name=f"cancelpool-worker-{proc.index}",
             daemon=True,
         )

@@ -36,7 +36,8 @@ from typing import Any
 
 from .._core._exceptions import JobCancelled
 from .._pool._handle import JobHandle
-from .._pool._pool import DEFAULT_CANCEL_GRACE, CancelPool
+from .._pool._pool import CancelPool
+from .._pool._settings import DEFAULT_CANCEL_GRACE
 from ._exceptions import QueueFileError
 from ._files import check_control_dir
 from ._liveness import poke_server, process_start_time, wake_path

@@ -1,6 +1,6 @@
 """Figures for issue 4 ("Done when"), measured on this machine in one run; prints a table.
 
-Run: ``python tests/faults/measure_issue4.py [--runs 50]``. Not a test: nothing here is
+Run: ``python benchmarks/measure_issue4.py [--runs 50]``. Not a test: nothing here is
 asserted; the fault tests prove the behaviour, this script measures it.
 
 * cascade: ``root.cancel()`` -> a grandchild on another worker than the root sees its
@@ -26,15 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: faults._jobs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # faults._jobs
 
 import psutil
 
+from _handshake import Gate
 from cancelpool import CancelPool
 from faults import _jobs
-from faults._gate import Gate
 
-PROGRAM = Path(__file__).with_name("_program.py")
+PROGRAM = Path(__file__).resolve().parents[1] / "tests" / "faults" / "_program.py"
 # Seconds: backstops against a hang of this script, not measurements.
 BACKSTOP = 30.0
 
