@@ -81,8 +81,10 @@ class PoolSettings:
             raise TypeError(
                 "pass workers= or its concurrent.futures spelling max_workers=, not both"
             )
+        # The error names the spelling the caller used.
+        spelling = "max_workers" if max_workers is not None else "workers"
         count = workers if workers is not None else max_workers
-        count = _validate.count(os.cpu_count() or 1 if count is None else count, "workers", 1)
+        count = _validate.count(os.cpu_count() or 1 if count is None else count, spelling, 1)
         concurrency = _validate.count(concurrency, "concurrency", 1)
         context = _context(start_method, mp_context)
         capacity = _validate.count(
