@@ -690,6 +690,38 @@ def demo(workers: int) -> None:
     sys.exit(run_demo(workers, colour=_colour(), watch=_watch_loop))
 
 
+# -- web -------------------------------------------------------------------------------------
+@cli.command()
+@db_option
+@click.option(
+    "--bind",
+    default="127.0.0.1:8765",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where to listen (port 0: any free port, printed).",
+)
+@click.option(
+    "--token",
+    envvar="CANCELPOOL_WEB_TOKEN",
+    default=None,
+    help="The token every request needs (default: $CANCELPOOL_WEB_TOKEN, else a random "
+    "one, printed).",
+)
+def web(db: Path | None, bind: str, token: str | None) -> None:
+    """Serve the dashboard and HTTP API of the queue (needs cancelpool[web]).
+
+    Prints the address to open, with the token, then serves until Ctrl-C or SIGTERM.
+    """
+    try:
+        from .web._cli import run_web
+    except ImportError as exc:
+        raise click.ClickException(
+            f"cancelpool web needs the web extra: pip install 'cancelpool[web]' ({exc})"
+        ) from None
+    with open_queue(db, create=False) as queue:
+        run_web(queue, bind, token)
+
+
 def _json(value: Any) -> str:
     from .queue._format import pretty_json
 
