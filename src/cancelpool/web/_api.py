@@ -204,7 +204,7 @@ class Api:
         body = await _json_object(request)
         _only(body, ("pattern", "message"))
         if "pattern" not in body:
-            raise ApiError(400, "give the names to cancel as {\"pattern\": \"user_42_*\"}")
+            raise ApiError(400, 'give the names to cancel as {"pattern": "user_42_*"}')
         return await self._cancel([], check_pattern(body["pattern"]), body.get("message"))
 
     async def _cancel(self, ids: list[int], pattern: str | None, message: Any) -> Response:

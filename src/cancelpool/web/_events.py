@@ -166,10 +166,16 @@ class EventHub:
         jobs.update((job.id, job) for job in reader.by_ids(sorted(recheck)))
         if fresh:
             self._newest = max(newest, max(job.id for job in fresh))
-        changed = [row for job in sorted(jobs.values(), key=lambda j: j.id)
-                   if (row := self._update(job)) is not None]
-        self._queued = [i for i in self._queued if i in self._rows and
-                        self._rows[i]["status"] == JobStatus.QUEUED.value]
+        changed = [
+            row
+            for job in sorted(jobs.values(), key=lambda j: j.id)
+            if (row := self._update(job)) is not None
+        ]
+        self._queued = [
+            i
+            for i in self._queued
+            if i in self._rows and self._rows[i]["status"] == JobStatus.QUEUED.value
+        ]
         self._queued.extend(job.id for job in fresh if job.status is JobStatus.QUEUED)
         stats_changed = counts != self._counts
         self._counts = counts
@@ -191,8 +197,11 @@ class EventHub:
                     if job.status is JobStatus.CANCELLED and asked is not None:
                         latency = max(0.0, (job.ended_at or now) - asked)
                     self._series.append(
-                        {"at": job.ended_at or now, "status": job.status.value,
-                         "cancel_latency": latency}
+                        {
+                            "at": job.ended_at or now,
+                            "status": job.status.value,
+                            "cancel_latency": latency,
+                        }
                     )
             else:
                 self._rows[job.id] = row
@@ -200,9 +209,14 @@ class EventHub:
                     self._cancel_asked.setdefault(job.id, now)  # first seen: an upper bound
             if old is not None and old == row:
                 return None
-            if job.status is JobStatus.RUNNING and job.progress is not None and (
-                old is None or (old["progress_message"], old["done"])
-                != (row["progress_message"], row["done"])
+            if (
+                job.status is JobStatus.RUNNING
+                and job.progress is not None
+                and (
+                    old is None
+                    or (old["progress_message"], old["done"])
+                    != (row["progress_message"], row["done"])
+                )
             ):
                 points = self._history.get(job.id)
                 if points is None:
@@ -210,7 +224,11 @@ class EventHub:
                         self._history.pop(next(iter(self._history)))  # the oldest job's
                     points = self._history[job.id] = deque(maxlen=HISTORY_POINTS)
                 points.append(
-                    {"at": now, "message": job.progress_message, "done": row["done"],
-                     "total": row["total"]}
+                    {
+                        "at": now,
+                        "message": job.progress_message,
+                        "done": row["done"],
+                        "total": row["total"],
+                    }
                 )
         return row

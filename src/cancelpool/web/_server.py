@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+import signal
 import socket
 import threading
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ MAX_TOKEN = 256
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]+")
 #: Seconds open requests (event streams) get at shutdown before they are cut.
 SHUTDOWN_GRACE = 1.0
+#: Seconds between checks, in ``run``, that the server thread still lives (a crash of
+#: it ends the process within this time; signals end the wait at once).
+SERVER_CHECK = 1.0
 
 
 class WebError(ValueError):
@@ -125,16 +129,32 @@ class WebServer:
         """The address to open, without the token."""
         return self.address.url(self.port)
 
-    def run(self) -> None:
-        """Serve until SIGINT/SIGTERM (in the main thread) or :meth:`stop`."""
+    def _run(self) -> None:
         try:
             self._server.run(sockets=[self._sock])
         finally:
             self._sock.close()
 
+    def run(self) -> None:
+        """Serve until SIGINT or SIGTERM (call it from the main thread), then stop
+        gracefully and return (so the process exits 0, like ``serve``)."""
+        stop = threading.Event()
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in handled}
+        try:
+            self.start()
+            while self._thread is not None and self._thread.is_alive():
+                # The wake-up only notices a crashed server thread; signals end the wait.
+                if stop.wait(SERVER_CHECK):
+                    break
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     def start(self) -> None:
         """Serve in a daemon thread; returns once it accepts requests."""
-        self._thread = threading.Thread(target=self.run, name="cancelpool-web", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="cancelpool-web", daemon=True)
         self._thread.start()
         while not self._server.started and self._thread.is_alive():
             self._thread.join(0.01)  # uvicorn has no start event; its flag is the handshake
