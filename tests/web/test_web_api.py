@@ -128,11 +128,15 @@ def test_submit_watch_cancel_keeps_the_partial_result(
 
     def advanced() -> dict[str, Any] | None:
         data = job(client, parent)
-        return data if (data["progress"] or {}).get("done", 0) >= 3 else None
+        # The history is what the dashboard's polls saw: two points, two polls.
+        if (data["progress"] or {}).get("done", 0) >= 3 and len(data["progress_history"]) >= 2:
+            return data
+        return None
 
-    running = wait_for(advanced, "the job to report three steps")
+    running = wait_for(advanced, "the job to report three steps, seen twice")
     assert running["status"] == "running"
-    assert len(running["progress_history"]) >= 1
+    history = running["progress_history"]
+    assert history[0]["done"] < history[-1]["done"] <= running["progress"]["done"]
     assert running["children"][0]["id"] == child
     assert running["args"] == []
     assert running["kwargs"] == {}
