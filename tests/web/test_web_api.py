@@ -149,6 +149,13 @@ def test_submit_watch_cancel_keeps_the_partial_result(
     assert done["cancel_message"] == "from the test"
     wait_for(lambda: status_is(client, child, "cancelled"), "the child to stop too")
 
+    def charted() -> list[dict[str, Any]]:
+        finished = client.get("/api/stats").json()["finished"]
+        return [p for p in finished if p["status"] == "cancelled"]
+
+    points = wait_for(lambda: len(charted()) == 2 and charted(), "both cancels in the stats")
+    assert all(p["cancel_latency"] is not None and p["cancel_latency"] >= 0 for p in points)
+
     again = client.post(f"/api/jobs/{parent}/cancel").json()
     assert again == {"cancelled": [], "requested": [], "already_finished": [parent]}
     listed = client.get("/api/jobs", params={"status": "cancelled"}).json()["jobs"]

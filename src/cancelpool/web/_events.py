@@ -69,6 +69,8 @@ class EventHub:
         self._history: dict[int, deque[dict[str, Any]]] = {}
         self._cancel_asked: dict[int, float] = {}
         self._series: deque[dict[str, Any]] = deque(maxlen=SERIES_POINTS)
+        self._charted: set[int] = set()  # the ids in _series, bounded like it
+        self._charted_order: deque[int] = deque()
         self._started = time.time()
 
     # -- what the API asks ------------------------------------------------------------------
@@ -190,9 +192,15 @@ class EventHub:
         with self._lock:
             old = self._rows.get(job.id)
             if job.finished:
-                known = self._rows.pop(job.id, None) is not None
+                self._rows.pop(job.id, None)
                 asked = self._cancel_asked.pop(job.id, None)
-                if known or asked is not None:
+                # Every job that finished since the hub started counts once, also one
+                # that started and finished between two polls.
+                if job.id not in self._charted and (job.ended_at or now) >= self._started:
+                    self._charted.add(job.id)
+                    self._charted_order.append(job.id)
+                    if len(self._charted_order) > SERIES_POINTS:
+                        self._charted.discard(self._charted_order.popleft())
                     latency = None
                     if job.status is JobStatus.CANCELLED and asked is not None:
                         latency = max(0.0, (job.ended_at or now) - asked)
