@@ -334,3 +334,22 @@ def test_cli_needs_an_existing_queue(tmp_path: Any) -> None:
     result = cli("web", "--db", str(missing), "--bind", "127.0.0.1:0")
     assert result.returncode == 3
     assert not missing.parent.exists()
+
+
+def test_events_show_a_queued_job_cancelled_elsewhere(client: httpx.Client, queue: Queue) -> None:
+    ids = [queue.submit("webtasks:steps", name=f"waiting_{n}") for n in range(3)]
+    with client.stream("GET", "/api/events") as stream:
+        lines = stream.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        assert json.loads(first[6:])["stats"]["queued"] == 3
+        queue.cancel(ids[1])  # not through the dashboard: its polls must notice
+        deadline = time.monotonic() + BACKSTOP
+        while True:
+            assert time.monotonic() < deadline, "the cancel never showed"
+            line = next(lines)
+            if not line.startswith("data: "):
+                continue
+            rows = {row["id"]: row for row in json.loads(line[6:])["jobs"]}
+            if ids[1] in rows:
+                assert rows[ids[1]]["status"] == "cancelled"
+                break

@@ -27,10 +27,10 @@ MAX_SCAN_IDS = 100_000
 #: ``IN`` list stays far below SQLite's 32,766 parameters.
 FIRST_WINDOW = 200
 MAX_WINDOW = 20_000
-#: Descendants of one job shown at most, and ids scanned for them: a tree of thousands
-#: is a listing, for which the table's filters are the tool.
+#: Descendants of one job shown at most, and ids scanned for them (about 0.6 s per
+#: 10,000 here): a tree of thousands is a listing, for which the filters are the tool.
 MAX_CHILDREN = 500
-MAX_CHILD_SCAN = 50_000
+MAX_CHILD_SCAN = 20_000
 
 _encode = msgspec.json.Encoder().encode
 
