@@ -91,6 +91,10 @@ def test_another_origin_is_refused(client: httpx.Client, server: object, queue: 
     ):
         assert response.status_code == 403
         assert "refused" in response.json()["error"]
+    port = client.base_url.port
+    rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+    assert client.get("/api/jobs", headers=rebound).status_code == 403  # DNS rebinding
+    assert client.get("/api/jobs", headers={"Host": f"localhost:{port}"}).status_code == 200
     same = {"Origin": str(client.base_url).rstrip("/")}
     assert client.get("/api/jobs", headers=same).status_code == 200
     record = queue.get(job_id)

@@ -34,13 +34,16 @@ def _asset(name: str) -> bytes:
     return resources.files(__package__).joinpath("static", name).read_bytes()
 
 
-def create_app(queue: Queue, *, token: str, port: int) -> Starlette:
+def create_app(
+    queue: Queue, *, token: str, port: int, hosts: frozenset[str] | None = None
+) -> Starlette:
     """The dashboard's ASGI app over ``queue``.
 
     Args:
         queue: an open queue; the app reads and cancels through it and does not close it.
         token: what every request must present (see ``_security``).
         port: the port it is served on (names the token cookie).
+        hosts: the ``Host`` headers accepted (``host:port``, lower case), or None for any.
 
     Its lifespan runs the event hub; at shutdown the hub is cancelled and every open
     event stream ends.
@@ -89,7 +92,7 @@ def create_app(queue: Queue, *, token: str, port: int) -> Starlette:
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(Gate, token=token, port=port)],
+        middleware=[Middleware(Gate, token=token, port=port, hosts=hosts)],
         exception_handlers={HTTPException: not_found, Exception: crashed},
         lifespan=lifespan,
     )

@@ -65,10 +65,13 @@ async def send_error(send: Send, status: int, message: str, *, json_body: bool =
 class Gate:
     """ASGI middleware: origin check, token check, security headers on every response."""
 
-    def __init__(self, app: ASGIApp, *, token: str, port: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, token: str, port: int, hosts: frozenset[str] | None = None
+    ) -> None:
         self.app = app
         self._token = token.encode()
         self._cookie = cookie_name(port)
+        self._hosts = hosts
 
     def _valid(self, candidate: str | None) -> bool:
         return candidate is not None and hmac.compare_digest(candidate.encode(), self._token)
@@ -82,6 +85,11 @@ class Gate:
         host = headers.get("host", "")
         origin = headers.get("origin")
         scheme = scope.get("scheme", "http")
+        if self._hosts is not None and host.lower() not in self._hosts:
+            # A loopback dashboard is reached by a loopback name; another Host is a DNS
+            # rebinding page (its requests would count as same-origin).
+            await send_error(send, 403, f"the host name {host!r} is refused", json_body=api)
+            return
         if origin is not None and origin != f"{scheme}://{host}":
             await send_error(
                 send, 403, f"requests from another origin ({origin}) are refused", json_body=api

@@ -109,7 +109,11 @@ class WebServer:
         self.address = address
         self._sock = bind_socket(address)
         self.port: int = self._sock.getsockname()[1]
-        app = create_app(queue, token=self.token, port=self.port)
+        hosts = None
+        if address.loopback:
+            names = ("127.0.0.1", "localhost", "[::1]")
+            hosts = frozenset(f"{name}:{self.port}" for name in names)
+        app = create_app(queue, token=self.token, port=self.port, hosts=hosts)
         config = uvicorn.Config(
             app,
             log_level="warning",
