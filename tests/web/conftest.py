@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from webhelpers import TOKEN, Proc, url_of, wait_for
 
+from _leaks import assert_no_new_shm, dev_shm
+
 pytest.importorskip("starlette", reason="the web extra is not installed")
 pytest.importorskip("uvicorn", reason="the web extra is not installed")
 
@@ -28,7 +30,9 @@ def queue(db: Path) -> Iterator[Queue]:
 
 @pytest.fixture
 def server(db: Path, tmp_path: Path, queue: Queue) -> Iterator[Proc]:
-    """``cancelpool serve`` allowing the tests' tasks and the demo tasks."""
+    """``cancelpool serve`` allowing the tests' tasks and the demo tasks; at the end it
+    is stopped and neither a process nor a /dev/shm segment of it is left."""
+    shm_before = dev_shm()
     proc = Proc(
         [
             "serve",
@@ -56,6 +60,7 @@ def server(db: Path, tmp_path: Path, queue: Queue) -> Iterator[Proc]:
         yield proc
     finally:
         assert proc.stop() == 0, proc.output()
+        assert_no_new_shm(shm_before)
 
 
 @pytest.fixture
