@@ -20,6 +20,7 @@ the polls, and, for the stats chart, when jobs finished and how long their cance
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -32,6 +33,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ..queue import JobRecord, JobStatus
 from ._reader import JobReader, job_row
+
+_log = logging.getLogger("cancelpool.web")
 
 #: Seconds between polls. Servers commit progress at most every 0.1 s; 0.25 s shows a
 #: bar moving smoothly at a fraction of the queries, and a cancel within a quarter second.
@@ -123,11 +126,16 @@ class EventHub:
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
         """Poll until cancelled. A failing poll (a busy database) is retried next time."""
+        failing: str | None = None
         while True:
             try:
                 message = await anyio.to_thread.run_sync(self.poll)
-            except Exception:  # the store's error: keep the feed alive, try again
+                failing = None
+            except Exception as exc:  # a busy or failing store: keep the feed alive
                 message = None
+                if str(exc) != failing:  # said once per cause, not four times a second
+                    failing = str(exc)
+                    _log.warning("cannot read the queue for the live feed: %s", exc)
             if message:
                 self._publish(message)
             await anyio.sleep(self._interval)
