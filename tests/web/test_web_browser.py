@@ -252,3 +252,36 @@ def test_another_origin_is_refused(server: object, page: Any, web: str, queue: Q
     assert record.status.value == "running"
     assert not record.cancel_requested
     queue.cancel(job_id)
+
+
+def test_ten_thousand_jobs_page_and_filter(browser: Any, web: str, queue: Queue) -> None:
+    from playwright.sync_api import expect
+
+    with queue.store.transaction() as conn:  # 10,000 jobs in one transaction
+        conn.executemany(
+            "INSERT INTO jobs (task, args, kwargs, name, status, submitted_at) "
+            "VALUES ('webtasks:steps', '[]', '{}', ?, ?, 0)",
+            [(f"user_{n % 100}_job", "completed" if n % 2 else "queued") for n in range(1, 10_001)],
+        )
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(f"{web}?token={TOKEN}")
+        rows = page.locator("#jobs tbody tr")
+        expect(rows).to_have_count(50)
+        expect(rows.first).to_have_attribute("data-job-id", "10000")
+        page.click("#older")
+        expect(rows.first).to_have_attribute("data-job-id", "9950")
+        expect(rows.last).to_have_attribute("data-job-id", "9901")
+        page.click("#newest")
+        expect(rows.first).to_have_attribute("data-job-id", "10000")
+        page.select_option("#status", "completed")
+        page.fill("#pattern", "user_7_*")
+        page.click("#apply")
+        expect(rows.first).to_have_attribute("data-job-id", "9907")
+        expect(rows).to_have_count(50)
+        for status in rows.locator("td.status").all_text_contents():
+            assert status == "completed"
+    finally:
+        context.close()
