@@ -35,7 +35,7 @@ def tear_down(pool: CancelPool) -> None:
     supervisor still has not finished within the backstop (a known bug may leave a job
     that never resolves), its workers are killed so that it can.
     """
-    thread = pool._thread
+    thread = pool._sup.thread
     pool.shutdown(wait=False, cancel_running=True)
     if thread is None:
         return

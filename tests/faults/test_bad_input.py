@@ -40,8 +40,8 @@ odd_text = st.text(
 
 
 def assert_healthy(pool: CancelPool) -> None:
-    assert pool._thread is not None
-    assert pool._thread.is_alive()
+    assert pool._sup.thread is not None
+    assert pool._sup.thread.is_alive()
     handles = [pool.submit(_jobs.echo, i) for i in range(4)]
     assert [h.result(BACKSTOP) for h in handles] == [0, 1, 2, 3]
 

@@ -19,7 +19,7 @@ from .._core._loop import LoopHandle
 
 if TYPE_CHECKING:
     from ..shm import SlotRef
-    from ._pool import CancelPool
+    from ._supervisor import Supervisor
 
 logger = logging.getLogger("cancelpool")
 
@@ -89,7 +89,7 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
 
     def __init__(
         self,
-        pool: CancelPool,
+        owner: Supervisor,
         job_id: int,
         name: str | None,
         timeout: float | None,
@@ -102,13 +102,15 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         # The fields of Future.__init__, but with the pool's shared condition instead
         # of a new threading.Condition per job (a third of the cost of a submit).
         # result() and exception() below re-check their own state after each wake-up.
-        self._condition = pool._results
+        self._condition = owner._results
         self._state = _PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
         self._waiters: list[Any] = []
         self._done_callbacks: list[Callable[[JobHandle[T]], object]] = []
-        self._pool = pool
+        # The pool's supervisor, not the pool: a handle kept alive does not keep its
+        # pool from being shut down once the pool is garbage.
+        self._owner = owner
         self.id = job_id
         self.name = name
         self.timeout = timeout
@@ -173,7 +175,7 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         Returns at once. A queued job is resolved as cancelled right here; a running
         job's handle resolves when its worker reports, normally within a millisecond.
         """
-        return self._pool._cancel_job(self, CancelationReason.MANUAL, message)
+        return self._owner.cancel_job(self, CancelationReason.MANUAL, message)
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id} {self.name or '-'} {self._status.value}>"
@@ -228,7 +230,7 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         task stops the iteration, not the job.
         """
         feed = _ProgressFeed()
-        with self._pool._lock:
+        with self._owner._lock:
             if self._ended:
                 return
             if self._feeds is None:
@@ -244,7 +246,7 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
                 await feed.wakeup.wait()
                 feed.wakeup = anyio.Event()
         finally:
-            with self._pool._lock:
+            with self._owner._lock:
                 if self._feeds is not None and feed in self._feeds:
                     self._feeds.remove(feed)
 
@@ -282,7 +284,7 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
             try:
                 await event.wait()
             except anyio.get_cancelled_exc_class():
-                self._pool._cancel_job(
+                self._owner.cancel_job(
                     self, CancelationReason.PARENT, "the task awaiting the job was cancelled"
                 )
                 raise

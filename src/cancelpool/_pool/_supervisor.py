@@ -21,13 +21,20 @@ killed; the other jobs of that worker end with ``WorkerLost`` (or run again, und
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import math
 import os
 import pickle
 import select
+import sys
+import threading
 import time
-from typing import Any
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -40,10 +47,15 @@ from .._core._exceptions import (
     WorkerCrashed,
     WorkerKilled,
 )
+from ..shm import TokenTable
 from . import _protocol as proto
 from ._handle import JobHandle
 from ._payload import dump_error, dump_partial, load_error, load_partial, rewrap
+from ._statistics import PoolStatistics, WorkerStatistics
 from ._workers import BACKSTOP, FORCE, WORKER_EXIT_GRACE, WorkerProc, WorkerSet
+
+if TYPE_CHECKING:
+    from ._settings import PoolSettings
 
 logger = logging.getLogger("cancelpool")
 
@@ -56,7 +68,279 @@ _READ_SIZE = 1 << 16
 
 
 class Supervisor(WorkerSet):
-    """The supervisor-thread half of :class:`CancelPool` (state lives on the pool)."""
+    """Runs one pool: its jobs, its workers and the thread that talks to them.
+
+    :class:`CancelPool` is the facade the caller sees; it holds this object, and this
+    object holds the pool only through a weak reference: when the pool becomes
+    garbage, the reference's callback wakes the supervisor thread, which shuts the
+    pool down as ``shutdown(wait=False)`` would (the jobs already submitted finish).
+    """
+
+    def __init__(self, settings: PoolSettings, pool: object) -> None:
+        self._settings = settings
+        self._mp = settings.context
+        self._concurrency = settings.concurrency
+        self._use_uvloop = settings.use_uvloop
+        self._cancel_grace = settings.cancel_grace
+        self._max_tasks = settings.max_tasks_per_child
+        self._max_memory = settings.max_memory_per_worker
+        self._capacity = settings.capacity
+        self._lock = threading.RLock()
+        # One condition for every handle's result() to wait on (see JobHandle).
+        # Reentrant: concurrent.futures.wait() holds the conditions of all the futures
+        # it waits for at once, and here they are one and the same.
+        self._results = threading.Condition(threading.RLock())
+        self._idle = threading.Condition(self._lock)
+        self._workers = [WorkerProc(index) for index in range(settings.workers)]
+        self._spare_count = settings.spare_workers
+        self._spares = []
+        self._spares_starting = 0
+        # Pickles of job functions seen so far, for spares to load in advance.
+        self._warm_functions = deque(maxlen=64)
+        self._jobs = {}
+        self._queue = deque()
+        self._history = deque(maxlen=settings.history)
+        self._children_of = {}
+        self._requests = {}
+        self._ids = itertools.count(1)
+        self._timers = []
+        self._submitted = 0
+        self._counts = {
+            OperationStatus.COMPLETED: 0,
+            OperationStatus.CANCELLED: 0,
+            OperationStatus.FAILED: 0,
+        }
+        self._table = None
+        self._state = "new"
+        self._thread: threading.Thread | None = None
+        self._wake_r = self._wake_w = -1
+        self._wake_pending = False
+        # Guards the wake pipe's closing against a wake-up from the weakref callback,
+        # which may run in any thread at any allocation and so takes no other lock.
+        self._wake_guard = threading.Lock()
+        self._broken: PoolBroken | None = None
+        self._dropped = False
+        self._pool_ref = weakref.ref(pool, self._pool_dropped)
+
+    # -- lifecycle (any thread) ---------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """``new``, ``running``, ``closing``, ``closed`` or ``broken``."""
+        return self._state
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The supervisor thread, once started."""
+        return self._thread
+
+    def start(self) -> None:
+        """Start the workers and the supervisor thread (once; later calls return).
+
+        Raises:
+            PoolClosed: the pool is shut down, or the interpreter is exiting.
+            PoolBroken: the pool is broken.
+        """
+        with self._lock:
+            if self._state == "running":
+                return
+            if self._state != "new":
+                raise self._closed_error()
+            if _interpreter_exiting:
+                raise PoolClosed(
+                    "the interpreter is shutting down: this CancelPool starts no workers now"
+                )
+            self._table = TokenTable.create(self._capacity)
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+            try:
+                for proc in self._workers:
+                    self._spawn(proc)
+            except BaseException:
+                self._kill_all()
+                self._close_resources()
+                self._state = "closed"
+                raise
+            self._state = "running"
+            self._add_spares()
+            self._thread = threading.Thread(
+                target=self._supervise, name="cancelpool-supervisor", daemon=True
+            )
+            self._thread.start()
+            _live.add(self)
+
+    def shutdown(self, wait: bool, *, cancel_pending: bool, cancel_running: bool) -> None:
+        """Stop accepting jobs; cancel some if asked; with ``wait``, join the thread."""
+        with self._lock:
+            if self._state == "new":
+                self._state = "closed"
+                return
+            if self._state == "running":
+                self._state = "closing"
+        if cancel_pending or cancel_running:
+            self.cancel_everything(
+                CancelationReason.MANUAL, "the pool shut down", queued_only=not cancel_running
+            )
+        with self._lock:  # not while the supervisor thread closes the wake pipe
+            self._wake()
+        thread = self._thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def terminate(self, message: str) -> None:
+        """Cancel every job and kill every worker now; join the supervisor thread."""
+        with self._lock:
+            if self._state == "new":
+                self._state = "closed"
+                return
+            if self._state == "running":
+                self._state = "closing"
+        self.cancel_everything(CancelationReason.MANUAL, message)
+        with self._lock:
+            for proc in (*self._workers, *self._spares):
+                if proc.alive and proc.process is not None and proc.process.exitcode is None:
+                    proc.forced_for = proc.forced_for or 0
+                    proc.process.kill()
+            self._wake()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _pool_dropped(self, _ref: object) -> None:
+        # The weakref callback: it runs in whatever thread let the pool go, possibly
+        # inside an allocation while that thread holds one of our locks; so it only
+        # sets a flag and wakes the supervisor thread, which does the shutting down.
+        self._dropped = True
+        with self._wake_guard:
+            self._wake()
+
+    def describe(self) -> str:
+        """The state and live job count, for the pool's repr."""
+        return f"{self._state} jobs={len(self._jobs)}"
+
+    # -- the caller's requests (any thread) -------------------------------------------------
+    def owns(self, handle: JobHandle[Any]) -> bool:
+        """Whether ``handle`` is a job of this pool."""
+        return handle._owner is self
+
+    def submit(
+        self,
+        fn: bytes,
+        args: bytes,
+        is_async: bool,
+        *,
+        name: str | None,
+        timeout: float | None,
+        metadata: dict[str, Any] | None,
+        parent: JobHandle[Any] | None,
+        retries: int,
+        cancel_grace: float | None,
+    ) -> JobHandle[Any]:
+        """Register a job (already pickled and validated) and queue or dispatch it."""
+        with self._lock:
+            return self._new_job(
+                fn,
+                args,
+                is_async,
+                name=name,
+                timeout=timeout,
+                metadata=metadata,
+                parent=parent,
+                retries=retries,
+                cancel_grace=cancel_grace,
+            )
+
+    def warm(self, function: bytes) -> None:
+        """A job function seen for the first time: the spares load it now."""
+        with self._lock:
+            self._warm_spares(function)
+
+    def get(self, job_id: int) -> JobHandle[Any] | None:
+        """The handle of a live or recently finished job, or None."""
+        with self._lock:
+            handle = self._jobs.get(job_id)
+            if handle is None:
+                for old in self._history:
+                    if old.id == job_id:
+                        return old
+            return handle
+
+    def every_job(self) -> list[JobHandle[Any]]:
+        """The finished jobs still in the history, then the live ones."""
+        with self._lock:
+            return list(self._history) + list(self._jobs.values())
+
+    def statistics(self) -> PoolStatistics:
+        """Counters: submitted, queued, running, completed, cancelled, failed, per worker."""
+        with self._lock:
+            running = sum(1 for h in self._jobs.values() if h._status is OperationStatus.RUNNING)
+            return PoolStatistics(
+                submitted=self._submitted,
+                queued=len(self._jobs) - running,
+                running=running,
+                completed=self._counts[OperationStatus.COMPLETED],
+                cancelled=self._counts[OperationStatus.CANCELLED],
+                failed=self._counts[OperationStatus.FAILED],
+                workers=tuple(
+                    WorkerStatistics(pid=p.pid, running=len(p.inflight), completed=p.completed)
+                    for p in self._workers
+                ),
+            )
+
+    def cancel_job(
+        self, handle: JobHandle[Any], reason: CancelationReason, message: str | None
+    ) -> bool:
+        """Cancel one job and its descendants; True while the cancellation is under way."""
+        if handle._owner is not self:
+            raise ValueError(f"{handle!r} belongs to another pool")
+        with self._lock:
+            live = handle.id in self._jobs
+            count, resolved = self._cancel_locked([handle], reason, message)
+        for queued in resolved:
+            self._resolve_cancelled(queued)
+        # True while the cancellation is under way (asked now or before), False once
+        # the job had ended anyway.
+        return count > 0 or (live and handle._cancel_reason is not None)
+
+    def cancel_matching(
+        self,
+        match: Callable[[str], Any] | None,
+        status: OperationStatus | None,
+        reason: CancelationReason,
+        message: str | None,
+    ) -> int:
+        """Cancel the live jobs whose name ``match`` accepts and whose status is
+        ``status`` (None: any); returns how many matched."""
+        with self._lock:
+            targets = [
+                handle
+                for handle in self._jobs.values()
+                if (match is None or (handle.name is not None and match(handle.name)))
+                and (status is None or handle._status is status)
+                and handle._cancel_reason is None
+            ]
+        return self._cancel_many(targets, reason, message)
+
+    def cancel_everything(
+        self, reason: CancelationReason, message: str, *, queued_only: bool = False
+    ) -> int:
+        """Cancel every live job (only the queued ones with ``queued_only``)."""
+        with self._lock:
+            targets = [
+                handle
+                for handle in self._jobs.values()
+                if handle._cancel_reason is None and (not queued_only or handle._slot is None)
+            ]
+        return self._cancel_many(targets, reason, message)
+
+    def _cancel_many(
+        self, handles: list[JobHandle[Any]], reason: CancelationReason, message: str | None
+    ) -> int:
+        with self._lock:
+            count, resolved = self._cancel_locked(handles, reason, message)
+        for handle in resolved:
+            self._resolve_cancelled(handle)
+        return count
 
     def _closed_error(self) -> PoolError:
         """The error submit() raises once the pool no longer accepts jobs."""
@@ -70,10 +354,11 @@ class Supervisor(WorkerSet):
         if self._table is not None:
             self._table.close()
             self._table = None
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                os.close(fd)
-        self._wake_r = self._wake_w = -1
+        with self._wake_guard:
+            for fd in (self._wake_r, self._wake_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
 
     # -- the loop ---------------------------------------------------------------------------------
     def _supervise(self) -> None:
@@ -93,11 +378,14 @@ class Supervisor(WorkerSet):
                 if self._state != "broken":
                     self._state = "closed"
                 self._idle.notify_all()
+            _live.discard(self)
 
     def _loop(self) -> None:
         stop_deadline: float | None = None
         while True:
             with self._lock:
+                if self._dropped and self._state == "running":
+                    self._state = "closing"  # the pool became garbage
                 if self._state in ("closing", "broken") and not self._jobs:
                     for proc in (*self._workers, *self._spares):
                         if proc.alive and not proc.stop_sent:
@@ -342,7 +630,7 @@ class Supervisor(WorkerSet):
         if self._state != "running":
             raise self._closed_error()
         handle: JobHandle[Any] = JobHandle(
-            self,  # type: ignore[arg-type]  # a Supervisor is always a CancelPool
+            self,
             next(self._ids),
             name,
             timeout,
@@ -788,3 +1076,44 @@ def _rss(pid: int) -> int:
         return int(psutil.Process(pid).memory_info().rss)
     except psutil.Error:
         return 0
+
+
+# The supervisors of pools started and not yet stopped, for the interpreter's exit (a
+# running supervisor is held by its thread, so a dropped pool's one is still here).
+_live: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+# Set once the interpreter has begun to exit: no pool starts workers from then on.
+_interpreter_exiting = False
+
+
+def _exiting_on_ctrl_c() -> bool:
+    # The interpreter stores the exception that ended the main module before it exits.
+    return isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+
+
+def _stop_live_pools() -> None:
+    """At interpreter exit: let the jobs of the pools still running finish, as
+    ``concurrent.futures`` does, then stop their workers.
+
+    A pool created with ``cancel_at_exit=True``, or every pool when the program ends
+    because of Ctrl-C, cancels its jobs first (reason SIGNAL). Ctrl-C while we wait
+    cancels what is left and kills the workers.
+    """
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    for sup in list(_live):
+        try:
+            if sup._settings.cancel_at_exit or _exiting_on_ctrl_c():
+                sup.cancel_everything(CancelationReason.SIGNAL, "the interpreter is exiting")
+            try:
+                sup.shutdown(True, cancel_pending=False, cancel_running=False)
+            except KeyboardInterrupt:
+                sup.cancel_everything(CancelationReason.SIGNAL, "Ctrl-C at interpreter exit")
+                sup.terminate("the pool was terminated: Ctrl-C at interpreter exit")
+        except Exception:
+            traceback.print_exc()
+
+
+# Run by threading._shutdown(), before atexit's handlers and before the interpreter
+# stops other threads, as concurrent.futures.process does: so the supervisor thread can
+# still resolve the handles, and a submit() in an atexit handler finds the flag set.
+threading._register_atexit(_stop_live_pools)  # type: ignore[attr-defined]
