@@ -273,7 +273,11 @@ class CancelPool(concurrent.futures.Executor):
             cancel_grace: this job's ``cancel_grace`` (see :class:`CancelPool`).
 
         Raises:
-            TypeError: ``fn`` or the arguments cannot be sent to a worker.
+            TypeError: ``fn`` is not callable, or another argument has a bad type.
+            pickle.PicklingError: ``fn`` or the arguments cannot be sent to a worker
+                (or whatever else pickle raised for them: a lock's ``TypeError``, a
+                local function's ``AttributeError``), chained to pickle's own error,
+                as ``concurrent.futures`` raises it.
             ValueError: a bad timeout, retries or cancel_grace.
             PoolClosed: the pool is shut down.
         """
