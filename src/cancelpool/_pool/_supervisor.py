@@ -52,7 +52,8 @@ from . import _protocol as proto
 from ._handle import JobHandle
 from ._payload import dump_error, dump_partial, load_error, load_partial, rewrap
 from ._statistics import PoolStatistics, WorkerStatistics
-from ._workers import BACKSTOP, FORCE, WORKER_EXIT_GRACE, WorkerProc, WorkerSet
+from ._wakeup import Wakeup
+from ._worker_set import BACKSTOP, FORCE, WORKER_EXIT_GRACE, WorkerProc, WorkerSet
 
 if TYPE_CHECKING:
     from ._settings import PoolSettings
@@ -113,11 +114,7 @@ class Supervisor(WorkerSet):
         self._table = None
         self._state = "new"
         self._thread: threading.Thread | None = None
-        self._wake_r = self._wake_w = -1
-        self._wake_pending = False
-        # Guards the wake pipe's closing against a wake-up from the weakref callback,
-        # which may run in any thread at any allocation and so takes no other lock.
-        self._wake_guard = threading.Lock()
+        self._wakeup = Wakeup()
         self._broken: PoolBroken | None = None
         self._dropped = False
         self._pool_ref = weakref.ref(pool, self._pool_dropped)
@@ -150,9 +147,7 @@ class Supervisor(WorkerSet):
                     "the interpreter is shutting down: this CancelPool starts no workers now"
                 )
             self._table = TokenTable.create(self._capacity)
-            self._wake_r, self._wake_w = os.pipe()
-            os.set_blocking(self._wake_r, False)
-            os.set_blocking(self._wake_w, False)
+            self._wakeup.open()
             try:
                 for proc in self._workers:
                     self._spawn(proc)
@@ -211,8 +206,7 @@ class Supervisor(WorkerSet):
         # inside an allocation while that thread holds one of our locks; so it only
         # sets a flag and wakes the supervisor thread, which does the shutting down.
         self._dropped = True
-        with self._wake_guard:
-            self._wake()
+        self._wakeup.wake_from_anywhere()
 
     def describe(self) -> str:
         """The state and live job count, for the pool's repr."""
@@ -354,11 +348,7 @@ class Supervisor(WorkerSet):
         if self._table is not None:
             self._table.close()
             self._table = None
-        with self._wake_guard:
-            for fd in (self._wake_r, self._wake_w):
-                if fd >= 0:
-                    os.close(fd)
-            self._wake_r = self._wake_w = -1
+        self._wakeup.close()
 
     # -- the loop ---------------------------------------------------------------------------------
     def _supervise(self) -> None:
@@ -400,7 +390,8 @@ class Supervisor(WorkerSet):
                 # replacement, whose new pipes can reuse the numbers of the old ones:
                 # an event is acted on only while its fd still means the same thing.
                 watched: dict[int, tuple[int, WorkerProc, Any]] = {}
-                readers = [self._wake_r]
+                wake_fd = self._wakeup.fd
+                readers = [wake_fd]
                 writers = []
                 for proc in self._workers:
                     if proc.alive:
@@ -426,8 +417,8 @@ class Supervisor(WorkerSet):
             # Outboxes first: what a worker said before it died is read before its death
             # is handled.
             for fd in sorted(readable, key=lambda fd: watched[fd][0] if fd in watched else _WAKE):
-                if fd == self._wake_r:
-                    self._drain_wake()
+                if fd == wake_fd:
+                    self._wakeup.drain()
                     with self._lock:
                         if self._queue:
                             self._dispatch_queue()

@@ -25,6 +25,7 @@ from ..shm import Doorbell, TableFull, TokenTable
 from . import _protocol as proto
 from . import _worker
 from ._handle import JobHandle
+from ._wakeup import Wakeup
 
 if TYPE_CHECKING:
     import multiprocessing.process
@@ -106,9 +107,7 @@ class WorkerSet:
     _counts: dict[OperationStatus, int]
     _table: TokenTable | None
     _state: str
-    _wake_r: int
-    _wake_w: int
-    _wake_pending: bool
+    _wakeup: Wakeup
     _broken: PoolBroken | None
     _settings: PoolSettings
     _concurrency: int
@@ -295,27 +294,9 @@ class WorkerSet:
             return
         del proc.write_buffer[:written]
 
-    # -- waking the supervisor thread ------------------------------------------------------
     def _wake(self) -> None:
-        """Make the supervisor thread run its loop once more (from any thread)."""
-        if self._wake_pending or self._wake_w < 0:
-            return
-        self._wake_pending = True
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        # Cleared only after the pipe is empty: a _wake() racing with us then either
-        # left its byte in the pipe or will write a new one. Cleared before reading,
-        # its byte could be read here while the flag stays set: no wake-up ever again.
-        self._wake_pending = False
+        """Make the supervisor thread run its loop once more (lock held)."""
+        self._wakeup.wake()
 
     def _add_timer(self, deadline: float, handle: JobHandle[Any], kind: int) -> None:
         """Arm a timer for the job's current attempt (lock held), waking the supervisor
