@@ -98,6 +98,10 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         *,
         retries: int = 0,
         cancel_grace: float | None = None,
+        fn: bytes = b"",
+        args: bytes = b"",
+        is_async: bool = True,
+        remote: tuple[int, int, int] | None = None,
     ) -> None:
         # The fields of Future.__init__, but with the pool's shared condition instead
         # of a new threading.Condition per job (a third of the cost of a submit).
@@ -126,11 +130,11 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         self.cancel_grace = cancel_grace
         self._worker: int | None = None
         self._slot: SlotRef | None = None
-        # The job as the workers get it (set when it is registered).
-        self._fn = b""
-        self._args = b""
-        self._is_async = True
-        self._remote: tuple[int, int, int] | None = None  # worker index, pid, request
+        # The job as the workers get it.
+        self._fn = fn
+        self._args = args
+        self._is_async = is_async
+        self._remote = remote  # a child job: its parent's worker index, pid, request
         self._checkpoint: bytes | None = None
         self._attempts = 1
         self._ended = False  # no more progress: the feeds are closed
@@ -138,6 +142,64 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         self.submitted_at = time.time()
         self.started_at: float | None = None
         self.ended_at: float | None = None
+
+    # -- the supervisor's side (its thread, or a caller's thread under the pool's lock) --------
+    # The only writers of a handle's state: the supervisor calls these, nobody else
+    # sets a handle's fields or Future's own.
+    def _set_running(self) -> None:
+        """The worker reported the job started (again, for a retried job)."""
+        self._status = OperationStatus.RUNNING
+        self.started_at = time.time()
+        if self._state == _PENDING:  # Future's transition once, not again on a retry
+            self.set_running_or_notify_cancel()
+
+    def _placed(self, slot: SlotRef, worker: int) -> None:
+        """The job was sent to worker ``worker`` with token slot ``slot``."""
+        self._slot = slot
+        self._worker = worker
+
+    def _requeue(self) -> None:
+        """Its worker died: back to the queue for a new attempt, from the start."""
+        self._slot = None
+        self._worker = None
+        self._status = OperationStatus.PENDING
+        self._attempts += 1  # the old attempt's timers no longer apply
+        self._checkpoint = None
+        self._partial = None
+        self.started_at = None
+
+    def _set_checkpoint(self, partial: bytes | None) -> None:
+        """The last partial result the job checkpointed (pickled)."""
+        self._checkpoint = partial
+
+    def _set_partial(self, partial: Any) -> None:
+        """The partial result its outcome will carry."""
+        self._partial = partial
+
+    def _mark_cancelled(self, reason: CancelationReason, message: str | None) -> None:
+        """Record why the job is (being) cancelled."""
+        self._cancel_reason = reason
+        self._cancel_message = message
+
+    def _claim_parent_notice(self) -> bool:
+        """True once: whether the parent job's worker is still to hear the outcome."""
+        if self._remote is None or self._told_parent:
+            return False
+        self._told_parent = True
+        return True
+
+    def _stamp_end(self) -> None:
+        """The time the outcome arrived (before it is unpickled)."""
+        self.ended_at = time.time()
+
+    def _close(self, status: OperationStatus) -> list[_ProgressFeed]:
+        """Record how the job ended (pool's lock held); returns the progress streams to
+        end. No progress is delivered from now on."""
+        self._status = status
+        self.ended_at = self.ended_at or time.time()
+        self._ended = True
+        feeds, self._feeds = self._feeds, None
+        return feeds or []
 
     # -- state ------------------------------------------------------------------------------
     @property

@@ -499,10 +499,7 @@ class Supervisor(WorkerSet):
                 if handle is None:
                     continue
                 if kind is proto.Started:
-                    handle._status = OperationStatus.RUNNING
-                    handle.started_at = time.time()
-                    if handle._state == "PENDING":  # not again for a retried job
-                        handle.set_running_or_notify_cancel()
+                    handle._set_running()
                 elif kind is proto.Progress:
                     progress.append((handle, message))
                     ancestor = handle.parent
@@ -518,7 +515,7 @@ class Supervisor(WorkerSet):
                             )
                         ancestor = ancestor.parent
                 elif kind is proto.Checkpoint:
-                    handle._checkpoint = message.partial
+                    handle._set_checkpoint(message.partial)
                 else:
                     self._retire(handle)
                     finished.append((handle, message))
@@ -629,9 +626,11 @@ class Supervisor(WorkerSet):
             parent,
             retries=retries,
             cancel_grace=cancel_grace,
+            fn=fn,
+            args=args,
+            is_async=is_async,
+            remote=remote,
         )
-        handle._fn, handle._args, handle._is_async = fn, args, is_async
-        handle._remote = remote
         if remote is not None:
             self._requests[remote] = handle
         self._jobs[handle.id] = handle
@@ -639,8 +638,9 @@ class Supervisor(WorkerSet):
         if parent is not None:
             if parent._cancel_reason is not None or parent.id not in self._jobs:
                 # A child of a cancelled or finished job never starts.
-                handle._cancel_reason = CancelationReason.PARENT
-                handle._cancel_message = f"parent job {parent.id} has already ended"
+                handle._mark_cancelled(
+                    CancelationReason.PARENT, f"parent job {parent.id} has already ended"
+                )
                 self._retire(handle)
                 self._resolve_cancelled(handle)
                 return handle
@@ -660,9 +660,8 @@ class Supervisor(WorkerSet):
     def _tell_parent(self, handle: JobHandle[Any], outcome: Any) -> None:
         """If a job submitted this one, post it the outcome (lock held), once."""
         remote = handle._remote
-        if remote is None or handle._told_parent:
+        if remote is None or not handle._claim_parent_notice():
             return
-        handle._told_parent = True
         target = self._workers[remote[0]]
         # Only to the very process that asked: a replacement worker in the same place
         # counts its requests from 1 again.
@@ -743,7 +742,7 @@ class Supervisor(WorkerSet):
                 logger.exception("cancelpool: a done callback of job %s failed", handle.id)
 
     def _resolve(self, handle: JobHandle[Any], message: Any) -> None:
-        handle.ended_at = time.time()
+        handle._stamp_end()
         kind = type(message)
         if kind is proto.Done:
             try:
@@ -759,11 +758,10 @@ class Supervisor(WorkerSet):
         elif kind is proto.Failed:
             self._set_failed(handle, load_error(message.error, message.traceback, handle.id))
         else:
-            handle._partial = load_partial(message.partial)
+            handle._set_partial(load_partial(message.partial))
             reason = CancelationReason(message.reason)
             if handle._cancel_reason is None or reason is not handle._cancel_reason:
-                handle._cancel_reason = reason
-                handle._cancel_message = message.message
+                handle._mark_cancelled(reason, message.message)
             self._resolve_cancelled(handle)
 
     def _set_failed(self, handle: JobHandle[Any], error: BaseException) -> None:
@@ -802,12 +800,9 @@ class Supervisor(WorkerSet):
         and a progress() starting now must see that the stream has ended.
         """
         with self._lock:
-            handle._status = status
-            handle.ended_at = handle.ended_at or time.time()
             self._counts[status] += 1
-            handle._ended = True
-            feeds, handle._feeds = handle._feeds, None
-        for feed in feeds or ():
+            feeds = handle._close(status)
+        for feed in feeds:
             feed.push(None)
 
     # -- cancelling (lock held) ---------------------------------------------------------------
@@ -824,8 +819,9 @@ class Supervisor(WorkerSet):
             if handle._cancel_reason is not None or handle.id not in self._jobs:
                 continue
             count += 1
-            handle._cancel_reason = reason
-            handle._cancel_message = message or f"job {handle.id} was cancelled ({reason.value})"
+            handle._mark_cancelled(
+                reason, message or f"job {handle.id} was cancelled ({reason.value})"
+            )
             if handle._slot is None:
                 # Still in our queue: it never starts. Resolved right here.
                 self._retire(handle)
@@ -898,7 +894,7 @@ class Supervisor(WorkerSet):
             proc.alive = False
             handles = [self._jobs[job] for job in proc.inflight if job in self._jobs]
             for handle in handles:
-                handle._partial = load_partial(handle._checkpoint)
+                handle._set_partial(load_partial(handle._checkpoint))
                 if handle._cancel_reason is not None:
                     self._retire(handle)
                     cancelled.append(handle)
@@ -928,13 +924,7 @@ class Supervisor(WorkerSet):
                 # Run it again from the start, on whichever worker is free first.
                 if handle._slot is not None and self._table is not None:
                     self._table.release(handle._slot)
-                handle._slot = None
-                handle._worker = None
-                handle._status = OperationStatus.PENDING
-                handle._attempts += 1  # the old attempt's timers no longer apply
-                handle._checkpoint = None
-                handle._partial = None
-                handle.started_at = None
+                handle._requeue()
                 self._queue.appendleft(handle)
             proc.inflight.clear()
             self._bury(proc)

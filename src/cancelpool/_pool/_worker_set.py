@@ -337,8 +337,7 @@ class WorkerSet:
                 if not proc.inflight:
                     proc.exclusive = False
                 continue
-            handle._slot = slot
-            handle._worker = proc.index
+            handle._placed(slot, proc.index)
             proc.inflight.add(handle.id)
             proc.dispatched += 1
             if handle.timeout is not None:
