@@ -21,7 +21,6 @@ killed; the other jobs of that worker end with ``WorkerLost`` (or run again, und
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 import math
 import os
@@ -50,6 +49,7 @@ from .._core._exceptions import (
 from ..shm import TokenTable
 from . import _protocol as proto
 from ._handle import JobHandle
+from ._job_table import JobTable
 from ._payload import dump_error, dump_partial, load_error, load_partial, rewrap
 from ._statistics import PoolStatistics, WorkerStatistics
 from ._wakeup import Wakeup
@@ -91,26 +91,14 @@ class Supervisor(WorkerSet):
         # Reentrant: concurrent.futures.wait() holds the conditions of all the futures
         # it waits for at once, and here they are one and the same.
         self._results = threading.Condition(threading.RLock())
-        self._idle = threading.Condition(self._lock)
         self._workers = [WorkerProc(index) for index in range(settings.workers)]
         self._spare_count = settings.spare_workers
         self._spares = []
         self._spares_starting = 0
         # Pickles of job functions seen so far, for spares to load in advance.
         self._warm_functions = deque(maxlen=64)
-        self._jobs = {}
-        self._queue = deque()
-        self._history = deque(maxlen=settings.history)
-        self._children_of = {}
-        self._requests = {}
-        self._ids = itertools.count(1)
+        self._job_table = JobTable(settings.history)
         self._timers = []
-        self._submitted = 0
-        self._counts = {
-            OperationStatus.COMPLETED: 0,
-            OperationStatus.CANCELLED: 0,
-            OperationStatus.FAILED: 0,
-        }
         self._table = None
         self._state = "new"
         self._thread: threading.Thread | None = None
@@ -210,7 +198,7 @@ class Supervisor(WorkerSet):
 
     def describe(self) -> str:
         """The state and live job count, for the pool's repr."""
-        return f"{self._state} jobs={len(self._jobs)}"
+        return f"{self._state} jobs={len(self._job_table.live)}"
 
     # -- the caller's requests (any thread) -------------------------------------------------
     def owns(self, handle: JobHandle[Any]) -> bool:
@@ -252,29 +240,25 @@ class Supervisor(WorkerSet):
     def get(self, job_id: int) -> JobHandle[Any] | None:
         """The handle of a live or recently finished job, or None."""
         with self._lock:
-            handle = self._jobs.get(job_id)
-            if handle is None:
-                for old in self._history:
-                    if old.id == job_id:
-                        return old
-            return handle
+            return self._job_table.find(job_id)
 
     def every_job(self) -> list[JobHandle[Any]]:
         """The finished jobs still in the history, then the live ones."""
         with self._lock:
-            return list(self._history) + list(self._jobs.values())
+            return self._job_table.every()
 
     def statistics(self) -> PoolStatistics:
         """Counters: submitted, queued, running, completed, cancelled, failed, per worker."""
         with self._lock:
-            running = sum(1 for h in self._jobs.values() if h._status is OperationStatus.RUNNING)
+            jobs = self._job_table
+            submitted, running, completed, cancelled, failed = jobs.counters()
             return PoolStatistics(
-                submitted=self._submitted,
-                queued=len(self._jobs) - running,
+                submitted=submitted,
+                queued=len(jobs.live) - running,
                 running=running,
-                completed=self._counts[OperationStatus.COMPLETED],
-                cancelled=self._counts[OperationStatus.CANCELLED],
-                failed=self._counts[OperationStatus.FAILED],
+                completed=completed,
+                cancelled=cancelled,
+                failed=failed,
                 workers=tuple(
                     WorkerStatistics(pid=p.pid, running=len(p.inflight), completed=p.completed)
                     for p in self._workers
@@ -288,7 +272,7 @@ class Supervisor(WorkerSet):
         if handle._owner is not self:
             raise ValueError(f"{handle!r} belongs to another pool")
         with self._lock:
-            live = handle.id in self._jobs
+            live = handle.id in self._job_table.live
             count, resolved = self._cancel_locked([handle], reason, message)
         for queued in resolved:
             self._resolve_cancelled(queued)
@@ -306,13 +290,7 @@ class Supervisor(WorkerSet):
         """Cancel the live jobs whose name ``match`` accepts and whose status is
         ``status`` (None: any); returns how many matched."""
         with self._lock:
-            targets = [
-                handle
-                for handle in self._jobs.values()
-                if (match is None or (handle.name is not None and match(handle.name)))
-                and (status is None or handle._status is status)
-                and handle._cancel_reason is None
-            ]
+            targets = self._job_table.select(match, status)
         return self._cancel_many(targets, reason, message)
 
     def cancel_everything(
@@ -320,11 +298,7 @@ class Supervisor(WorkerSet):
     ) -> int:
         """Cancel every live job (only the queued ones with ``queued_only``)."""
         with self._lock:
-            targets = [
-                handle
-                for handle in self._jobs.values()
-                if handle._cancel_reason is None and (not queued_only or handle._slot is None)
-            ]
+            targets = self._job_table.select(queued_only=queued_only)
         return self._cancel_many(targets, reason, message)
 
     def _cancel_many(
@@ -367,7 +341,6 @@ class Supervisor(WorkerSet):
                 self._close_resources()
                 if self._state != "broken":
                     self._state = "closed"
-                self._idle.notify_all()
             _live.discard(self)
 
     def _loop(self) -> None:
@@ -376,7 +349,7 @@ class Supervisor(WorkerSet):
             with self._lock:
                 if self._dropped and self._state == "running":
                     self._state = "closing"  # the pool became garbage
-                if self._state in ("closing", "broken") and not self._jobs:
+                if self._state in ("closing", "broken") and not self._job_table.live:
                     for proc in (*self._workers, *self._spares):
                         if proc.alive and not proc.stop_sent:
                             proc.stop_sent = True
@@ -420,7 +393,7 @@ class Supervisor(WorkerSet):
                 if fd == wake_fd:
                     self._wakeup.drain()
                     with self._lock:
-                        if self._queue:
+                        if self._job_table.queued:
                             self._dispatch_queue()
                     continue
                 entry = watched.get(fd)
@@ -478,7 +451,7 @@ class Supervisor(WorkerSet):
         resolved: list[JobHandle[Any]] = []
         broken: list[proto.InitFailed] = []
         with self._lock:
-            jobs = self._jobs
+            jobs = self._job_table.live
             for message in messages:
                 kind = type(message)
                 if kind is proto.SubmitChild:
@@ -490,7 +463,8 @@ class Supervisor(WorkerSet):
                     broken.append(message)
                     continue
                 if kind is proto.CancelChild:
-                    child = self._requests.get((proc.index, proc.pid or 0, message.request))
+                    key = (proc.index, proc.pid or 0, message.request)
+                    child = self._job_table.by_request(key)
                     if child is not None:
                         reason = CancelationReason.MANUAL
                         resolved += self._cancel_locked([child], reason, message.message)[1]
@@ -523,7 +497,7 @@ class Supervisor(WorkerSet):
                 self._post(proc, proto.ChildRefused(request, dump_error(error)))
             if finished:
                 resolved += self._after_finish(proc, finished)
-            if self._queue:
+            if self._job_table.queued:
                 self._dispatch_queue()
             self._send_posts()
         for handle, message in progress:
@@ -582,7 +556,7 @@ class Supervisor(WorkerSet):
         """
         resolved: list[JobHandle[Any]] = []
         for handle, message in finished:
-            if handle.id in self._children_of:
+            if self._job_table.has_children(handle.id):
                 resolved += self._cascade(handle, _how_it_ended(message))
             self._tell_parent(handle, message)
         proc.tasks += len(finished)
@@ -619,7 +593,7 @@ class Supervisor(WorkerSet):
             raise self._closed_error()
         handle: JobHandle[Any] = JobHandle(
             self,
-            next(self._ids),
+            self._job_table.next_id(),
             name,
             timeout,
             metadata,
@@ -631,12 +605,9 @@ class Supervisor(WorkerSet):
             is_async=is_async,
             remote=remote,
         )
-        if remote is not None:
-            self._requests[remote] = handle
-        self._jobs[handle.id] = handle
-        self._submitted += 1
+        self._job_table.register(handle)
         if parent is not None:
-            if parent._cancel_reason is not None or parent.id not in self._jobs:
+            if parent._cancel_reason is not None or parent.id not in self._job_table.live:
                 # A child of a cancelled or finished job never starts.
                 handle._mark_cancelled(
                     CancelationReason.PARENT, f"parent job {parent.id} has already ended"
@@ -644,15 +615,15 @@ class Supervisor(WorkerSet):
                 self._retire(handle)
                 self._resolve_cancelled(handle)
                 return handle
-            self._children_of.setdefault(parent.id, []).append(handle)
+            self._job_table.adopt(parent, handle)
         proc = self._pick_worker(not is_async)
-        if proc is not None and not proc.inflight and not self._queue:
+        if proc is not None and not proc.inflight and not self._job_table.queued:
             # An idle worker: write now, for the lowest latency.
             self._dispatch(proc, [handle])
         else:
             # Busy workers: the supervisor thread sends queued jobs in batches, one
             # frame (one write, one wake-up of the worker) per batch.
-            self._queue.append(handle)
+            self._job_table.queued.append(handle)
             if proc is not None:
                 self._wake()
         return handle
@@ -669,7 +640,7 @@ class Supervisor(WorkerSet):
             self._post(target, proto.ChildOutcome(remote[2], outcome))
 
     def _submit_child(self, proc: WorkerProc, message: proto.SubmitChild) -> BaseException | None:
-        parent = self._jobs.get(message.parent)
+        parent = self._job_table.live.get(message.parent)
         if parent is None or parent._cancel_reason is not None:
             return JobCancelled(
                 CancelationReason.PARENT,
@@ -695,7 +666,7 @@ class Supervisor(WorkerSet):
 
     def _retire(self, handle: JobHandle[Any]) -> None:
         """Forget a live job (lock held): free its slot and its worker's place."""
-        self._jobs.pop(handle.id, None)
+        self._job_table.retire(handle)
         if handle._slot is not None and self._table is not None:
             self._table.release(handle._slot)
         if handle._worker is not None:
@@ -704,21 +675,6 @@ class Supervisor(WorkerSet):
             if not proc.inflight:
                 proc.exclusive = False
             proc.completed += 1
-        parent = handle.parent
-        if parent is not None:
-            siblings = self._children_of.get(parent.id)
-            if siblings is not None:
-                try:
-                    siblings.remove(handle)
-                except ValueError:
-                    pass
-                if not siblings:
-                    del self._children_of[parent.id]
-        if handle._remote is not None:
-            self._requests.pop(handle._remote, None)
-        self._history.append(handle)
-        if not self._jobs:
-            self._idle.notify_all()
 
     # -- resolving handles (outside the lock) --------------------------------------------------
     def _resolve_guarded(self, handle: JobHandle[Any], message: Any) -> None:
@@ -800,7 +756,7 @@ class Supervisor(WorkerSet):
         and a progress() starting now must see that the stream has ended.
         """
         with self._lock:
-            self._counts[status] += 1
+            self._job_table.count_end(status)
             feeds = handle._close(status)
         for feed in feeds:
             feed.push(None)
@@ -816,7 +772,7 @@ class Supervisor(WorkerSet):
         now = time.monotonic()
         table = self._table
         for handle in handles:
-            if handle._cancel_reason is not None or handle.id not in self._jobs:
+            if handle._cancel_reason is not None or handle.id not in self._job_table.live:
                 continue
             count += 1
             handle._mark_cancelled(
@@ -834,7 +790,7 @@ class Supervisor(WorkerSet):
                 if grace is None:
                     grace = self._cancel_grace
                 self._add_timer(now + grace, handle, FORCE)
-            if handle.id in self._children_of:
+            if self._job_table.has_children(handle.id):
                 resolved.extend(self._cascade(handle, f"was cancelled ({reason.value})"))
         for index in bells:
             bell = self._workers[index].bell
@@ -844,7 +800,7 @@ class Supervisor(WorkerSet):
 
     def _cascade(self, parent: JobHandle[Any], what: str) -> list[JobHandle[Any]]:
         """Cancel every live descendant of ``parent`` with reason PARENT (lock held)."""
-        children = list(self._children_of.get(parent.id, ()))
+        children = self._job_table.children_of(parent.id)
         if not children:
             return []
         message = f"parent job {parent.id} ({parent.name or '-'}) {what}"
@@ -860,7 +816,7 @@ class Supervisor(WorkerSet):
         with self._lock:
             while self._timers and self._timers[0][0] <= now:
                 _, job, attempt, kind = heapq.heappop(self._timers)
-                handle = self._jobs.get(job)
+                handle = self._job_table.live.get(job)
                 if handle is None or handle._attempts != attempt:
                     continue
                 if kind == BACKSTOP:
@@ -892,7 +848,9 @@ class Supervisor(WorkerSet):
         lost: list[tuple[JobHandle[Any], BaseException]] = []
         with self._lock:
             proc.alive = False
-            handles = [self._jobs[job] for job in proc.inflight if job in self._jobs]
+            handles = [
+                self._job_table.live[job] for job in proc.inflight if job in self._job_table.live
+            ]
             for handle in handles:
                 handle._set_partial(load_partial(handle._checkpoint))
                 if handle._cancel_reason is not None:
@@ -925,24 +883,24 @@ class Supervisor(WorkerSet):
                 if handle._slot is not None and self._table is not None:
                     self._table.release(handle._slot)
                 handle._requeue()
-                self._queue.appendleft(handle)
+                self._job_table.queued.appendleft(handle)
             proc.inflight.clear()
             self._bury(proc)
             # Replaced while the pool runs, and while jobs still wait for a worker
             # (during shutdown too: they must be able to finish): by a spare that is
             # already running if there is one, else by a new process.
-            needed = self._state == "running" or bool(self._queue)
+            needed = self._state == "running" or bool(self._job_table.queued)
             if needed and self._take_spare(proc.index) is None:
                 try:
                     self._spawn(proc)
                 except Exception:
                     logger.exception("cancelpool: could not start a replacement worker")
-            if self._queue:
+            if self._job_table.queued:
                 if any(p.alive for p in self._workers):
                     self._dispatch_queue()
                 else:
-                    stranded = [h for h in self._queue if h.id in self._jobs]
-                    self._queue.clear()
+                    stranded = [h for h in self._job_table.queued if h.id in self._job_table.live]
+                    self._job_table.queued.clear()
                     for handle in stranded:
                         self._retire(handle)
                         lost.append(
@@ -984,13 +942,13 @@ class Supervisor(WorkerSet):
     def _fail_everything(self, why: PoolBroken) -> None:
         """Fail every job the pool holds with ``why`` (the supervisor cannot go on)."""
         with self._lock:
-            handles = list(self._jobs.values())
+            handles = list(self._job_table.live.values())
             for handle in handles:
                 try:
                     self._retire(handle)
                 except BaseException:
                     logger.exception("cancelpool: could not retire job %s", handle.id)
-            self._queue.clear()
+            self._job_table.queued.clear()
         for handle in handles:
             if handle.done():
                 continue

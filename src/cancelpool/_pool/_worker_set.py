@@ -15,16 +15,15 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from .._core._enums import OperationStatus
 from .._core._exceptions import PoolBroken
 from ..shm import Doorbell, TableFull, TokenTable
 from . import _protocol as proto
 from . import _worker
 from ._handle import JobHandle
+from ._job_table import JobTable
 from ._wakeup import Wakeup
 
 if TYPE_CHECKING:
@@ -94,17 +93,13 @@ class WorkerSet:
     """
 
     _lock: threading.RLock
-    _idle: threading.Condition
     _workers: list[WorkerProc]
     _spares: list[WorkerProc]
     _spare_count: int
     _spares_starting: int
     _warm_functions: deque[bytes]
-    _jobs: dict[int, JobHandle[Any]]
-    _queue: deque[JobHandle[Any]]
-    _history: deque[JobHandle[Any]]
+    _job_table: JobTable
     _timers: list[tuple[float, int, int, int]]
-    _counts: dict[OperationStatus, int]
     _table: TokenTable | None
     _state: str
     _wakeup: Wakeup
@@ -116,10 +111,6 @@ class WorkerSet:
     _cancel_grace: float
     _max_tasks: int | None
     _max_memory: int | None
-    _children_of: dict[int, list[JobHandle[Any]]]
-    _requests: dict[tuple[int, int, int], JobHandle[Any]]
-    _ids: Iterator[int]
-    _submitted: int
 
     # -- workers ------------------------------------------------------------------------------
     def _spawn(self, proc: WorkerProc) -> None:
@@ -333,7 +324,7 @@ class WorkerSet:
             try:
                 slot = self._table.allocate(parent_slot)
             except TableFull:
-                self._queue.appendleft(handle)
+                self._job_table.queued.appendleft(handle)
                 if not proc.inflight:
                     proc.exclusive = False
                 continue
@@ -370,12 +361,12 @@ class WorkerSet:
         placed, so that the workers drain and it gets one.
         """
         batches: dict[int, list[JobHandle[Any]]] = {}
-        queue = self._queue
+        queue = self._job_table.queued
         waiting: list[JobHandle[Any]] = []
         now = time.time()
         while queue:
             handle = queue.popleft()
-            if handle._cancel_reason is not None or handle.id not in self._jobs:
+            if handle._cancel_reason is not None or handle.id not in self._job_table.live:
                 continue
             exclusive = not handle._is_async
             proc = self._pick_worker(exclusive)
