@@ -1,21 +1,27 @@
-"""The supervisor thread: everything the pool does that is not a caller's call.
+"""The supervisor: everything the pool does that is not a caller's call.
 
 ::
 
-    caller threads                supervisor thread                 worker processes
-    --------------                -----------------                 ----------------
-    submit()  --(lock)-->  registry, queue, dispatch  --inbox pipe-->  Run, Child*
+    CancelPool (facade)  --holds-->  Supervisor  --weakref-->  CancelPool
+                                      |  owns: JobTable (jobs), WorkerSet (processes),
+                                      |        Wakeup (self-pipe), TokenTable, timers
+    caller threads                    supervisor thread                worker processes
+    --------------                    -----------------                ----------------
+    submit()  --(lock)-->  JobTable.register, dispatch  --inbox pipe-->  Run, Child*
     cancel()  --(lock)-->  token table slot := CANCELLED  (shared memory, read at once)
-                           doorbell.ring()  ------------------------>  wakes the loop
-                           select(): outbox pipes  <---------------  Started/Done/...
-                                     process sentinels  <----------  a worker died
-                                     wake pipe  <-- callers           (queue, timers)
-                                     timers: timeout backstops, forced stops
-    handle.result()  <---  Future resolved, progress callbacks run
+                           doorbell.ring()  ---------------------------->  wakes the loop
+                           poll(): outbox pipes  <-------------------  Started/Done/...
+                                   process sentinels  <--------------  a worker died
+                                   Wakeup pipe  <-- callers, the pool's weakref callback
+                                   timers: timeout backstops, forced stops
+    handle.result()  <---  JobHandle resolved (only here), progress callbacks run
 
-A job that ignores its cancellation for ``cancel_grace`` seconds gets its worker
-killed; the other jobs of that worker end with ``WorkerLost`` (or run again, under
-``retries``). A worker that dies on its own fails only its own jobs and is replaced.
+The supervisor is the only code that resolves handles; it writes a handle's state only
+through the handle's own methods. A job that ignores its cancellation for
+``cancel_grace`` seconds gets its worker killed; the other jobs of that worker end with
+``WorkerLost`` (or run again, under ``retries``). A worker that dies on its own fails
+only its own jobs and is replaced. A pool that becomes garbage is shut down: the
+weakref's callback wakes the thread, which stops as ``shutdown(wait=False)`` would.
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ import threading
 import time
 import traceback
 import weakref
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -46,14 +51,14 @@ from .._core._exceptions import (
     WorkerCrashed,
     WorkerKilled,
 )
-from ..shm import TokenTable
+from ..shm import TableFull, TokenTable
 from . import _protocol as proto
 from ._handle import JobHandle
 from ._job_table import JobTable
 from ._payload import dump_error, dump_partial, load_error, load_partial, rewrap
 from ._statistics import PoolStatistics, WorkerStatistics
 from ._wakeup import Wakeup
-from ._worker_set import BACKSTOP, FORCE, WORKER_EXIT_GRACE, WorkerProc, WorkerSet
+from ._worker_set import WORKER_EXIT_GRACE, WorkerProc, WorkerSet
 
 if TYPE_CHECKING:
     from ._settings import PoolSettings
@@ -63,12 +68,22 @@ logger = logging.getLogger("cancelpool")
 #: Minimum seconds between two RSS readings of one worker (``max_memory_per_worker``):
 #: a reading costs tens of microseconds, so not after every job.
 MEMORY_CHECK_INTERVAL = 0.2
+#: Extra time the supervisor gives a job past its timeout before it cancels the job
+#: itself (the worker enforces timeouts precisely; this only catches a worker whose
+#: loop is blocked). Shorter fires spuriously on a loaded machine; longer stops late.
+BACKSTOP_MARGIN = 0.25
+#: Seconds a plain (sync) function may wait for an idle worker while async jobs queued
+#: after it are placed on busy ones. Longer favours throughput, shorter the function.
+SYNC_PATIENCE = 0.5
+# The kinds of supervisor timers.
+BACKSTOP = 0
+FORCE = 1
 #: Bytes asked for per read of a worker's outbox: a pipe's capacity. os.read allocates
 #: the whole size before it shrinks the result, so a larger ask costs every small read.
 _READ_SIZE = 1 << 16
 
 
-class Supervisor(WorkerSet):
+class Supervisor:
     """Runs one pool: its jobs, its workers and the thread that talks to them.
 
     :class:`CancelPool` is the facade the caller sees; it holds this object, and this
@@ -79,9 +94,6 @@ class Supervisor(WorkerSet):
 
     def __init__(self, settings: PoolSettings, pool: object) -> None:
         self._settings = settings
-        self._mp = settings.context
-        self._concurrency = settings.concurrency
-        self._use_uvloop = settings.use_uvloop
         self._cancel_grace = settings.cancel_grace
         self._max_tasks = settings.max_tasks_per_child
         self._max_memory = settings.max_memory_per_worker
@@ -91,23 +103,25 @@ class Supervisor(WorkerSet):
         # Reentrant: concurrent.futures.wait() holds the conditions of all the futures
         # it waits for at once, and here they are one and the same.
         self._results = threading.Condition(threading.RLock())
-        self._workers = [WorkerProc(index) for index in range(settings.workers)]
-        self._spare_count = settings.spare_workers
-        self._spares = []
-        self._spares_starting = 0
-        # Pickles of job functions seen so far, for spares to load in advance.
-        self._warm_functions = deque(maxlen=64)
         self._job_table = JobTable(settings.history)
-        self._timers = []
-        self._table = None
+        self._table: TokenTable | None = None
         self._state = "new"
         self._thread: threading.Thread | None = None
         self._wakeup = Wakeup()
+        self._ws = WorkerSet(settings, self._lock, self._wakeup, self._is_running)
+        self._timers: list[tuple[float, int, int, int]] = []
         self._broken: PoolBroken | None = None
         self._dropped = False
         self._pool_ref = weakref.ref(pool, self._pool_dropped)
 
     # -- lifecycle (any thread) ---------------------------------------------------------------
+    def _is_running(self) -> bool:
+        return self._state == "running"
+
+    def _wake(self) -> None:
+        """Make the supervisor thread run its loop once more (lock held)."""
+        self._wakeup.wake()
+
     @property
     def state(self) -> str:
         """``new``, ``running``, ``closing``, ``closed`` or ``broken``."""
@@ -134,18 +148,18 @@ class Supervisor(WorkerSet):
                 raise PoolClosed(
                     "the interpreter is shutting down: this CancelPool starts no workers now"
                 )
-            self._table = TokenTable.create(self._capacity)
+            self._table = self._ws.table = TokenTable.create(self._capacity)
             self._wakeup.open()
             try:
-                for proc in self._workers:
-                    self._spawn(proc)
+                for proc in self._ws.procs:
+                    self._ws.spawn(proc)
             except BaseException:
-                self._kill_all()
+                self._ws.kill_all()
                 self._close_resources()
                 self._state = "closed"
                 raise
             self._state = "running"
-            self._add_spares()
+            self._ws.add_spares()
             self._thread = threading.Thread(
                 target=self._supervise, name="cancelpool-supervisor", daemon=True
             )
@@ -180,7 +194,7 @@ class Supervisor(WorkerSet):
                 self._state = "closing"
         self.cancel_everything(CancelationReason.MANUAL, message)
         with self._lock:
-            for proc in (*self._workers, *self._spares):
+            for proc in (*self._ws.procs, *self._ws.spares):
                 if proc.alive and proc.process is not None and proc.process.exitcode is None:
                     proc.forced_for = proc.forced_for or 0
                     proc.process.kill()
@@ -235,7 +249,7 @@ class Supervisor(WorkerSet):
     def warm(self, function: bytes) -> None:
         """A job function seen for the first time: the spares load it now."""
         with self._lock:
-            self._warm_spares(function)
+            self._ws.warm(function)
 
     def get(self, job_id: int) -> JobHandle[Any] | None:
         """The handle of a live or recently finished job, or None."""
@@ -261,7 +275,7 @@ class Supervisor(WorkerSet):
                 failed=failed,
                 workers=tuple(
                     WorkerStatistics(pid=p.pid, running=len(p.inflight), completed=p.completed)
-                    for p in self._workers
+                    for p in self._ws.procs
                 ),
             )
 
@@ -321,7 +335,7 @@ class Supervisor(WorkerSet):
     def _close_resources(self) -> None:
         if self._table is not None:
             self._table.close()
-            self._table = None
+            self._table = self._ws.table = None
         self._wakeup.close()
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -336,7 +350,7 @@ class Supervisor(WorkerSet):
                 self._broken.__cause__ = exc
             self._fail_everything(self._broken)
         finally:
-            self._kill_all()
+            self._ws.kill_all()
             with self._lock:
                 self._close_resources()
                 if self._state != "broken":
@@ -350,11 +364,11 @@ class Supervisor(WorkerSet):
                 if self._dropped and self._state == "running":
                     self._state = "closing"  # the pool became garbage
                 if self._state in ("closing", "broken") and not self._job_table.live:
-                    for proc in (*self._workers, *self._spares):
+                    for proc in (*self._ws.procs, *self._ws.spares):
                         if proc.alive and not proc.stop_sent:
                             proc.stop_sent = True
-                            self._write(proc, proto.frame([proto.Stop()]))
-                    if not any(proc.alive for proc in (*self._workers, *self._spares)):
+                            self._ws.write(proc, proto.frame([proto.Stop()]))
+                    if not any(proc.alive for proc in (*self._ws.procs, *self._ws.spares)):
                         return
                     if stop_deadline is None:
                         stop_deadline = time.monotonic() + WORKER_EXIT_GRACE
@@ -366,7 +380,7 @@ class Supervisor(WorkerSet):
                 wake_fd = self._wakeup.fd
                 readers = [wake_fd]
                 writers = []
-                for proc in self._workers:
+                for proc in self._ws.procs:
                     if proc.alive:
                         watched[proc.out_fd] = (_OUTBOX, proc, proc.process)
                         watched[proc.sentinel] = (_SENTINEL, proc, proc.process)
@@ -374,7 +388,7 @@ class Supervisor(WorkerSet):
                         readers.append(proc.sentinel)
                         if proc.write_buffer:
                             writers.append(proc.in_fd)
-                for proc in self._spares:
+                for proc in self._ws.spares:
                     if proc.alive:
                         watched[proc.sentinel] = (_SPARE, proc, proc.process)
                         readers.append(proc.sentinel)
@@ -385,7 +399,7 @@ class Supervisor(WorkerSet):
                     deadline = stop_deadline if deadline is None else min(deadline, stop_deadline)
             readable, writable = _wait(readers, writers, deadline)
             if stop_deadline is not None and time.monotonic() >= stop_deadline:
-                self._kill_all()  # workers that ignored Stop
+                self._ws.kill_all()  # workers that ignored Stop
                 return
             # Outboxes first: what a worker said before it died is read before its death
             # is handled.
@@ -411,11 +425,96 @@ class Supervisor(WorkerSet):
                     self._worker_died(proc)
             if writable:
                 with self._lock:
-                    for proc in (*self._workers, *self._spares):
+                    for proc in (*self._ws.procs, *self._ws.spares):
                         if proc.alive and proc.in_fd in writable and proc.write_buffer:
-                            self._flush(proc)
+                            self._ws.flush(proc)
             if self._timers and self._timers[0][0] <= time.monotonic():
                 self._fire_timers()
+
+    # -- dispatching (lock held) ----------------------------------------------------------
+    def _add_timer(self, deadline: float, handle: JobHandle[Any], kind: int) -> None:
+        """Arm a timer for the job's current attempt (lock held), waking the supervisor
+        thread if it is the earliest."""
+        earliest = self._timers[0][0] if self._timers else None
+        heapq.heappush(self._timers, (deadline, handle.id, handle._attempts, kind))
+        if earliest is None or deadline < earliest:
+            self._wake()
+
+    def _dispatch(self, proc: WorkerProc, handles: list[JobHandle[Any]]) -> None:
+        """Send jobs to a worker (lock held): allocate their slots, write one frame."""
+        assert self._table is not None
+        messages = []
+        for handle in handles:
+            parent = handle.parent
+            parent_slot = parent._slot if parent is not None and not parent.done() else None
+            try:
+                slot = self._table.allocate(parent_slot)
+            except TableFull:
+                self._job_table.queued.appendleft(handle)
+                if not proc.inflight:
+                    proc.exclusive = False
+                continue
+            handle._placed(slot, proc.index)
+            proc.inflight.add(handle.id)
+            proc.dispatched += 1
+            if handle.timeout is not None:
+                # Armed now, not when the job reports it started: a worker whose
+                # loop is blocked reports nothing, and that is the case to catch.
+                deadline = time.monotonic() + handle.timeout + BACKSTOP_MARGIN
+                self._add_timer(deadline, handle, BACKSTOP)
+            if not handle._is_async:
+                proc.exclusive = True
+            messages.append(
+                proto.Run(
+                    handle.id,
+                    slot.index,
+                    slot.generation,
+                    handle._fn,
+                    handle._args,
+                    handle.name,
+                    handle.timeout,
+                    handle._is_async,
+                )
+            )
+        if messages:
+            self._ws.write(proc, proto.frame(messages))
+
+    def _dispatch_queue(self) -> None:
+        """Move queued jobs to workers with room (lock held), one frame per worker.
+
+        A plain function waiting for an idle worker does not hold up the async jobs
+        behind it, unless it has waited longer than SYNC_PATIENCE: then nothing more is
+        placed, so that the workers drain and it gets one.
+        """
+        batches: dict[int, list[JobHandle[Any]]] = {}
+        queue = self._job_table.queued
+        waiting: list[JobHandle[Any]] = []
+        now = time.time()
+        while queue:
+            handle = queue.popleft()
+            if handle._cancel_reason is not None or handle.id not in self._job_table.live:
+                continue
+            exclusive = not handle._is_async
+            proc = self._ws.pick(exclusive)
+            if proc is None:
+                waiting.append(handle)
+                if not exclusive or now - handle.submitted_at > SYNC_PATIENCE:
+                    break
+                continue
+            batch = batches.setdefault(proc.index, [])
+            batch.append(handle)
+            # Count it now so that the next pick sees this worker's new load.
+            proc.inflight.add(handle.id)
+            proc.dispatched += 1
+            if exclusive:
+                proc.exclusive = True
+        queue.extendleft(reversed(waiting))
+        for index, batch in batches.items():
+            proc = self._ws.procs[index]
+            for handle in batch:
+                proc.inflight.discard(handle.id)
+                proc.dispatched -= 1  # _dispatch counts it for good
+            self._dispatch(proc, batch)
 
     # -- reading from workers ---------------------------------------------------------------------
     def _read(self, proc: WorkerProc) -> None:
@@ -481,8 +580,8 @@ class Supervisor(WorkerSet):
                         if ancestor._worker is not None and not ancestor.done():
                             # Each ancestor job's own callbacks, in its worker, hear it
                             # too (bubbling, as in one process).
-                            self._post(
-                                self._workers[ancestor._worker],
+                            self._ws.post(
+                                self._ws.procs[ancestor._worker],
                                 proto.ChildProgress(
                                     ancestor.id, handle.id, message.message, message.metadata
                                 ),
@@ -494,12 +593,12 @@ class Supervisor(WorkerSet):
                     self._retire(handle)
                     finished.append((handle, message))
             for request, error in refused:
-                self._post(proc, proto.ChildRefused(request, dump_error(error)))
+                self._ws.post(proc, proto.ChildRefused(request, dump_error(error)))
             if finished:
                 resolved += self._after_finish(proc, finished)
             if self._job_table.queued:
                 self._dispatch_queue()
-            self._send_posts()
+            self._ws.send_posts()
         for handle, message in progress:
             try:
                 metadata = _decode_metadata(message.metadata)
@@ -541,7 +640,7 @@ class Supervisor(WorkerSet):
             self._broken.__cause__ = cause
             if self._state in ("running", "closing"):
                 self._state = "broken"
-            for other in (*self._workers, *self._spares):
+            for other in (*self._ws.procs, *self._ws.spares):
                 if other.alive and other.process is not None and other.process.exitcode is None:
                     other.process.kill()
         self._fail_everything(self._broken)
@@ -570,7 +669,7 @@ class Supervisor(WorkerSet):
                     proc.retiring = True
         if proc.retiring and not proc.inflight and not proc.stop_sent:
             proc.stop_sent = True
-            self._post(proc, proto.Stop())
+            self._ws.post(proc, proto.Stop())
         return resolved
 
     # -- registering jobs (lock held) -------------------------------------------------------
@@ -616,7 +715,7 @@ class Supervisor(WorkerSet):
                 self._resolve_cancelled(handle)
                 return handle
             self._job_table.adopt(parent, handle)
-        proc = self._pick_worker(not is_async)
+        proc = self._ws.pick(not is_async)
         if proc is not None and not proc.inflight and not self._job_table.queued:
             # An idle worker: write now, for the lowest latency.
             self._dispatch(proc, [handle])
@@ -633,11 +732,11 @@ class Supervisor(WorkerSet):
         remote = handle._remote
         if remote is None or not handle._claim_parent_notice():
             return
-        target = self._workers[remote[0]]
+        target = self._ws.procs[remote[0]]
         # Only to the very process that asked: a replacement worker in the same place
         # counts its requests from 1 again.
         if target.alive and target.pid == remote[1]:
-            self._post(target, proto.ChildOutcome(remote[2], outcome))
+            self._ws.post(target, proto.ChildOutcome(remote[2], outcome))
 
     def _submit_child(self, proc: WorkerProc, message: proto.SubmitChild) -> BaseException | None:
         parent = self._job_table.live.get(message.parent)
@@ -661,7 +760,7 @@ class Supervisor(WorkerSet):
             cancel_grace=None,
             remote=(proc.index, proc.pid or 0, message.request),
         )
-        self._post(proc, proto.ChildAccepted(message.request, handle.id))
+        self._ws.post(proc, proto.ChildAccepted(message.request, handle.id))
         return None
 
     def _retire(self, handle: JobHandle[Any]) -> None:
@@ -670,7 +769,7 @@ class Supervisor(WorkerSet):
         if handle._slot is not None and self._table is not None:
             self._table.release(handle._slot)
         if handle._worker is not None:
-            proc = self._workers[handle._worker]
+            proc = self._ws.procs[handle._worker]
             proc.inflight.discard(handle.id)
             if not proc.inflight:
                 proc.exclusive = False
@@ -725,7 +824,7 @@ class Supervisor(WorkerSet):
             outcome = proto.Failed(handle.id, dump_error(error), "")
             with self._lock:
                 self._tell_parent(handle, outcome)
-                self._send_posts()
+                self._ws.send_posts()
         self._close(handle, OperationStatus.FAILED)
         handle.set_exception(error)
 
@@ -737,7 +836,7 @@ class Supervisor(WorkerSet):
             outcome = proto.Cancelled(handle.id, reason.value, message, partial, False)
             with self._lock:
                 self._tell_parent(handle, outcome)
-                self._send_posts()
+                self._ws.send_posts()
         self._close(handle, OperationStatus.CANCELLED)
         error = JobCancelled(
             reason,
@@ -793,7 +892,7 @@ class Supervisor(WorkerSet):
             if self._job_table.has_children(handle.id):
                 resolved.extend(self._cascade(handle, f"was cancelled ({reason.value})"))
         for index in bells:
-            bell = self._workers[index].bell
+            bell = self._ws.procs[index].bell
             if bell is not None:
                 bell.ring()
         return count, resolved
@@ -827,7 +926,7 @@ class Supervisor(WorkerSet):
                 backstops, CancelationReason.TIMEOUT, "the job ran past its timeout"
             )
             for handle in forced:
-                proc = self._workers[handle._worker]  # type: ignore[index]
+                proc = self._ws.procs[handle._worker]  # type: ignore[index]
                 if proc.alive and proc.process is not None and proc.forced_for is None:
                     # It ignored its cancellation for the whole grace period.
                     proc.forced_for = handle.id
@@ -885,18 +984,18 @@ class Supervisor(WorkerSet):
                 handle._requeue()
                 self._job_table.queued.appendleft(handle)
             proc.inflight.clear()
-            self._bury(proc)
+            self._ws.bury(proc)
             # Replaced while the pool runs, and while jobs still wait for a worker
             # (during shutdown too: they must be able to finish): by a spare that is
             # already running if there is one, else by a new process.
             needed = self._state == "running" or bool(self._job_table.queued)
-            if needed and self._take_spare(proc.index) is None:
+            if needed and self._ws.take_spare(proc.index) is None:
                 try:
-                    self._spawn(proc)
+                    self._ws.spawn(proc)
                 except Exception:
                     logger.exception("cancelpool: could not start a replacement worker")
             if self._job_table.queued:
-                if any(p.alive for p in self._workers):
+                if any(p.alive for p in self._ws.procs):
                     self._dispatch_queue()
                 else:
                     stranded = [h for h in self._job_table.queued if h.id in self._job_table.live]
@@ -921,21 +1020,21 @@ class Supervisor(WorkerSet):
             self._set_failed(handle, error)
         if self._state == "closing":
             self._wake()
-        if self._spare_count:
+        if self._settings.spare_workers:
             # Last: starting a process takes milliseconds, and the jobs come first.
             with self._lock:
-                self._add_spares()
+                self._ws.add_spares()
 
     def _spare_died(self, spare: WorkerProc) -> None:
         """A spare exited (asked to at shutdown, or killed): forget it, start another."""
         with self._lock:
-            if spare not in self._spares:
+            if spare not in self._ws.spares:
                 return  # it replaced a worker meanwhile: its death is a worker's death
-            self._spares.remove(spare)
+            self._ws.spares.remove(spare)
             if spare.process is not None:
                 spare.process.join(0)
-            self._bury(spare)
-            self._add_spares()
+            self._ws.bury(spare)
+            self._ws.add_spares()
         if self._state == "closing":
             self._wake()
 
