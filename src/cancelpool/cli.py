@@ -782,7 +782,8 @@ def db_upgrade(db: Path | str | None) -> None:
         if store.kind == "sqlite":
             click.echo(f"queue {visible(str(queue.path))}: schema version 1 (SQLite)")
             return
-        before, now = store.upgrade()
+        now = store.upgrade()[1]
+        before = store.found_version
         said = "already at" if before == now else "created at"
         click.echo(f"queue {visible(str(queue.path))}: schema {store.schema} {said} version {now}")
 

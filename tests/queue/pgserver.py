@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 PASSWORD = "s3cret-pw"  # trust auth ignores it; tests check it is never printed
 USER = "cancelpool"
@@ -60,6 +61,7 @@ class PgServer:
             shutil.chown(self.sock, "postgres", "postgres")
             self._as = ["runuser", "-u", "postgres", "--"]
         self._count = 0
+        self._log: Any = None
 
     def _run(self, *cmd: str) -> None:
         subprocess.run([*self._as, *cmd], check=True, capture_output=True, timeout=120)
@@ -78,6 +80,7 @@ class PgServer:
                 "UTF8",
                 "--locale=C",
             )
+        self._log = open(self.root / "log.txt", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [
                 *self._as,
@@ -100,7 +103,7 @@ class PgServer:
                 "max_connections=300",
             ],
             stdout=subprocess.DEVNULL,
-            stderr=open(self.root / "log.txt", "ab"),  # noqa: SIM115 - closed with the process
+            stderr=self._log,
             stdin=subprocess.DEVNULL,
         )
         import psycopg
@@ -164,6 +167,9 @@ class PgServer:
                 self.proc.kill()
                 self.proc.wait(30)
         self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def restart(self) -> None:
         self.stop()

@@ -11,9 +11,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import psutil
 import pytest
 from pgserver import PASSWORD, PgServer
 from qhelpers import BACKSTOP, Runner, ServerProc, env, wait_for, wait_status
@@ -26,6 +24,17 @@ pytestmark = pytest.mark.pg_only
 T = "qtasks_pg"
 
 
+def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``python -m cancelpool.cli ARGV...`` as given (for verbs of groups: ``db upgrade``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cancelpool.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=BACKSTOP,
+    )
+
+
 def lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
@@ -35,7 +44,8 @@ def test_state_machine_table_is_closed_and_final_states_have_no_exit(store_kind:
     for status in JobStatus:
         if status.finished:
             assert not TRANSITIONS[status]
-    assert allowed("queued", "running") and not allowed("completed", "running")
+    assert allowed("queued", "running")
+    assert not allowed("completed", "running")
     assert sources("completed") == ("running",)
     assert set(sources("cancelled")) == {"queued", "running"}
 
@@ -51,17 +61,19 @@ def test_password_is_never_printed(db: str, cli: Runner, pg_server: PgServer) ->
         cli("nodes"),
         cli("nodes", "--json"),
         cli("result", "999"),
-        cli("db", "upgrade"),
+        run_cli("db", "upgrade", "--db", db),
     ]
     with Queue(db) as q:
-        assert PASSWORD not in repr(q) and PASSWORD not in str(q.path)
+        assert PASSWORD not in repr(q)
+        assert PASSWORD not in str(q.path)
     dead = db.replace(f":{pg_server.port}/", f":{_closed_port()}/")
     outputs.append(Runner(dead)("ls"))  # type: ignore[arg-type]
     outputs.append(Runner(dead)("serve", "--allow", "x:*"))  # type: ignore[arg-type]
     for out in outputs:
         assert PASSWORD not in out.stdout + out.stderr, out
         assert "Traceback" not in out.stderr, out
-    assert outputs[-1].returncode == 1 and "cannot be reached" in outputs[-1].stderr
+    assert outputs[-1].returncode == 1
+    assert "cannot be reached" in outputs[-1].stderr
 
 
 def _closed_port() -> int:
@@ -74,44 +86,60 @@ def _closed_port() -> int:
 
 def test_db_upgrade_schema_and_missing_queue(db: str, cli: Runner) -> None:
     out = cli("ls", "--pg-schema", "other")
-    assert out.returncode == 3 and "db upgrade" in out.stderr, out
-    first = cli("db", "upgrade", "--pg-schema", "other")
-    assert first.returncode == 0 and "created at version 1" in first.stdout, first
-    again = cli("db", "upgrade", "--pg-schema", "other")
-    assert again.returncode == 0 and "already at version 1" in again.stdout, again
-    assert cli("submit", "cancelpool.demo_tasks:add", "[1, 2]", "--pg-schema", "other").returncode == 0
+    assert out.returncode == 3, out
+    assert "db upgrade" in out.stderr
+    first = run_cli("db", "upgrade", "--db", db, "--pg-schema", "other")
+    assert first.returncode == 0, first
+    assert "created at version 1" in first.stdout
+    again = run_cli("db", "upgrade", "--db", db, "--pg-schema", "other")
+    assert again.returncode == 0, again
+    assert "already at version 1" in again.stdout
+    assert (
+        cli("submit", "cancelpool.demo_tasks:add", "[1, 2]", "--pg-schema", "other").returncode == 0
+    )
     with Queue(db, pg_schema="other") as other:
         assert len(other.list()) == 1
     with Queue(db) as default:
         assert default.list() == []  # schemas are separate queues
     bad = cli("ls", "--pg-schema", "x; DROP TABLE jobs")
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
 
 
 def test_two_nodes_racing_never_start_a_job_twice(
     db: str, queue: Queue, start_server: Callable[..., ServerProc], tmp_path: Path
 ) -> None:
     log = tmp_path / "runs.log"
+    release = tmp_path / "release"
+    a = start_server("--node-name", "a", "--concurrency", "4", allow=(f"{T}:*",))
+    b = start_server("--node-name", "b", "--concurrency", "4", allow=(f"{T}:*",))
+    # Eight holders fill both nodes (four each), so both take part; then a burst.
+    held = [queue.submit(f"{T}:hold_until", str(log), f"h{i}", str(release)) for i in range(8)]
+    wait_for(lambda: len(lines(log)) == 8, "both nodes to fill up")
     ids = [queue.submit(f"{T}:run_once", str(log), f"j{i}") for i in range(300)]
-    a = start_server("--node-name", "a", "--concurrency", "8", allow=(f"{T}:*",))
-    b = start_server("--node-name", "b", "--concurrency", "8", allow=(f"{T}:*",))
-    for job_id in ids:
+    release.touch()
+    for job_id in held + ids:
         assert queue.wait(job_id, timeout=BACKSTOP).status is JobStatus.COMPLETED
     runs = Counter(lines(log))
-    assert len(runs) == 300 and set(runs.values()) == {1}, runs.most_common(3)
+    assert len(runs) == 308
+    assert set(runs.values()) == {1}, runs.most_common(3)
     owners = Counter(job.owner for job in queue.list())
-    assert len(owners) == 2, owners  # both nodes took part
-    assert a.stop() == 0 and b.stop() == 0
+    assert len(owners) == 2, owners
+    assert a.stop() == 0
+    assert b.stop() == 0
 
 
-def test_nodes_lists_live_nodes(db: str, cli: Runner, start_server: Callable[..., ServerProc]) -> None:
+def test_nodes_lists_live_nodes(
+    db: str, cli: Runner, start_server: Callable[..., ServerProc]
+) -> None:
     server = start_server("--node-name", "east-1")
     out = cli("nodes", "--json")
     assert out.returncode == 0, out
     nodes = json.loads(out.stdout)["nodes"]
     assert [(n["pid"], n["label"], n["running"]) for n in nodes] == [(server.pid, "east-1", 0)]
     text = cli("nodes").stdout
-    assert "east-1" in text and str(server.pid) in text
+    assert "east-1" in text
+    assert str(server.pid) in text
     assert server.stop() == 0
     assert json.loads(cli("nodes", "--json").stdout)["nodes"] == []
 
@@ -123,9 +151,7 @@ def _three_nodes_holding(
         start_server("--node-name", f"n{i}", "--concurrency", str(n), allow=(f"{T}:*",))
         for i in range(3)
     ]
-    ids = [
-        queue.submit(f"{T}:hold", str(log), f"h{i}", name=f"user_42_{i}") for i in range(3 * n)
-    ]
+    ids = [queue.submit(f"{T}:hold", str(log), f"h{i}", name=f"user_42_{i}") for i in range(3 * n)]
     wait_for(lambda: len(lines(log)) == 3 * n, "every job to start")
     return servers, ids
 
@@ -137,12 +163,12 @@ def test_pattern_cancel_reaches_jobs_on_all_nodes(
     servers, ids = _three_nodes_holding(queue, start_server, log, 2)
     owners = {queue.get(i).owner for i in ids}  # type: ignore[union-attr]
     assert len(owners) == 3, owners
-    other = queue.submit(f"{T}:hold", str(log), "other", name="user_7_x")
-    wait_for(lambda: "other" in lines(log), "the other job to start")
+    other = queue.submit(f"{T}:hold", str(log), "other", name="user_7_x")  # queued: full
     assert queue.cancel_all("user_42_*") == 6
     for job_id in ids:
         job = wait_status(queue, job_id, "cancelled")
         assert job.partial_result == {"tag": f"h{ids.index(job_id)}"}
+    wait_for(lambda: "other" in lines(log), "the job the pattern left out to start")
     assert queue.get(other).status is JobStatus.RUNNING  # type: ignore[union-attr]
     for server in servers:
         assert server.stop() == 0
@@ -166,7 +192,10 @@ def test_parent_cancel_cascades_across_nodes(
 
 
 def test_cancel_without_notification_arrives_by_poll(
-    db: str, queue: Queue, start_server: Callable[..., ServerProc], tmp_path: Path,
+    db: str,
+    queue: Queue,
+    start_server: Callable[..., ServerProc],
+    tmp_path: Path,
     pg_server: PgServer,
 ) -> None:
     import psycopg
@@ -178,7 +207,9 @@ def test_cancel_without_notification_arrives_by_poll(
     # Cut the listener off, and write the request as a client whose NOTIFY was lost.
     assert pg_server.kill_connections(db, None) >= 1
     with psycopg.connect(db, autocommit=True, options="-c search_path=cancelpool") as conn:
-        conn.execute("UPDATE jobs SET cancel_requested = 1, cancel_message = 'lost' WHERE id = %s", (job,))
+        conn.execute(
+            "UPDATE jobs SET cancel_requested = 1, cancel_message = 'lost' WHERE id = %s", (job,)
+        )
     assert wait_status(queue, job, "cancelled").cancel_message == "lost"
     assert server.stop() == 0
 
@@ -213,7 +244,10 @@ def test_sigkill_of_a_node_its_jobs_recovered_by_another(
 
 
 def test_postgres_restart_mid_batch_nothing_lost_or_doubled(
-    db: str, queue: Queue, start_server: Callable[..., ServerProc], tmp_path: Path,
+    db: str,
+    queue: Queue,
+    start_server: Callable[..., ServerProc],
+    tmp_path: Path,
     pg_server: PgServer,
 ) -> None:
     log = tmp_path / "runs.log"
@@ -228,7 +262,8 @@ def test_postgres_restart_mid_batch_nothing_lost_or_doubled(
         for job_id in first + rest:
             assert again.wait(job_id, timeout=BACKSTOP).status is JobStatus.COMPLETED
     runs = Counter(lines(log))
-    assert len(runs) == 100 and set(runs.values()) == {1}
+    assert len(runs) == 100
+    assert set(runs.values()) == {1}
     for server in servers:
         assert server.proc.poll() is None, server.output()
         assert server.stop() == 0

@@ -256,6 +256,8 @@ class PostgresStore:
 
     def _prepare(self, create: bool) -> None:
         version = self._schema_version()
+        #: The schema version found on opening (None: there was no queue).
+        self.found_version = None if version is None else int(version)
         if version is None:
             if not create:
                 raise QueueFileError(
