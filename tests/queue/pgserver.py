@@ -146,15 +146,16 @@ class PgServer:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     def kill_connections(self, url: str, application_name: str | None = None) -> int:
-        """Terminate the backends on ``url``'s database (optionally one application)."""
+        """Terminate the backends on ``url``'s database (optionally those whose
+        application name starts with ``application_name``)."""
         import psycopg
 
         name = url.rsplit("/", 1)[1]
         query = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
         params: list[str] = [name]
         if application_name is not None:
-            query += " AND application_name = %s"
-            params.append(application_name)
+            query += " AND application_name LIKE %s"
+            params.append(application_name + "%")
         with psycopg.connect(self.admin_url(), autocommit=True) as conn:
             return len(conn.execute(query, params).fetchall())
 

@@ -204,8 +204,9 @@ def test_cancel_without_notification_arrives_by_poll(
     server = start_server(allow=(f"{T}:*",))
     job = queue.submit(f"{T}:hold", str(log), "x")
     wait_for(lambda: "x" in lines(log), "the job to start")
-    # Cut the listener off, and write the request as a client whose NOTIFY was lost.
-    assert pg_server.kill_connections(db, None) >= 1
+    # Cut the node's connections off (its listener too), and write the request as a
+    # client whose NOTIFY was lost: only the node's poll can find it.
+    assert pg_server.kill_connections(db, "cancelpool-serve-") >= 1
     with psycopg.connect(db, autocommit=True, options="-c search_path=cancelpool") as conn:
         conn.execute(
             "UPDATE jobs SET cancel_requested = 1, cancel_message = 'lost' WHERE id = %s", (job,)
