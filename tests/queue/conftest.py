@@ -76,6 +76,7 @@ def db(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Itera
         return
     server: PgServer = request.getfixturevalue("pg_server")
     url = server.new_db()
+    Queue(url).close()  # an empty queue (its schema), as a first SQLite open leaves one
     yield url
     server.drop_db(url)
 

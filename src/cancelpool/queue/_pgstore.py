@@ -853,8 +853,8 @@ class PostgresStore:
             dead = cur.fetchall()
             for node in dead:
                 note = (
-                    f"server {node['id']} (pid {node['pid']} on {node['host']}) stopped "
-                    "renewing its lease while running it"
+                    f"server {node['id']} (pid {node['pid']} on {node['host']}) died "
+                    "(its lease expired) while running it"
                 )
                 cur.execute(
                     f"UPDATE jobs SET status = 'cancelled', ended_at = {_NOW}, "
