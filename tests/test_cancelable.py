@@ -330,7 +330,9 @@ async def test_outside_cancel_with_monitored_source_still_settles() -> None:
     # The source monitors run in a task group that must wind down without swallowing
     # the outside cancellation or skipping the bookkeeping.
     with anyio.CancelScope() as outer:
-        async with Cancelable.with_condition(lambda: False, check_interval=0.001) as op:
+        async with Cancelable.with_condition(
+            lambda: False, check_interval=0.001, register=True
+        ) as op:
             outer.cancel()
             await anyio.sleep(FOREVER)
     assert outer.cancelled_caught
@@ -681,7 +683,7 @@ async def test_thread_safe_registry_cancel_operation_from_thread(
         results.append(ThreadSafeRegistry().cancel_operation(op_id, "user asked"))
 
     with anyio.fail_after(BACKSTOP), pytest.raises(ManualCancelation, match="user asked"):
-        async with Cancelable(name="job") as op:
+        async with Cancelable(name="job", register=True) as op:
             thread = start_thread(cancel, op.context.id)
             await anyio.sleep(FOREVER)
     thread.join(BACKSTOP)  # the wake-up may beat the thread's own bookkeeping
@@ -698,7 +700,7 @@ async def test_thread_safe_registry_cancel_all_by_pattern_from_thread(
 
     async def job(name: str) -> None:
         try:
-            async with Cancelable(name=name):
+            async with Cancelable(name=name, register=True):
                 started[name].set()
                 await anyio.sleep(FOREVER)
         except ManualCancelation:

@@ -133,6 +133,9 @@ _NEW, _RUNNING, _CLOSING, _CLOSED = "new", "running", "closing", "closed"
 # Running bridges, innermost (most recently entered) last: the module-level
 # ``call_soon_threadsafe`` uses the last one.
 _running: list[AnyioBridge] = []
+# The get_instance() singletons, per class (a subclass gets its own).
+_instance: dict[type[AnyioBridge], AnyioBridge] = {}
+_instance_lock = threading.Lock()
 _running_lock = threading.Lock()
 
 
@@ -180,6 +183,45 @@ class AnyioBridge:
         self._started = 0
         self._failed = 0
         self._running_calls = 0
+        self._stop: anyio.Event | None = None
+
+    @classmethod
+    def get_instance(cls) -> AnyioBridge:
+        """The process-wide bridge (the seed library's singleton), made on first use.
+
+        A bridge is single-use: once the shared one has been stopped, the next call
+        makes a fresh one.
+        """
+        with _instance_lock:
+            instance = _instance.get(cls)
+            if instance is None or instance._state in (_CLOSING, _CLOSED):
+                instance = _instance[cls] = cls()
+            return instance
+
+    async def start(self) -> None:
+        """Run the bridge until :meth:`stop` (the seed library's way to run one).
+
+        Run it in a task group (``tg.start_soon(bridge.start)``): it returns when
+        :meth:`stop` is called, having run every call accepted before; cancelling
+        it (the task group's scope) drops the queued calls instead, as leaving an
+        ``async with`` with an exception does. Calls queued before it started run
+        first.
+        """
+        stop = self._stop = anyio.Event()
+        async with self:
+            await stop.wait()
+
+    async def stop(self) -> None:
+        """Ask a bridge running :meth:`start` to finish; a checkpoint. No-op otherwise."""
+        stop = self._stop
+        if stop is not None:
+            stop.set()
+        await anyio.lowlevel.checkpoint()
+
+    @property
+    def is_started(self) -> bool:
+        """The seed library's name for :attr:`is_running`."""
+        return self.is_running
 
     @property
     def buffer_size(self) -> int:
@@ -215,12 +257,13 @@ class AnyioBridge:
 
         Raises:
             queue.Full: ``buffer_size`` calls are already waiting.
-            RuntimeError: the bridge is not running (not entered yet, or left).
+            RuntimeError: the bridge has been left (closed). Before it starts, calls
+                are queued and run once it does.
         """
         if not callable(fn):
             raise TypeError(f"call_soon_threadsafe() needs a callable, not {fn!r}")
         with self._lock:
-            if self._state != _RUNNING:
+            if self._state not in (_NEW, _RUNNING):
                 raise RuntimeError(self._not_running_message())
             if len(self._queue) >= self._buffer_size:
                 raise queue.Full(
@@ -229,6 +272,10 @@ class AnyioBridge:
                     f"or create the bridge with a larger buffer_size."
                 )
             self._queue.append((fn, args))
+            if self._state == _NEW:
+                # Not started: kept (bounded by buffer_size) and run once it starts, as
+                # the seed library does.
+                return
             wake = not self._wake_pending
             self._wake_pending = True
         if wake:

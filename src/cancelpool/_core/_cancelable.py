@@ -153,7 +153,13 @@ class _OperationToken(CancelationToken):
 
 
 class _Shield:
-    """Protects a block from cancellation; the operation reports SHIELDED meanwhile."""
+    """Protects a block from cancellation; the operation reports SHIELDED meanwhile.
+
+    A cancellation that lands inside the block (a ``cancel()``, a token, a deadline
+    passing) is not forgotten: the async form checkpoints at its exit, so it is
+    raised there; the sync form cannot await, so it tells the operation, whose exit
+    then delivers it even if no await follows the block.
+    """
 
     __slots__ = ("_op", "_previous", "_scope")
 
@@ -162,12 +168,12 @@ class _Shield:
         self._scope = anyio.CancelScope(shield=True)
         self._previous = op.context.status
 
-    def __enter__(self) -> anyio.CancelScope:
+    def _enter(self) -> None:
         self._previous = self._op.context.status
         self._op.context.status = OperationStatus.SHIELDED
-        return self._scope.__enter__()
+        self._scope.__enter__()
 
-    def __exit__(
+    def _exit(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
@@ -175,10 +181,36 @@ class _Shield:
     ) -> bool:
         if self._op.context.status is OperationStatus.SHIELDED:
             self._op.context.status = self._previous
+        # Whatever landed meanwhile must be delivered after the block, checkpoint or not.
+        self._op._shield_exited = True
         return bool(self._scope.__exit__(exc_type, exc, tb))
 
-    async def __aenter__(self) -> anyio.CancelScope:
-        return self.__enter__()
+    def __enter__(self) -> anyio.CancelScope:
+        self._enter()
+        return self._scope
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return self._exit(exc_type, exc, tb)
+
+    async def __aenter__(self) -> Cancelable:
+        """Enter; yields a tracking operation for the block (status SHIELDED).
+
+        The tracking operation is not entered and never cancelled by this one: it is
+        for progress reports and inspection (its ``parent_id`` names this operation).
+        """
+        self._enter()
+        op = self._op
+        tracker = Cancelable(
+            f"{op.context.name}_shielded", metadata={"shielded": True}, register=False
+        )
+        tracker.context.parent_id = op.context.id
+        tracker.context.status = OperationStatus.SHIELDED
+        return tracker
 
     async def __aexit__(
         self,
@@ -186,7 +218,12 @@ class _Shield:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        return self.__exit__(exc_type, exc, tb)
+        swallowed = self._exit(exc_type, exc, tb)
+        if exc is None:
+            # A cancellation requested inside the block (or a deadline that passed in
+            # it) is raised here, as the seed library does.
+            await self._op._deliver_after_shield()
+        return swallowed
 
 
 class Cancelable:
@@ -208,7 +245,10 @@ class Cancelable:
             raises :class:`ParentCancelation` (and carries the parent's deadline).
         operation_id: the id to use instead of a fresh UUID.
         metadata: free-form data kept on the context.
-        register: list the operation in :class:`OperationRegistry` while it runs.
+        register: list the operation in :class:`OperationRegistry` while it runs (and
+            in its bounded history after). Off by default: an operation nobody asked
+            to track costs the registry nothing.
+        register_globally: the seed library's name for ``register``.
 
     A ``Cancelable`` is single-use: enter it once.
     """
@@ -230,6 +270,7 @@ class Cancelable:
         "_reason",
         "_register",
         "_scope",
+        "_shield_exited",
         "_sources",
         "_task",
         "_tg",
@@ -246,8 +287,11 @@ class Cancelable:
         parent: Cancelable | None = None,
         operation_id: str | None = None,
         metadata: dict[str, Any] | None = None,
-        register: bool = True,
+        register: bool = False,
+        register_globally: bool | None = None,
     ) -> None:
+        if register_globally is not None:  # the seed library's spelling
+            register = register_globally
         if parent is not None and not isinstance(parent, Cancelable):
             raise TypeError(f"parent must be a Cancelable, not {type(parent).__name__}")
         if name is not None and not isinstance(name, str):
@@ -269,6 +313,7 @@ class Cancelable:
         self._progress: list[ProgressCallback] | None = None
         self._hooks: dict[str, list[StatusCallback]] | None = None
         self._nested = False
+        self._shield_exited = False
         self._entered = False
         self._done = False
         self._task: object = None
@@ -604,7 +649,18 @@ class Cancelable:
     ) -> bool:
         scope = self._scope
         if scope is None or self._done:
-            raise RuntimeError("Cancelable.__aexit__() called without a matching __aenter__()")
+            # As the seed library does: an exit without a matching entry (or a second
+            # exit) changes nothing and lets whatever is propagating through.
+            logger.debug("cancelpool: %r exited without a matching entry; ignored", self)
+            return False
+        if exc is None and self._shield_exited:
+            # A shield ended in this block and no await may have followed it: deliver a
+            # cancellation that landed in it now, inside our scope, so that it is not
+            # forgotten (the operation ends CANCELLED with its reason, not COMPLETED).
+            try:
+                await self._deliver_after_shield()
+            except anyio.get_cancelled_exc_class() as cancelled:
+                exc, exc_type, tb = cancelled, type(cancelled), cancelled.__traceback__
         self._done = True
         if self._tokens:
             for token in self._tokens:
@@ -864,6 +920,14 @@ class Cancelable:
         if not self._done and self._scope is not None and not self._scope.cancel_called:
             self._scope.cancel()
             self._after_reason()
+
+    async def _deliver_after_shield(self) -> None:
+        # asyncio runs a task's next step before a timer that came due meanwhile, so a
+        # bare checkpoint would let a deadline that passed in the shield slip by. The
+        # token reads the deadline (ours or an ancestor's) from the clock and cancels
+        # its owner first; the checkpoint then delivers it.
+        self.token.is_cancelled  # noqa: B018
+        await anyio.lowlevel.checkpoint()
 
     # -- helpers for the body ----------------------------------------------------------------
     def shield(self) -> _Shield:

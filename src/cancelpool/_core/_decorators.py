@@ -238,13 +238,13 @@ def cancelable(
     timeout: float | timedelta | None = None,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
-    register: bool = True,
+    register: bool = False,
 ) -> AsyncDecorator: ...
 def cancelable(
     timeout: Any = None,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
-    register: bool = True,
+    register: bool = False,
 ) -> Any:
     """Run every call of the decorated async function in its own new operation.
 
@@ -295,7 +295,7 @@ def cancelable_with_token(
     *,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
-    register: bool = True,
+    register: bool = False,
 ) -> AsyncDecorator:
     """Run every call in a new operation that ``token`` cancels (from any thread).
 
@@ -324,7 +324,7 @@ def cancelable_with_signal(
     *signals: int,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
-    register: bool = True,
+    register: bool = False,
 ) -> AsyncDecorator:
     """Run every call in a new operation cancelled when one of ``signals`` arrives.
 
@@ -352,7 +352,7 @@ def cancelable_with_condition(
     *,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
-    register: bool = True,
+    register: bool = False,
 ) -> AsyncDecorator:
     """Run every call in a new operation cancelled once ``condition()`` is true.
 
@@ -460,7 +460,7 @@ def cancelable_combine(
     *cancelables: Cancelable,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
-    register: bool = True,
+    register: bool = False,
 ) -> AsyncDecorator:
     """Run every call in a new operation cancelled by ANY source of ``cancelables``.
 
@@ -535,13 +535,13 @@ def cancelable_method(
     timeout: float | timedelta | None = None,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
-    register: bool = True,
+    register: bool = False,
 ) -> MethodDecorator: ...
 def cancelable_method(
     timeout: Any = None,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
-    register: bool = True,
+    register: bool = False,
 ) -> Any:
     """:func:`cancelable` for methods: the operation is named ``ClassName.method``.
 
@@ -612,7 +612,7 @@ def with_cancelable(
     Args:
         cancelable_instance: the operation to lend.
         inject: also pass it as the keyword argument ``inject_param``; the function
-            must then declare that parameter (or ``**kwargs``).
+            a function that declares neither it nor ``**kwargs`` is called without it.
         inject_param: the parameter name used when ``inject`` is true.
     """
     if not isinstance(cancelable_instance, Cancelable):
@@ -623,12 +623,9 @@ def with_cancelable(
 
     def decorate(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         _require_async(fn, "with_cancelable")
+        # A function without the parameter (nor **kwargs) is called without it, as in
+        # the seed library: the operation is still its current operation.
         inj = _plan_injection(fn, inject_param, "with_cancelable") if inject else None
-        if inject and inj is None:
-            raise TypeError(
-                f"@with_cancelable(inject=True) passes the operation as {inject_param!r}, "
-                f"but {_label(fn)} has no such parameter (nor **kwargs)."
-            )
 
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -680,8 +677,8 @@ def with_current_operation(inject_param: Any = "operation") -> Any:
                 await operation.report_progress("helping")
 
     Creates no operation and changes nothing about cancellation. Works for sync and
-    async functions; a value the caller passes explicitly is kept. The function must
-    declare the parameter (or ``**kwargs``), else :class:`TypeError` at decoration.
+    async functions; a value the caller passes explicitly is kept. A function that
+    declares neither the parameter nor ``**kwargs`` is returned unchanged.
     ``@with_current_operation`` without parentheses works too.
     """
     if callable(inject_param):
@@ -692,11 +689,9 @@ def with_current_operation(inject_param: Any = "operation") -> Any:
             raise TypeError(f"@with_current_operation decorates a function, not {fn!r}")
         inj = _plan_injection(fn, inject_param, "with_current_operation")
         if inj is None:
-            raise TypeError(
-                f"@with_current_operation passes the operation as {inject_param!r}, but "
-                f"{_label(fn)} has no such parameter (nor **kwargs); add "
-                f"`{inject_param}: Cancelable | None = None`."
-            )
+            # No such parameter (nor **kwargs): nothing to inject; the function is
+            # returned as it is, as the seed library calls it unchanged.
+            return fn
         if is_async_callable(fn):
             async_fn: Callable[P, Awaitable[Any]] = fn  # type: ignore[assignment]
 

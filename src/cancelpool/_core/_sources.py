@@ -183,7 +183,9 @@ class ConditionSource(CancelationSource):
     """Fires when ``condition()`` returns a true value, checked every ``check_interval``.
 
     The condition may be sync or async. A sync condition runs on the event loop, so it
-    must be quick; pass ``run_in_thread=True`` for a check that blocks.
+    must be quick; pass ``run_in_thread=True`` for a check that blocks. A check that
+    raises is logged (``cancelpool`` logger) and tried again at the next interval: it
+    neither fires the source nor stops the operation.
     """
 
     reason = CancelationReason.CONDITION
@@ -218,7 +220,18 @@ class ConditionSource(CancelationSource):
         return bool(result)
 
     async def monitor(self) -> None:
-        while not await self._check():
+        while True:
+            try:
+                if await self._check():
+                    break
+            except Exception:
+                # As the seed library does: a check that raises is logged and the
+                # condition is checked again; a flaky sensor does not stop the work.
+                logger.exception(
+                    "cancelpool: condition %r raised; checking it again in %gs",
+                    self.condition_name,
+                    self.check_interval,
+                )
             await anyio.sleep(self.check_interval)
         self.message = f"condition {self.condition_name!r} met"
 
