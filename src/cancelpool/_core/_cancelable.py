@@ -631,9 +631,36 @@ class Cancelable:
             token.add_listener(self._on_token)
         if self._sources:
             self._start_sources()
+            if any(source.uses_seed_protocol for source in self._sources):
+                await self._start_seed_sources(scope)
         if self._hooks:
             await self._run_hooks("start")
         return self
+
+    async def _start_seed_sources(self, scope: anyio.CancelScope) -> None:
+        # Sources written for the seed library watch on their own, inside our scope.
+        for source in self._sources:
+            if source.uses_seed_protocol:
+                source.set_cancel_callback(self._on_seed_source)
+                await source.start_monitoring(scope)
+
+    def _on_seed_source(self, reason: CancelationReason, message: str) -> None:
+        if self._handle is not None:
+            self._handle.call(self._trigger, reason, message or None)
+
+    async def _stop_seed_sources(self) -> BaseException | None:
+        """Stop the seed-protocol sources; returns a cancellation that arrived meanwhile."""
+        pending: BaseException | None = None
+        for source in self._sources:
+            if not source.uses_seed_protocol:
+                continue
+            try:
+                await source.stop_monitoring()
+            except anyio.get_cancelled_exc_class() as cancelled:
+                pending = cancelled
+            except Exception:
+                logger.exception("cancelpool: stop_monitoring() of source %s failed", source.name)
+        return pending
 
     def _start_sources(self) -> None:
         for source in self._sources:
@@ -653,6 +680,10 @@ class Cancelable:
             # exit) changes nothing and lets whatever is propagating through.
             logger.debug("cancelpool: %r exited without a matching entry; ignored", self)
             return False
+        if self._sources and any(source.uses_seed_protocol for source in self._sources):
+            cancelled = await self._stop_seed_sources()
+            if cancelled is not None and exc is None:
+                exc, exc_type, tb = cancelled, type(cancelled), cancelled.__traceback__
         if exc is None and self._shield_exited:
             # A shield ended in this block and no await may have followed it: deliver a
             # cancellation that landed in it now, inside our scope, so that it is not
