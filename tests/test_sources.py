@@ -131,8 +131,7 @@ def test_signal_source_validates() -> None:
         SignalSource(99999)
     with pytest.raises(ValueError, match="cannot be caught"):
         SignalSource(signal.SIGKILL)
-    with pytest.raises(ValueError, match="at least one signal"):
-        SignalSource()
+    assert SignalSource().signals == (signal.SIGINT, signal.SIGTERM)
 
 
 # --------------------------------------------------------------- condition source

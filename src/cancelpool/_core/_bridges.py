@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextvars
 import functools
 import inspect
@@ -27,8 +28,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -60,28 +60,53 @@ class ContextBridge:
     """
 
     @staticmethod
-    async def run_in_thread_with_context(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run_in_thread_with_context(
+        fn: Callable[..., T],
+        *args: Any,
+        executor: concurrent.futures.Executor | None = None,
+        **kwargs: Any,
+    ) -> T:
         """Run blocking ``fn(*args, **kwargs)`` in a worker thread, in this context.
 
         ``current_operation()`` inside ``fn`` returns the operation active here; its
         ``token`` (``token.check()``, ``token.is_cancelled``) sees cancellations and
-        deadlines of that operation. A thread cannot be interrupted: if the calling
-        task is cancelled meanwhile, the cancellation is raised here once ``fn``
-        returns, and ``fn``'s result is lost.
+        deadlines of that operation. ``executor`` (a thread pool of yours) runs it
+        instead of anyio's worker threads. A thread cannot be interrupted: if the
+        calling task is cancelled meanwhile, the cancellation is raised here once
+        ``fn`` returns, and ``fn``'s result is lost.
         """
         context = contextvars.copy_context()
         call = functools.partial(context.run, fn, *args, **kwargs)
-        return await anyio.to_thread.run_sync(call)
+        if executor is None:
+            return await anyio.to_thread.run_sync(call)
+        future = executor.submit(call)
+        handle = LoopHandle.current()
+        done = anyio.Event()
+        future.add_done_callback(lambda _: handle.call(done.set))
+        try:
+            await done.wait()
+        except anyio.get_cancelled_exc_class():
+            # As anyio's own threads: the call cannot be stopped; wait for it, then
+            # let the cancellation out.
+            with anyio.CancelScope(shield=True):
+                await done.wait()
+            raise
+        return future.result()
 
     @staticmethod
     def copy_context() -> contextvars.Context:
-        """A snapshot of the current context variables, to use in another thread."""
+        """A snapshot of the current context variables, to use in another thread.
+
+        A ``contextvars.Context`` is a mapping of variables to values, so code
+        written for the seed library (which returns a dict) iterates it unchanged.
+        """
         return contextvars.copy_context()
 
     @staticmethod
-    @contextmanager
-    def restore_context(context: contextvars.Context) -> Iterator[contextvars.Context]:
-        """Apply a captured context for the duration of a ``with`` block.
+    def restore_context(
+        context: contextvars.Context | Mapping[contextvars.ContextVar[Any], Any],
+    ) -> RestoredContext:
+        """Apply a captured context now; as a ``with`` block, undo it at the end.
 
         Example::
 
@@ -91,22 +116,41 @@ class ContextBridge:
                 with ContextBridge.restore_context(ctx):
                     current_operation().token.check()
 
-        Every variable that has a value in ``context`` takes that value inside the
-        block; the previous values come back when it ends (also on error). Variables
-        ``context`` has no value for are left alone. To run a single function in the
-        context instead, ``context.run(fn, *args)`` does it.
+        Every variable that has a value in ``context`` takes that value at once (as
+        the seed library's plain call does); used as a ``with`` block, the previous
+        values come back when it ends (also on error). Variables ``context`` has no
+        value for are left alone.
         """
-        if not isinstance(context, contextvars.Context):
+        if not isinstance(context, contextvars.Context) and not (
+            isinstance(context, Mapping)
+            and all(isinstance(var, contextvars.ContextVar) for var in context)
+        ):
             raise TypeError(
-                f"restore_context() takes a contextvars.Context (from copy_context()), "
-                f"not {type(context).__name__}"
+                f"restore_context() takes a contextvars.Context (from copy_context()) or "
+                f"a dict of ContextVar to value, not {type(context).__name__}"
             )
-        resets = [var.set(value) for var, value in context.items()]
-        try:
-            yield context
-        finally:
-            for reset in reversed(resets):
-                reset.var.reset(reset)
+        return RestoredContext(context)
+
+
+class RestoredContext:
+    """Context variables set by :meth:`ContextBridge.restore_context`; a ``with``
+    block around it resets them when it ends."""
+
+    __slots__ = ("_resets", "context")
+
+    def __init__(
+        self, context: contextvars.Context | Mapping[contextvars.ContextVar[Any], Any]
+    ) -> None:
+        self.context = context
+        self._resets = [var.set(value) for var, value in context.items()]
+
+    def __enter__(self) -> contextvars.Context | Mapping[contextvars.ContextVar[Any], Any]:
+        return self.context
+
+    def __exit__(self, *exc_info: object) -> None:
+        resets, self._resets = self._resets, []
+        for reset in reversed(resets):
+            reset.var.reset(reset)
 
 
 @dataclass(frozen=True)

@@ -59,8 +59,27 @@ P = ParamSpec("P")
 
 ProgressCallback = Callable[[str, str, dict[str, Any]], "Awaitable[Any] | Any"]
 StatusCallback = Callable[[OperationContext], "Awaitable[Any] | Any"]
+ErrorCallback = Callable[[OperationContext, BaseException], "Awaitable[Any] | Any"]
+
+
+def _takes_two(callback: Callable[..., Any]) -> bool:
+    """Whether ``callback`` accepts ``(context, error)`` (the seed's error callback)."""
+    try:
+        sig = inspect.signature(callback)
+    except (TypeError, ValueError):
+        return False
+    try:
+        sig.bind(None, None)
+    except TypeError:
+        return False
+    return True
+
 
 _INF = float("inf")
+
+#: Items of a stream kept for its partial result (the seed library's bound): more
+#: costs memory per stream, fewer hands back less of a cancelled one.
+STREAM_BUFFER_SIZE = 1000
 
 # Progress reported from threads and not delivered yet, per operation (kept outside
 # the objects: Cancelable has __slots__ and a report is rare next to an operation).
@@ -311,7 +330,7 @@ class Cancelable:
         self._token: _OperationToken | None = None
         self._children: list[Cancelable] = []
         self._progress: list[ProgressCallback] | None = None
-        self._hooks: dict[str, list[StatusCallback]] | None = None
+        self._hooks: dict[str, list[StatusCallback | ErrorCallback]] | None = None
         self._nested = False
         self._shield_exited = False
         self._entered = False
@@ -416,7 +435,7 @@ class Cancelable:
         self._progress.append(callback)
         return self
 
-    def _add_hook(self, event: str, callback: StatusCallback) -> Cancelable:
+    def _add_hook(self, event: str, callback: StatusCallback | ErrorCallback) -> Cancelable:
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")
         if self._hooks is None:
@@ -436,8 +455,12 @@ class Cancelable:
         """Call ``callback(context)`` when the operation is cancelled, for any reason."""
         return self._add_hook("cancel", callback)
 
-    def on_error(self, callback: StatusCallback) -> Cancelable:
-        """Call ``callback(context)`` when the operation fails with an exception."""
+    def on_error(self, callback: StatusCallback | ErrorCallback) -> Cancelable:
+        """Call ``callback(context, error)`` when the operation fails with an exception.
+
+        As in the seed library the callback receives the exception too; a callback
+        that takes only one argument gets just the context.
+        """
         return self._add_hook("error", callback)
 
     async def _run_hooks(self, event: str) -> None:
@@ -448,7 +471,11 @@ class Cancelable:
         with anyio.CancelScope(shield=True):
             for callback in callbacks:
                 try:
-                    result = callback(self.context)
+                    hook: Callable[..., Any] = callback
+                    if event == "error" and _takes_two(hook):
+                        result = hook(self.context, self.context.error)
+                    else:
+                        result = hook(self.context)
                     if inspect.isawaitable(result):
                         await result
                 except Exception:
@@ -524,6 +551,32 @@ class Cancelable:
     def parent(self) -> Cancelable | None:
         """The parent operation, if any."""
         return self._parent
+
+    @property
+    def operation_id(self) -> str:
+        """The operation's id (``context.id``)."""
+        return self.context.id
+
+    @property
+    def is_running(self) -> bool:
+        """True while the operation runs (shielded or not)."""
+        return self.context.status in (OperationStatus.RUNNING, OperationStatus.SHIELDED)
+
+    @property
+    def is_completed(self) -> bool:
+        """True once the operation has completed normally."""
+        return self.context.status is OperationStatus.COMPLETED
+
+    async def check_cancelation(self) -> None:
+        """A checkpoint that unwinds the operation if it has been cancelled.
+
+        Raises the backend's cancelled exception when the operation is cancelled
+        (its ``async with`` then raises the matching :class:`CancelationError`);
+        otherwise returns at once.
+        """
+        await self._checkpoint()
+
+    check_cancellation = check_cancelation
 
     @property
     def is_cancelled(self) -> bool:
@@ -740,7 +793,7 @@ class Cancelable:
             # (ours, or a child's that our cancellation reached first): one of our
             # sources did it.
             reason, message = self._reason_of_own()
-            error = error_for_reason(reason, message, ctx)
+            error = error_for_reason(reason, message, ctx, **self._error_attributes(reason))
             ctx.status = OperationStatus.CANCELLED
             event = "cancel"
         elif exc is None:
@@ -802,6 +855,24 @@ class Cancelable:
         assert self._reason is not None
         assert self._message is not None
         return self._reason, self._message
+
+    def _error_attributes(self, reason: CancelationReason) -> dict[str, Any]:
+        """What the seed library's exceptions carry besides a reason and message."""
+        if reason is CancelationReason.TIMEOUT:
+            return {"timeout_seconds": self._timeout}
+        if reason is CancelationReason.PARENT:
+            parent = self._parent
+            return {
+                "parent_id": None if parent is None else parent.context.id,
+                "parent_reason": None if parent is None else parent._reason,
+            }
+        for source in self._sources:
+            if source.triggered and source.reason is reason:
+                if reason is CancelationReason.SIGNAL:
+                    return {"signal_number": getattr(source, "signal_number", None)}
+                if reason is CancelationReason.CONDITION:
+                    return {"condition_name": getattr(source, "condition_name", source.name)}
+        return {}
 
     def _settle_outside_reason(self) -> None:
         """Record why a cancellation from outside the operation reached it."""
@@ -1019,7 +1090,7 @@ class Cancelable:
         source: AsyncIterable[T],
         *,
         report_interval: int | None = None,
-        buffer_partial: bool = False,
+        buffer_partial: bool = True,
     ) -> AsyncIterator[T]:
         """Iterate ``source``, checking cancellation before each item.
 
@@ -1029,9 +1100,14 @@ class Cancelable:
 
         Args:
             source: any async iterable.
-            report_interval: report progress every this many items.
-            buffer_partial: keep the items seen so far in ``context.partial_result``,
-                so a cancelled stream still hands back what it read.
+            report_interval: report progress every this many items ("Processed N
+                items", metadata ``count`` and ``latest_item``).
+            buffer_partial: keep the last items seen (at most ``STREAM_BUFFER_SIZE``)
+                in the partial result.
+
+        ``context.partial_result`` is, as the seed library shapes it, ``{"count": n,
+        "buffer": [...] or None, "completed": bool}``, kept up to date item by item,
+        so a cancelled stream still hands back what it read.
 
         Raises:
             ValueError: ``report_interval`` is not a positive int (raised here, at the
@@ -1052,18 +1128,24 @@ class Cancelable:
     async def _stream(
         self, source: AsyncIterable[T], report_interval: int | None, buffer_partial: bool
     ) -> AsyncIterator[T]:
-        seen: list[T] = []
-        if buffer_partial:
-            self.context.partial_result = seen
+        seen: list[T] | None = [] if buffer_partial else None
+        partial: dict[str, Any] = {"count": 0, "buffer": seen, "completed": False}
+        self.context.partial_result = partial
         count = 0
         async for item in source:
             await self._checkpoint()
             count += 1
-            if buffer_partial:
+            partial["count"] = count
+            if seen is not None:
                 seen.append(item)
+                if len(seen) > STREAM_BUFFER_SIZE:
+                    del seen[0]
             if report_interval is not None and count % report_interval == 0:
-                await self.report_progress(f"{count} items processed", {"count": count})
+                await self.report_progress(
+                    f"Processed {count} items", {"count": count, "latest_item": item}
+                )
             yield item
+        partial["completed"] = True
 
     def __repr__(self) -> str:
         return f"<Cancelable {self._label()} {self.context.status.value}>"

@@ -33,7 +33,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 import anyio.lowlevel
 
-from ._cancelable import Cancelable, StatusCallback, _current, current_operation
+from ._cancelable import Cancelable, ErrorCallback, StatusCallback, _current, current_operation
 from ._enums import OperationStatus
 from ._exceptions import error_for_reason
 from ._sources import (
@@ -411,7 +411,7 @@ class _Blueprint:
     sources: tuple[CancelationSource, ...]
     tokens: tuple[CancelationToken, ...]
     progress: tuple[Callable[..., Any], ...]
-    hooks: tuple[tuple[str, StatusCallback], ...]
+    hooks: tuple[tuple[str, StatusCallback | ErrorCallback], ...]
     metadata: dict[str, Any]
     name: str | None
 
@@ -423,7 +423,7 @@ def _blueprint(templates: tuple[Cancelable, ...]) -> _Blueprint:
     sources: list[CancelationSource] = []
     tokens: list[CancelationToken] = []
     progress: list[Callable[..., Any]] = []
-    hooks: list[tuple[str, StatusCallback]] = []
+    hooks: list[tuple[str, StatusCallback | ErrorCallback]] = []
     metadata: dict[str, Any] = {}
     name = None
     for op in templates:

@@ -220,11 +220,15 @@ class SignalSource(CancelationSource):
 
     def __init__(self, *signals: int, name: str | None = None) -> None:
         super().__init__(name=name or "signal")
-        self.signals = validate_signals(signals)
+        # As the seed library: no signals given means the usual stop signals.
+        self.signals = validate_signals(signals or (_signal.SIGINT, _signal.SIGTERM))
+        #: The number of the signal that arrived, once one has.
+        self.signal_number: int | None = None
 
     async def monitor(self) -> None:
         with anyio.open_signal_receiver(*self.signals) as received:
             async for sig in received:
+                self.signal_number = int(sig)
                 self.message = f"received {_signal.Signals(sig).name}"
                 return
 
