@@ -125,6 +125,11 @@ def _default_name(fn: object) -> str:
     return str(getattr(fn, "__name__", None) or type(fn).__name__)
 
 
+def _seed_options(operation_id: str | None, register_globally: bool | None) -> dict[str, Any]:
+    # The seed library's decorator options, passed on to each call's Cancelable.
+    return {"operation_id": operation_id, "register_globally": register_globally}
+
+
 # -- injection -----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class _Injection:
@@ -239,12 +244,16 @@ def cancelable(
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
     register: bool = False,
+    operation_id: str | None = None,
+    register_globally: bool | None = None,
 ) -> AsyncDecorator: ...
 def cancelable(
     timeout: Any = None,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
     register: bool = False,
+    operation_id: str | None = None,
+    register_globally: bool | None = None,
 ) -> Any:
     """Run every call of the decorated async function in its own new operation.
 
@@ -264,6 +273,9 @@ def cancelable(
         inject_param: the parameter that receives the operation, if the function has
             it (or ``**kwargs``); None never injects.
         register: list the operations in :class:`OperationRegistry`.
+        operation_id: the id every call's operation gets (the seed library's option;
+            ids then repeat across calls).
+        register_globally: the seed library's name for ``register``.
 
     Raises:
         TypeError: at decoration time, if the function is not async.
@@ -280,7 +292,9 @@ def cancelable(
         op_name = name if name is not None else _default_name(fn)
 
         def make(_: tuple[Any, ...]) -> Cancelable:
-            op = Cancelable(op_name, register=register)
+            op = Cancelable(
+                op_name, register=register, **_seed_options(operation_id, register_globally)
+            )
             if seconds is not None:
                 op.add_source(TimeoutSource(seconds))
             return op
@@ -296,6 +310,8 @@ def cancelable_with_token(
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
     register: bool = False,
+    operation_id: str | None = None,
+    register_globally: bool | None = None,
 ) -> AsyncDecorator:
     """Run every call in a new operation that ``token`` cancels (from any thread).
 
@@ -313,7 +329,9 @@ def cancelable_with_token(
         op_name = name if name is not None else _default_name(fn)
 
         def make(_: tuple[Any, ...]) -> Cancelable:
-            return Cancelable(op_name, register=register).add_token(token)
+            return Cancelable(
+                op_name, register=register, **_seed_options(operation_id, register_globally)
+            ).add_token(token)
 
         return _per_call(fn, make, inject_param, "cancelable_with_token")
 
@@ -325,6 +343,8 @@ def cancelable_with_signal(
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
     register: bool = False,
+    operation_id: str | None = None,
+    register_globally: bool | None = None,
 ) -> AsyncDecorator:
     """Run every call in a new operation cancelled when one of ``signals`` arrives.
 
@@ -338,7 +358,9 @@ def cancelable_with_signal(
         op_name = name if name is not None else _default_name(fn)
 
         def make(_: tuple[Any, ...]) -> Cancelable:
-            return Cancelable(op_name, register=register).add_source(SignalSource(*valid))
+            return Cancelable(
+                op_name, register=register, **_seed_options(operation_id, register_globally)
+            ).add_source(SignalSource(*valid))
 
         return _per_call(fn, make, inject_param, "cancelable_with_signal")
 
@@ -353,6 +375,8 @@ def cancelable_with_condition(
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
     register: bool = False,
+    operation_id: str | None = None,
+    register_globally: bool | None = None,
 ) -> AsyncDecorator:
     """Run every call in a new operation cancelled once ``condition()`` is true.
 
@@ -370,7 +394,9 @@ def cancelable_with_condition(
 
         def make(_: tuple[Any, ...]) -> Cancelable:
             source = ConditionSource(condition, interval, condition_name)
-            return Cancelable(op_name, register=register).add_source(source)
+            return Cancelable(
+                op_name, register=register, **_seed_options(operation_id, register_globally)
+            ).add_source(source)
 
         return _per_call(fn, make, inject_param, "cancelable_with_condition")
 
@@ -461,6 +487,8 @@ def cancelable_combine(
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
     register: bool = False,
+    operation_id: str | None = None,
+    register_globally: bool | None = None,
 ) -> AsyncDecorator:
     """Run every call in a new operation cancelled by ANY source of ``cancelables``.
 
@@ -487,7 +515,12 @@ def cancelable_combine(
         op_name = name or blueprint.name or _default_name(fn)
 
         def make(_: tuple[Any, ...]) -> Cancelable:
-            op = Cancelable(op_name, metadata=dict(blueprint.metadata), register=register)
+            op = Cancelable(
+                op_name,
+                metadata=dict(blueprint.metadata),
+                register=register,
+                **_seed_options(operation_id, register_globally),
+            )
             if blueprint.timeout is not None:
                 op.add_source(TimeoutSource(blueprint.timeout))
             for source in blueprint.sources:
@@ -536,12 +569,16 @@ def cancelable_method(
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
     register: bool = False,
+    operation_id: str | None = None,
+    register_globally: bool | None = None,
 ) -> MethodDecorator: ...
 def cancelable_method(
     timeout: Any = None,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
     register: bool = False,
+    operation_id: str | None = None,
+    register_globally: bool | None = None,
 ) -> Any:
     """:func:`cancelable` for methods: the operation is named ``ClassName.method``.
 
@@ -568,7 +605,9 @@ def cancelable_method(
         naming = _method_naming(fn) if name is None else (lambda _: name)
 
         def make(args: tuple[Any, ...]) -> Cancelable:
-            op = Cancelable(naming(args), register=register)
+            op = Cancelable(
+                naming(args), register=register, **_seed_options(operation_id, register_globally)
+            )
             if seconds is not None:
                 op.add_source(TimeoutSource(seconds))
             return op
