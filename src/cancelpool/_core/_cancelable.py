@@ -553,6 +553,16 @@ class Cancelable:
         return self._parent
 
     @property
+    def tokens(self) -> tuple[CancelationToken, ...]:
+        """The tokens this operation watches (:meth:`add_token`), in order."""
+        return tuple(self._tokens)
+
+    @property
+    def timeout(self) -> float | None:
+        """This operation's own timeout in seconds (its earliest), or None."""
+        return self._timeout
+
+    @property
     def operation_id(self) -> str:
         """The operation's id (``context.id``)."""
         return self.context.id
