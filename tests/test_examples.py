@@ -64,6 +64,12 @@ EXPECTED = {
         "stored 10 readings from the sensor thread",
         "after the block: this AnyioBridge is closed",
     ],
+    "integration_fastapi.py": [
+        "the client hangs up",
+        "request stopped: Client disconnected (signal)",
+        "job in its worker: cancelled (JobCancelled)",
+        "FastAPI example complete.",
+    ],
 }
 
 
