@@ -64,6 +64,11 @@ EXPECTED = {
         "stored 10 readings from the sensor thread",
         "after the block: this AnyioBridge is closed",
     ],
+    "integration_httpx.py": [
+        "paused: user pressed pause; kept 524288 bytes",
+        "resumed from 524288 (HTTP 206)",
+        "complete and intact: True",
+    ],
     "integration_fastapi.py": [
         "the client hangs up",
         "request stopped: Client disconnected (signal)",
