@@ -69,6 +69,11 @@ EXPECTED = {
         "resumed from 524288 (HTTP 206)",
         "complete and intact: True",
     ],
+    "integration_sqlalchemy.py": [
+        "import stopped: operation 'import' timed out after 0.2s",
+        "rows committed: 0; connections checked out: 0",
+        "read 2000 rows, then: seen enough",
+    ],
     "integration_fastapi.py": [
         "the client hangs up",
         "request stopped: Client disconnected (signal)",
