@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, WebSocket
 
 import _leaks
 from _handshake import BACKSTOP, Gate
@@ -23,11 +23,13 @@ from cancelpool import (
     CancelationReason,
     CancelPool,
     JobCancelled,
+    ManualCancelation,
     OperationStatus,
     SignalCancelation,
     current_operation,
 )
 from cancelpool.integrations.fastapi import (
+    CancelableWebSocket,
     RequestCancelationMiddleware,
     cancelable_dependency,
     cancelable_streaming_response,
@@ -188,3 +190,45 @@ async def test_streaming_response_stops_when_the_client_goes() -> None:
 def test_bad_default_timeout_is_refused() -> None:
     with pytest.raises(ValueError, match="default_timeout"):
         RequestCancelationMiddleware(FastAPI(), default_timeout=-1)
+
+
+@pytest.mark.anyio
+async def test_websocket_calls_are_checkpoints_of_the_operation() -> None:
+    websockets = pytest.importorskip("websockets")
+
+    app = FastAPI()
+    seen: dict[str, Any] = {}
+    ended = anyio.Event()
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        op = Cancelable(name="ws")
+        reports: list[str] = []
+        op.on_progress(lambda _id, message, _meta: reports.append(message))
+        socket = CancelableWebSocket(websocket, op)
+        try:
+            async with op:
+                await socket.accept()
+                await socket.send_text(await socket.receive_text())  # an echo
+                await socket.send_json({"n": 1})
+                seen["json"] = await socket.receive_json()
+                op.cancel_sync(message="server stops")
+                await socket.send_text("never sent")
+        except ManualCancelation as exc:
+            seen["error"] = exc
+            await socket.close()
+        finally:
+            seen["reports"] = reports
+            ended.set()
+
+    async with serve(app) as port:
+        with anyio.fail_after(BACKSTOP):
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as client:
+                await client.send("hello")
+                assert await client.recv() == "hello"
+                assert await client.recv() == '{"n":1}'
+                await client.send('{"back": 2}')
+                await ended.wait()
+    assert seen["json"] == {"back": 2}
+    assert seen["error"].message == "server stops"
+    assert seen["reports"] == ["WebSocket connected", "WebSocket closed"]
