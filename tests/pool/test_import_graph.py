@@ -9,7 +9,13 @@ from pathlib import Path
 import cancelpool
 
 PACKAGE = Path(cancelpool.__file__).resolve().parent
-WORKER_SIDE = {"_pool._worker", "_pool._remote", "_pool._protocol", "_pool._payload"}
+WORKER_SIDE = {
+    "_pool._worker_process",
+    "_pool._remote",
+    "_pool._protocol",
+    "_pool._payload",
+    "_pool._watchdog",
+}
 CALLER_SIDE = {"_pool._pool", "_pool._supervisor", "_pool._workers", "_pool._handle"}
 
 

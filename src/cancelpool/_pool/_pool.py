@@ -32,7 +32,7 @@ from .._core import _validate
 from .._core._enums import CancelationReason, OperationStatus
 from .._core._exceptions import PoolBroken, PoolClosed
 from ..shm import TokenTable
-from . import _worker
+from . import _worker_process
 from ._handle import JobHandle
 from ._payload import pickle_args, pickle_fn
 from ._settings import DEFAULT_CANCEL_GRACE, DEFAULT_CONCURRENCY, DEFAULT_HISTORY, PoolSettings
@@ -165,7 +165,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         if settings.start_method == "forkserver":
             # Imported once in the fork server, so that every worker (a replacement
             # too) starts with them: anyio's asyncio backend alone takes ~20 ms to import.
-            self._mp.set_forkserver_preload([_worker.__name__, *_WORKER_PRELOAD])
+            self._mp.set_forkserver_preload([_worker_process.__name__, *_WORKER_PRELOAD])
         self._concurrency = settings.concurrency
         self._use_uvloop = settings.use_uvloop
         self._cancel_grace = settings.cancel_grace

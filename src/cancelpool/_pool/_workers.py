@@ -23,7 +23,7 @@ from .._core._enums import OperationStatus
 from .._core._exceptions import PoolBroken
 from ..shm import Doorbell, TableFull, TokenTable
 from . import _protocol as proto
-from . import _worker
+from . import _worker_process
 from ._handle import JobHandle
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ class WorkerSet:
         if settings.initializer is not None:
             initializer = (settings.initializer, settings.initializer_is_async)
         process = self._mp.Process(
-            target=_worker.main,
+            target=_worker_process.main,
             args=(self._table, bell, in_r, out_w, os.getpid(), self._use_uvloop, initializer),
             name=f"cancelpool-worker-{proc.index}",
             daemon=True,

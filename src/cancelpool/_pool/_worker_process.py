@@ -221,7 +221,7 @@ class Worker:
         job = self.jobs[job_id] = _Job(token, op)
         job.forwarder = self._progress_callback(job_id, job)
         op.on_progress(job.forwarder)
-        _remote.current_job.set(job_id)
+        _remote.enter_job(self, job_id)
         # Announced at the next flush, and only if it is still running then: a job
         # that finishes within one loop iteration needs no Started message.
         self.unannounced.append(job_id)
@@ -447,7 +447,6 @@ def main(
     # Ctrl-C is the supervisor's to handle: it cancels our jobs through their tokens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = Worker(table, bell, inbox, outbox, supervisor_pid)
-    _remote._worker = worker
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if use_uvloop:
         try:
