@@ -136,6 +136,9 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         self.submitted_at = time.time()
         self.started_at: float | None = None
         self.ended_at: float | None = None
+        #: Where the job was when its worker's watchdog last saw it block the event
+        #: loop (traceback text, outermost first), or None: it never did.
+        self.blocked_stack: str | None = None
 
     # -- state ------------------------------------------------------------------------------
     @property

@@ -35,7 +35,13 @@ from ..shm import TokenTable
 from . import _worker_process
 from ._handle import JobHandle
 from ._payload import pickle_args, pickle_fn
-from ._settings import DEFAULT_CANCEL_GRACE, DEFAULT_CONCURRENCY, DEFAULT_HISTORY, PoolSettings
+from ._settings import (
+    DEFAULT_CANCEL_GRACE,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_HISTORY,
+    DEFAULT_LOOP_BLOCK_THRESHOLD,
+    PoolSettings,
+)
 from ._supervisor import Supervisor
 from ._workers import WorkerProc
 
@@ -52,6 +58,11 @@ class WorkerStatistics:
     pid: int | None
     running: int
     completed: int
+    #: The job blocking this worker's event loop now (see ``loop_block_threshold``),
+    #: or None (not blocked, or blocked by code that is no job's own task).
+    blocked_by: int | None = None
+    #: Seconds the loop has been blocked so far; 0.0 when it turns.
+    blocked_for: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,12 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
             being consumed (default ``workers * concurrency``); per call: ``buffersize``.
         cancel_at_exit: at interpreter exit, cancel the jobs still running (reason
             SIGNAL) instead of letting them finish as ``concurrent.futures`` does.
+        loop_block_threshold: seconds a worker's event loop may go without turning
+            (an async job computing without awaiting) before the job holding it is
+            reported: a warning on the ``cancelpool`` logger with its stack,
+            ``statistics().workers[i].blocked_by``, ``handle.blocked_stack``. A
+            forced stop on that worker then blames the blocker (see
+            :class:`WorkerKilled`). None turns the watchdog off.
 
     Use it as a context manager (``with`` or ``async with``) or call
     :meth:`shutdown`. Leaving the block because of an exception cancels every job
@@ -142,6 +159,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         initargs: tuple[Any, ...] = (),
         map_read_ahead: int | None = None,
         cancel_at_exit: bool = False,
+        loop_block_threshold: float | None = DEFAULT_LOOP_BLOCK_THRESHOLD,
     ) -> None:
         settings = self._settings = PoolSettings.build(
             workers=workers,
@@ -160,6 +178,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
             initargs=initargs,
             map_read_ahead=map_read_ahead,
             cancel_at_exit=cancel_at_exit,
+            loop_block_threshold=loop_block_threshold,
         )
         self._mp = settings.context
         if settings.start_method == "forkserver":
@@ -603,6 +622,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
 
     def statistics(self) -> PoolStatistics:
         """Counters: submitted, queued, running, completed, cancelled, failed, per worker."""
+        now = time.monotonic()
         with self._lock:
             running = sum(1 for h in self._jobs.values() if h._status is OperationStatus.RUNNING)
             return PoolStatistics(
@@ -613,7 +633,13 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
                 cancelled=self._counts[OperationStatus.CANCELLED],
                 failed=self._counts[OperationStatus.FAILED],
                 workers=tuple(
-                    WorkerStatistics(pid=p.pid, running=len(p.inflight), completed=p.completed)
+                    WorkerStatistics(
+                        pid=p.pid,
+                        running=len(p.inflight),
+                        completed=p.completed,
+                        blocked_by=p.blocked.job if p.blocked is not None else None,
+                        blocked_for=now - p.blocked_since if p.blocked is not None else 0.0,
+                    )
                     for p in self._workers
                 ),
             )

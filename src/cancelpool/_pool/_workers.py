@@ -72,6 +72,10 @@ class WorkerProc:
         self.retiring = False
         self.exclusive = False
         self.forced_for: int | None = None
+        # The watchdog's report while this worker's loop is blocked (None otherwise),
+        # and when (monotonic) the block began.
+        self.blocked: proto.LoopBlocked | None = None
+        self.blocked_since = 0.0
 
     def accepts(self, concurrency: int, max_tasks: int | None) -> bool:
         """Whether new jobs may be sent to this worker now."""
@@ -134,7 +138,16 @@ class WorkerSet:
             initializer = (settings.initializer, settings.initializer_is_async)
         process = self._mp.Process(
             target=_worker_process.main,
-            args=(self._table, bell, in_r, out_w, os.getpid(), self._use_uvloop, initializer),
+            args=(
+                self._table,
+                bell,
+                in_r,
+                out_w,
+                os.getpid(),
+                self._use_uvloop,
+                initializer,
+                settings.loop_block_threshold,
+            ),
             name=f"cancelpool-worker-{proc.index}",
             daemon=True,
         )
@@ -168,6 +181,7 @@ class WorkerSet:
         proc.retiring = False
         proc.exclusive = False
         proc.forced_for = None
+        proc.blocked = None
 
     def _bury(self, proc: WorkerProc) -> None:
         """Release everything of a worker process that has exited."""
