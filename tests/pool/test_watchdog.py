@@ -100,7 +100,8 @@ def test_a_job_computing_without_awaiting_is_reported_with_its_stack(
         # The job's own frames, outermost first, down to the one computing; none of
         # the worker's machinery (the event loop, the task running the job).
         assert stack.index("in spin_until_released") < stack.index("in _compute_until_go")
-        assert "_run_once" not in stack and "_worker_process" not in stack
+        assert "_run_once" not in stack
+        assert "_worker_process" not in stack
         gate.release(arrival)
         assert spinner.result(BACKSTOP) == "released"
         log.wait_for(lambda m: "turns again" in m, "the loop turning again")
@@ -130,7 +131,8 @@ def test_a_forced_stop_blames_the_blocker_and_bystanders_keep_their_partials(
         assert f"job {spinner.id} (hog) blocked its event loop" in exc.message
 
         lost = other.exception(BACKSTOP)
-        assert isinstance(lost, WorkerKilled) and isinstance(lost, WorkerLost)
+        assert isinstance(lost, WorkerKilled)
+        assert isinstance(lost, WorkerLost)
         assert f"job {spinner.id} (hog) blocked its event loop" in str(lost)
         assert f"job {polite.id}'s cancellation could not be heard" in str(lost)
         assert lost.partial_result == {"other": 2}
@@ -144,7 +146,8 @@ def test_a_forced_stop_blames_the_blocker_and_bystanders_keep_their_partials(
         log.wait_for(_blocked_log(spinner.id), "the spinner's block")
         # The worker was replaced; the pool goes on.
         [worker] = pool.statistics().workers
-        assert worker.pid != arrival.pid and worker.blocked_by is None
+        assert worker.pid != arrival.pid
+        assert worker.blocked_by is None
         assert pool.submit(_jobs.add, 1, 1).result(BACKSTOP) == 2
         stats = pool.statistics()
         assert (stats.cancelled, stats.failed) == (1, 2)
@@ -160,16 +163,15 @@ def test_a_blocker_whose_own_cancellation_is_ignored_is_force_stopped(
         spinner.cancel("enough")
         exc = spinner.exception(BACKSTOP)
         # It ignored its own cancellation (by blocking): a forced stop, as ever.
-        assert isinstance(exc, JobCancelled) and exc.forced is True
+        assert isinstance(exc, JobCancelled)
+        assert exc.forced is True
         lost = other.exception(BACKSTOP)
         assert isinstance(lost, WorkerKilled)
         assert f"job {spinner.id} (hog) blocked its event loop" in str(lost)
         assert lost.partial_result == {"other": 3}
 
 
-def test_a_retried_bystander_runs_again_and_the_blocker_does_not(
-    gate: Gate, log: LogWatch
-) -> None:
+def test_a_retried_bystander_runs_again_and_the_blocker_does_not(gate: Gate, log: LogWatch) -> None:
     with CancelPool(workers=1, cancel_grace=GRACE, loop_block_threshold=60) as pool:
         polite = start_running(pool, gate, "polite")
         again = start_running(pool, gate, "again", retries=1)
@@ -205,7 +207,8 @@ def test_without_a_watchdog_a_forced_stop_blames_the_job_it_stops(gate: Gate) ->
         gate.wait(1)
         polite.cancel()
         exc = polite.exception(BACKSTOP)
-        assert isinstance(exc, JobCancelled) and exc.forced is True
+        assert isinstance(exc, JobCancelled)
+        assert exc.forced is True
         lost = spinner.exception(BACKSTOP)
         assert isinstance(lost, WorkerKilled)
         assert f"force-stop job {polite.id}" in str(lost)

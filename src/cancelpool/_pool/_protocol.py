@@ -164,6 +164,11 @@ class LoopResumed(msgspec.Struct, tag=18, array_like=True, frozen=True):
     seconds: float
 
 
+class BellHeard(msgspec.Struct, tag=19, array_like=True, frozen=True):
+    """The worker's loop drained its doorbell: the cancellations rung so far reached
+    it (sent only with a watchdog: a forced stop then knows the loop is not blocked)."""
+
+
 ToWorker = Run | Stop | Warm | ChildAccepted | ChildRefused | ChildOutcome | ChildProgress
 FromWorker = (
     Started
@@ -177,6 +182,7 @@ FromWorker = (
     | InitFailed
     | LoopBlocked
     | LoopResumed
+    | BellHeard
 )
 
 _HEADER: Final = struct.Struct("<I")

@@ -49,6 +49,11 @@ from ._workers import BACKSTOP, FORCE, WORKER_EXIT_GRACE, WorkerProc, WorkerSet
 
 logger = logging.getLogger("cancelpool")
 
+#: Seconds a forced stop waits, once, for the worker's watchdog to say who blocks the
+#: loop, when the loop has not heard the cancellation (the watchdog reports 0.1 s after
+#: a ring goes unheard; this leaves room for a loaded machine). Only a blocked (or
+#: starved) worker waits: a loop that heard the cancellation is killed on time.
+VERDICT_WAIT = 1.0
 #: Minimum seconds between two RSS readings of one worker (``max_memory_per_worker``):
 #: a reading costs tens of microseconds, so not after every job.
 MEMORY_CHECK_INTERVAL = 0.2
@@ -205,6 +210,9 @@ class Supervisor(WorkerSet):
             jobs = self._jobs
             for message in messages:
                 kind = type(message)
+                if kind is proto.BellHeard:
+                    proc.heard_at = time.monotonic()
+                    continue
                 if kind is proto.LoopBlocked or kind is proto.LoopResumed:
                     loop_reports.append(self._loop_report(proc, message))
                     continue
@@ -297,6 +305,24 @@ class Supervisor(WorkerSet):
         if not forced_for or blocked is None or blocked.job not in proc.inflight:
             return None  # forced_for 0: terminate() killed it, nobody is to blame
         return self._jobs.get(blocked.job)
+
+    def _await_verdict(self, proc: WorkerProc, handle: JobHandle[Any], now: float) -> bool:
+        """Whether a forced stop of ``handle`` waits for the watchdog (lock held).
+
+        True (and the stop re-armed VERDICT_WAIT from now, once per job) when the
+        worker's loop has not heard the cancellation and no block is reported yet: the
+        report that names the job to blame may still be on its way.
+        """
+        if (
+            self._settings.loop_block_threshold is None
+            or proc.blocked is not None
+            or proc.heard_at >= proc.rung_at
+            or handle.id in proc.verdicts
+        ):
+            return False
+        proc.verdicts.add(handle.id)
+        self._add_timer(now + VERDICT_WAIT, handle, FORCE)
+        return True
 
     def _initializer_failed(self, proc: WorkerProc, message: proto.InitFailed) -> None:
         """The initializer raised in a worker: the pool is broken (no respawn spin).
@@ -596,6 +622,7 @@ class Supervisor(WorkerSet):
             bell = self._workers[index].bell
             if bell is not None:
                 bell.ring()
+                self._workers[index].rung_at = now
         return count, resolved
 
     def _cascade(self, parent: JobHandle[Any], what: str) -> list[JobHandle[Any]]:
@@ -629,6 +656,8 @@ class Supervisor(WorkerSet):
             for handle in forced:
                 proc = self._workers[handle._worker]  # type: ignore[index]
                 if proc.alive and proc.process is not None and proc.forced_for is None:
+                    if self._await_verdict(proc, handle, now):
+                        continue
                     # It ignored its cancellation for the whole grace period.
                     proc.forced_for = handle.id
                     proc.process.kill()

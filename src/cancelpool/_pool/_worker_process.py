@@ -433,6 +433,7 @@ class Worker:
         self.bell.drain()
         if self.watchdog is not None:
             self.watchdog.heard_bell()
+            self._send(_BELL_HEARD)
         for job in list(self.jobs.values()):
             job.token.sync_from_table()
 
@@ -489,6 +490,9 @@ class Worker:
             if not self.write_buffer:
                 assert self.loop is not None
                 self.loop.remove_writer(self.out_fd)
+
+
+_BELL_HEARD = proto.BellHeard()
 
 
 def _frame(messages: list[Any]) -> bytes:

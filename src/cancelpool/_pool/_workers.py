@@ -76,6 +76,11 @@ class WorkerProc:
         # and when (monotonic) the block began.
         self.blocked: proto.LoopBlocked | None = None
         self.blocked_since = 0.0
+        # When (monotonic) the supervisor last rang this worker's doorbell, and last
+        # heard that its loop drained it; jobs whose forced stop waited for a verdict.
+        self.rung_at = 0.0
+        self.heard_at = 0.0
+        self.verdicts: set[int] = set()
 
     def accepts(self, concurrency: int, max_tasks: int | None) -> bool:
         """Whether new jobs may be sent to this worker now."""
@@ -182,6 +187,8 @@ class WorkerSet:
         proc.exclusive = False
         proc.forced_for = None
         proc.blocked = None
+        proc.rung_at = proc.heard_at = 0.0
+        proc.verdicts = set()
 
     def _bury(self, proc: WorkerProc) -> None:
         """Release everything of a worker process that has exited."""
