@@ -212,9 +212,11 @@ class Supervisor(WorkerSet):
                 kind = type(message)
                 if kind is proto.BellHeard:
                     proc.heard_at = time.monotonic()
+                    self._verdict_in(proc)
                     continue
                 if kind is proto.LoopBlocked or kind is proto.LoopResumed:
                     loop_reports.append(self._loop_report(proc, message))
+                    self._verdict_in(proc)
                     continue
                 if kind is proto.SubmitChild:
                     error = self._submit_child(proc, message)
@@ -323,6 +325,16 @@ class Supervisor(WorkerSet):
         proc.verdicts.add(handle.id)
         self._add_timer(now + VERDICT_WAIT, handle, FORCE)
         return True
+
+    def _verdict_in(self, proc: WorkerProc) -> None:
+        """The worker said whether its loop is blocked (lock held): the forced stops
+        that waited for it happen now."""
+        if proc.verdicts:
+            now = time.monotonic()
+            for job in proc.verdicts:
+                handle = self._jobs.get(job)
+                if handle is not None and handle._cancel_reason is not None:
+                    self._add_timer(now, handle, FORCE)
 
     def _initializer_failed(self, proc: WorkerProc, message: proto.InitFailed) -> None:
         """The initializer raised in a worker: the pool is broken (no respawn spin).

@@ -5,8 +5,8 @@
     event loop thread                       watchdog thread
     -----------------                       ---------------------------------------
     heartbeat every `step` (call_later) --> turns, last_turn   (plain attributes)
-    doorbell reader: heard_bell()       --> bells              poll(doorbell fd): a
-                                                               ring nobody drains
+    doorbell reader: heard_bell()       --> bells              each step, poll(bell,
+                                                               0): a ring undrained?
                                             silent > threshold, or a ring unheard
                                             for CANCEL_UNHEARD:
                                               sys._current_frames()[loop thread]
@@ -68,6 +68,7 @@ class LoopWatchdog:
         job_of: Callable[[asyncio.Task[Any] | None], int | None],
         boundary: CodeType,
         send: Callable[[Any], None],
+        on_beat: Callable[[], None] | None = None,
     ) -> None:
         self.loop = loop
         self.threshold = threshold
@@ -79,6 +80,7 @@ class LoopWatchdog:
         self.job_of = job_of
         self.boundary = boundary
         self.send = send
+        self.on_beat = on_beat
         self.turns = 0
         self.last_turn = time.monotonic()
         self.bells = 0
@@ -113,26 +115,25 @@ class LoopWatchdog:
         self.turns += 1
         self.last_turn = time.monotonic()
         self._timer = self.loop.call_later(self.step, self._beat)
+        if self.on_beat is not None:
+            self.on_beat()
 
     # -- watchdog thread --------------------------------------------------------------------
     def _watch(self) -> None:
         poller = select.poll()
         poller.register(self.bell_fd, select.POLLIN)
         stopped = self._stopped
-        while not stopped.is_set():
+        # The doorbell is looked at once a step, not waited on: woken by every ring,
+        # this thread would take the GIL from the loop just when it has a
+        # cancellation to deliver (measured: +100 us per cancel on 2 cores).
+        while not stopped.wait(self.step):
             bells = self.bells
-            # A ring wakes us at once: a cancellation is waiting for this loop.
-            rung = bool(poller.poll(self.step * 1000))
-            if stopped.is_set():
-                return
-            if rung:
+            if poller.poll(0):  # a ring is pending: does the loop hear it?
                 heard_by = time.monotonic() + self.unheard
-                while self.bells == bells and not stopped.is_set():
+                while self.bells == bells and not stopped.wait(self.unheard / 5):
                     if time.monotonic() >= heard_by:
                         self._blocked()
                         break
-                    stopped.wait(self.unheard / 5)
-                # Else heard: a ring pending now is a new one (poll tells at once).
             elif time.monotonic() - self.last_turn > self.threshold:
                 self._blocked()
 

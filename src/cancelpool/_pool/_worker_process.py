@@ -106,6 +106,7 @@ class Worker:
         self.write_lock = threading.Lock()
         self.loop_block_threshold = loop_block_threshold
         self.watchdog: LoopWatchdog | None = None
+        self.bell_heard = False  # a BellHeard is owed to the supervisor
         self.reader = proto.FrameReader()
         self.stopping = False
         self.finished: asyncio.Event | None = None
@@ -137,6 +138,7 @@ class Worker:
                 self._job_of_task,
                 Worker._run.__code__,
                 self.send_now,
+                self._on_beat,
             )
             self.watchdog.start()
         await self.finished.wait()
@@ -383,6 +385,12 @@ class Worker:
             assert self.loop is not None
             self.loop.call_soon_threadsafe(self._send, message)
 
+    def _on_beat(self) -> None:
+        if self.bell_heard and not self.flush_scheduled:
+            self.flush_scheduled = True
+            assert self.loop is not None
+            self.loop.call_soon(self._flush)
+
     def _job_of_task(self, task: asyncio.Task[Any] | None) -> int | None:
         """The job whose own task ``task`` is (called from the watchdog thread, while
         the loop is blocked: the table cannot change under it)."""
@@ -433,7 +441,9 @@ class Worker:
         self.bell.drain()
         if self.watchdog is not None:
             self.watchdog.heard_bell()
-            self._send(_BELL_HEARD)
+            # Said with the next frame (or at the next heartbeat): a write of its own
+            # would delay the cancellation it is about.
+            self.bell_heard = True
         for job in list(self.jobs.values()):
             job.token.sync_from_table()
 
@@ -457,6 +467,9 @@ class Worker:
             self.unannounced = []
             # Before anything else in this frame: the job is running from now on.
             self.pending[:0] = started
+        if self.bell_heard:
+            self.bell_heard = False
+            self.pending.append(_BELL_HEARD)
         if not self.pending:
             return
         data = _frame(self.pending)
