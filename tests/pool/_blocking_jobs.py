@@ -7,6 +7,8 @@ import os
 import socket
 import time
 
+import anyio
+
 from _handshake import BACKSTOP
 from cancelpool import current_operation
 
@@ -36,3 +38,15 @@ async def spin_until_released(gate: str, tag: str = "spinner") -> str:
         sock.connect(gate)
         sock.sendall(f"{tag} {op.context.id} {os.getpid()}\n".encode())
         return _compute_until_go(sock)
+
+
+async def spin_in_a_subtask(gate: str) -> str:
+    """The spinning happens in a task the job started (not the job's own task)."""
+    results: list[str] = []
+
+    async def spin() -> None:
+        results.append(await spin_until_released(gate, "subtask"))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(spin)
+    return results[0]

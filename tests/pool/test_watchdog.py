@@ -213,3 +213,21 @@ def test_without_a_watchdog_a_forced_stop_blames_the_job_it_stops(gate: Gate) ->
         assert isinstance(lost, WorkerKilled)
         assert f"force-stop job {polite.id}" in str(lost)
         assert spinner.blocked_stack is None
+
+
+def test_a_block_in_a_task_the_job_started_is_reported_without_a_job(
+    gate: Gate, log: LogWatch
+) -> None:
+    # The watchdog knows each job's own task; a task the job started is not told apart
+    # from the worker's own code (a known limit, said in the log and the statistics).
+    with CancelPool(workers=1, loop_block_threshold=0.2) as pool:
+        job = pool.submit(_blocking_jobs.spin_in_a_subtask, gate.path)
+        [arrival] = gate.wait(1)
+        message = log.wait_for(lambda m: "no job's own task" in m, "the subtask's block")
+        assert "in _compute_until_go" in message
+        [worker] = pool.statistics().workers
+        assert worker.blocked_by is None
+        assert worker.blocked_for >= 0.2
+        gate.release(arrival)
+        assert job.result(BACKSTOP) == "released"
+        assert job.blocked_stack is None
