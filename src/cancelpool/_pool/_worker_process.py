@@ -145,9 +145,10 @@ class Worker:
         if self.watchdog is not None:
             self.watchdog.stop()
         self._flush()
-        if self.write_buffer:
-            os.set_blocking(self.out_fd, True)
-            os.write(self.out_fd, self.write_buffer)
+        with self.write_lock:  # a watchdog report may still be on its way out
+            if self.write_buffer:
+                os.set_blocking(self.out_fd, True)
+                os.write(self.out_fd, self.write_buffer)
 
     async def _initialize(self, initializer: tuple[bytes, bool]) -> bool:
         """Run the pool's initializer once, before any job; False (and reported to the
@@ -392,8 +393,8 @@ class Worker:
             self.loop.call_soon(self._flush)
 
     def _job_of_task(self, task: asyncio.Task[Any] | None) -> int | None:
-        """The job whose own task ``task`` is (called from the watchdog thread, while
-        the loop is blocked: the table cannot change under it)."""
+        """The job whose own task ``task`` is (called from the watchdog thread; the
+        table is copied in one step, under the GIL, whatever the loop does)."""
         if task is None:
             return None
         for job_id, job in list(self.jobs.items()):
@@ -425,7 +426,9 @@ class Worker:
                     return
             if time.monotonic() >= deadline:
                 break
-            select.select([], [fd], [], 0.05)
+            writable = select.poll()  # not select(): a job may hold fds above 1023
+            writable.register(fd, select.POLLOUT)
+            writable.poll(50)
         if not had_buffer:
             # What is left, the loop sends when it turns again.
             assert self.loop is not None
