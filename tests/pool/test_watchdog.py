@@ -20,6 +20,7 @@ from _handshake import BACKSTOP, Gate, start_running
 from cancelpool import CancelPool, JobCancelled, WorkerKilled, WorkerLost
 
 from . import _blocking_jobs, _jobs
+from .test_pool_workers import START_METHODS
 
 # Seconds a cancellation may go unheard before the worker is killed, in these tests.
 GRACE = 0.5
@@ -111,12 +112,15 @@ def test_a_job_computing_without_awaiting_is_reported_with_its_stack(
         assert pool.submit(_jobs.add, 2, 3).result(BACKSTOP) == 5
 
 
+@pytest.mark.parametrize("method", START_METHODS)
 def test_a_forced_stop_blames_the_blocker_and_bystanders_keep_their_partials(
-    gate: Gate, log: LogWatch
+    gate: Gate, log: LogWatch, method: str
 ) -> None:
     # A threshold far above the grace: the block is reported because a cancellation
     # goes unheard, before the forced stop has to choose whom to blame.
-    with CancelPool(workers=1, cancel_grace=GRACE, loop_block_threshold=60) as pool:
+    with CancelPool(
+        workers=1, cancel_grace=GRACE, loop_block_threshold=60, start_method=method
+    ) as pool:
         polite = start_running(pool, gate, "polite", partial={"polite": 1})
         other = start_running(pool, gate, "other", partial={"other": 2})
         spinner = pool.submit(_blocking_jobs.spin_until_released, gate.path, name="hog")
