@@ -8,7 +8,8 @@
     doorbell reader: heard_bell()       --> bells              each step, poll(bell,
                                                                0): a ring undrained?
                                             silent > threshold, or a ring unheard
-                                            for CANCEL_UNHEARD:
+                                            for CANCEL_UNHEARD, the same task
+                                            holding it all along:
                                               sys._current_frames()[loop thread]
                                               asyncio.current_task(loop) -> job id
                                               LoopBlocked --> outbox (written by this
