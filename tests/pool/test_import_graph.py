@@ -9,11 +9,12 @@ from pathlib import Path
 import cancelpool
 
 PACKAGE = Path(cancelpool.__file__).resolve().parent
-# The worker process's modules (the worker's main module is ``_worker`` or, renamed,
-# ``_worker_process``; ``_watchdog`` once it exists): those that exist are checked.
-_WORKER_NAMES = ("_worker", "_worker_process", "_remote", "_protocol", "_payload", "_watchdog")
 WORKER_SIDE = {
-    f"_pool.{name}" for name in _WORKER_NAMES if (PACKAGE / "_pool" / f"{name}.py").exists()
+    "_pool._worker_process",
+    "_pool._remote",
+    "_pool._protocol",
+    "_pool._payload",
+    "_pool._watchdog",
 }
 # Every other module of the pool is the caller's side (supervisor, worker set, handle,
 # facade, settings, ...): a new one is covered without being listed.

@@ -194,7 +194,6 @@ def test_a_forced_stop_shows_in_ls_result_and_json(serve, cli, queue, tmp_path) 
     assert wait_status(queue, queue.submit(f"{MORE}:shout_result"), "completed")
 
 
-@pytest.mark.xfail(reason="needs the pool's blocker blame (issue 9 item 4)", strict=True)
 def test_a_job_that_listens_is_not_force_stopped_for_a_loop_blocker(serve, queue, tmp_path) -> None:
     serve("--workers", "1", "--concurrency", "4", "--cancel-grace", "1")
     release = str(tmp_path / "release")

@@ -142,6 +142,9 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         self.submitted_at = time.time()
         self.started_at: float | None = None
         self.ended_at: float | None = None
+        #: Where the job was when its worker's watchdog last saw it block the event
+        #: loop (traceback text, outermost first), or None: it never did.
+        self.blocked_stack: str | None = None
 
     # -- the supervisor's side (its thread, or a caller's thread under the pool's lock) --------
     # The only writers of a handle's state: the supervisor calls these, nobody else
@@ -175,6 +178,10 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
     def _set_partial(self, partial: Any) -> None:
         """The partial result its outcome will carry."""
         self._partial = partial
+
+    def _set_blocked_stack(self, stack: str) -> None:
+        """Where the job was when its worker's watchdog saw it block the event loop."""
+        self.blocked_stack = stack
 
     def _mark_cancelled(self, reason: CancelationReason, message: str | None) -> None:
         """Record why the job is (being) cancelled."""

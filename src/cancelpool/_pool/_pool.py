@@ -27,10 +27,16 @@ from typing import Any, TypeVar
 from .._core import _validate
 from .._core._enums import CancelationReason, OperationStatus
 from .._core._exceptions import PoolClosed
-from . import _worker
+from . import _worker_process
 from ._handle import JobHandle
 from ._payload import pickle_args, pickle_fn
-from ._settings import DEFAULT_CANCEL_GRACE, DEFAULT_CONCURRENCY, DEFAULT_HISTORY, PoolSettings
+from ._settings import (
+    DEFAULT_CANCEL_GRACE,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_HISTORY,
+    DEFAULT_LOOP_BLOCK_THRESHOLD,
+    PoolSettings,
+)
 from ._statistics import PoolStatistics as PoolStatistics
 from ._statistics import WorkerStatistics as WorkerStatistics
 from ._supervisor import Supervisor
@@ -88,6 +94,12 @@ class CancelPool(concurrent.futures.Executor):
             being consumed (default ``workers * concurrency``); per call: ``buffersize``.
         cancel_at_exit: at interpreter exit, cancel the jobs still running (reason
             SIGNAL) instead of letting them finish as ``concurrent.futures`` does.
+        loop_block_threshold: seconds a worker's event loop may go without turning
+            (an async job computing without awaiting) before the job holding it is
+            reported: a warning on the ``cancelpool`` logger with its stack,
+            ``statistics().workers[i].blocked_by``, ``handle.blocked_stack``. A
+            forced stop on that worker then blames the blocker (see
+            :class:`WorkerKilled`). None turns the watchdog off.
 
     Use it as a context manager (``with`` or ``async with``) or call
     :meth:`shutdown`. Leaving the block because of an exception cancels every job
@@ -116,6 +128,7 @@ class CancelPool(concurrent.futures.Executor):
         initargs: tuple[Any, ...] = (),
         map_read_ahead: int | None = None,
         cancel_at_exit: bool = False,
+        loop_block_threshold: float | None = DEFAULT_LOOP_BLOCK_THRESHOLD,
     ) -> None:
         settings = self._settings = PoolSettings.build(
             workers=workers,
@@ -134,11 +147,12 @@ class CancelPool(concurrent.futures.Executor):
             initargs=initargs,
             map_read_ahead=map_read_ahead,
             cancel_at_exit=cancel_at_exit,
+            loop_block_threshold=loop_block_threshold,
         )
         if settings.start_method == "forkserver":
             # Imported once in the fork server, so that every worker (a replacement
             # too) starts with them: anyio's asyncio backend alone takes ~20 ms to import.
-            settings.context.set_forkserver_preload([_worker.__name__, *_WORKER_PRELOAD])
+            settings.context.set_forkserver_preload([_worker_process.__name__, *_WORKER_PRELOAD])
         # Everything that runs the pool lives in the supervisor, which holds only a
         # weak reference back: a pool dropped without shutdown() is shut down.
         self._sup = Supervisor(settings, self)

@@ -148,6 +148,27 @@ class Checkpoint(msgspec.Struct, tag=15, array_like=True, frozen=True):
     partial: bytes
 
 
+class LoopBlocked(msgspec.Struct, tag=17, array_like=True, frozen=True):
+    """The worker's event loop has not turned for ``seconds``: ``job`` holds it (None
+    if the code running is not a job's own task) and ``stack`` is where it is. Sent by
+    the worker's watchdog thread, while the loop is still blocked."""
+
+    job: int | None
+    seconds: float
+    stack: str
+
+
+class LoopResumed(msgspec.Struct, tag=18, array_like=True, frozen=True):
+    """The worker's event loop turns again, after being blocked for ``seconds``."""
+
+    seconds: float
+
+
+class BellHeard(msgspec.Struct, tag=19, array_like=True, frozen=True):
+    """The worker's loop drained its doorbell: the cancellations rung so far reached
+    it (sent only with a watchdog: a forced stop then knows the loop is not blocked)."""
+
+
 ToWorker = Run | Stop | Warm | ChildAccepted | ChildRefused | ChildOutcome | ChildProgress
 FromWorker = (
     Started
@@ -159,6 +180,9 @@ FromWorker = (
     | SubmitChild
     | CancelChild
     | InitFailed
+    | LoopBlocked
+    | LoopResumed
+    | BellHeard
 )
 
 _HEADER: Final = struct.Struct("<I")

@@ -23,11 +23,17 @@ from . import _protocol as proto
 from ._payload import load_error, load_partial, pickle_args, pickle_fn
 
 if TYPE_CHECKING:
-    from ._worker import Worker
+    from ._worker_process import Worker
 
-#: The id of the job running in this task (or thread), set by the worker.
-current_job: ContextVar[int | None] = ContextVar("cancelpool_current_job", default=None)
-_worker: Worker | None = None
+#: The job running in this task (or thread) and the worker running it, set by the
+#: worker when the job starts. A context variable, not a module global: the job's
+#: threads and tasks inherit it, and code outside any job sees None.
+_current: ContextVar[tuple[Worker, int] | None] = ContextVar("cancelpool_current_job", default=None)
+
+
+def enter_job(worker: Worker, job_id: int) -> None:
+    """Make ``current_pool()`` work in the calling task (the job's own task)."""
+    _current.set((worker, job_id))
 
 
 def current_pool() -> RemotePool:
@@ -36,13 +42,13 @@ def current_pool() -> RemotePool:
     Raises:
         RuntimeError: not called from inside a job running in a ``CancelPool``.
     """
-    job = current_job.get()
-    if _worker is None or job is None:
+    current = _current.get()
+    if current is None:
         raise RuntimeError(
             "current_pool() works only inside a job running in a CancelPool worker; "
             "in the caller, use the CancelPool object itself"
         )
-    return RemotePool(_worker, job)
+    return RemotePool(*current)
 
 
 class ChildJob:
@@ -98,7 +104,8 @@ class ChildJob:
         try:
             return await asyncio.shield(self._future)
         except asyncio.CancelledError:
-            job = self._worker.jobs.get(current_job.get() or 0)
+            current = _current.get()
+            job = self._worker.jobs.get(current[1]) if current is not None else None
             if not self._future.done() and (job is None or not job.op.is_cancelled):
                 # Only the awaiting task gave up. (If the whole job is being cancelled,
                 # the pool cancels the child itself, with reason PARENT.)

@@ -25,6 +25,12 @@ DEFAULT_CONCURRENCY = 256
 #: Shorter stops stubborn jobs sooner; longer gives cleanup code (finally blocks,
 #: partial results) more room.
 DEFAULT_CANCEL_GRACE = 5.0
+#: Seconds a worker's event loop may go without turning before its watchdog reports
+#: the job holding it (log, statistics, handle). No ordinary loop callback takes this
+#: long: unpickling a job's arguments or a result takes milliseconds. Shorter reports
+#: brief stalls as blocks (noise in the log); longer reports real ones later. A
+#: cancellation that the loop does not hear reports the block sooner (0.1 s).
+DEFAULT_LOOP_BLOCK_THRESHOLD = 1.0
 #: Finished jobs remembered for ``get()`` / ``jobs()``.
 DEFAULT_HISTORY = 1000
 #: Token-table slots beyond ``workers * concurrency``: room for child jobs and for the
@@ -54,6 +60,8 @@ class PoolSettings:
     #: Jobs ``map()`` keeps submitted ahead of the one being consumed, by default.
     map_read_ahead: int
     cancel_at_exit: bool
+    #: Seconds without a turn of a worker's loop before it is reported; None: never.
+    loop_block_threshold: float | None = DEFAULT_LOOP_BLOCK_THRESHOLD
 
     @classmethod
     def build(
@@ -75,6 +83,7 @@ class PoolSettings:
         initargs: tuple[Any, ...],
         map_read_ahead: int | None,
         cancel_at_exit: bool,
+        loop_block_threshold: float | None = DEFAULT_LOOP_BLOCK_THRESHOLD,
     ) -> PoolSettings:
         """Check every option; raise TypeError/ValueError with a sentence if one is bad."""
         if workers is not None and max_workers is not None:
@@ -121,6 +130,9 @@ class PoolSettings:
             initializer_is_async=init_async,
             map_read_ahead=read_ahead,
             cancel_at_exit=cancel_at_exit,
+            loop_block_threshold=_validate.optional_seconds(
+                loop_block_threshold, "loop_block_threshold", positive=True
+            ),
         )
 
 

@@ -12,6 +12,11 @@ class WorkerStatistics:
     pid: int | None
     running: int
     completed: int
+    #: The job blocking this worker's event loop now (see ``loop_block_threshold``),
+    #: or None (not blocked, or blocked by code that is no job's own task).
+    blocked_by: int | None = None
+    #: Seconds the loop has been blocked so far; 0.0 when it turns.
+    blocked_for: float = 0.0
 
 
 @dataclass(frozen=True)

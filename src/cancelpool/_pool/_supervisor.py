@@ -22,6 +22,8 @@ through the handle's own methods. A job that ignores its cancellation for
 ``WorkerLost`` (or run again, under ``retries``). A worker that dies on its own fails
 only its own jobs and is replaced. A pool that becomes garbage is shut down: the
 weakref's callback wakes the thread, which stops as ``shutdown(wait=False)`` would.
+If the worker's watchdog reported a job blocking the event loop (``LoopBlocked``),
+that job is the one blamed for the kill (see :meth:`Supervisor._worker_died`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("cancelpool")
 
+#: Seconds a forced stop waits, once, for the worker's watchdog to say who blocks the
+#: loop, when the loop has not heard the cancellation (the watchdog reports 0.1 s after
+#: a ring goes unheard; this leaves room for a loaded machine). Only a blocked (or
+#: starved) worker waits: a loop that heard the cancellation is killed on time.
+VERDICT_WAIT = 1.0
 #: Minimum seconds between two RSS readings of one worker (``max_memory_per_worker``):
 #: a reading costs tens of microseconds, so not after every job.
 MEMORY_CHECK_INTERVAL = 0.2
@@ -263,6 +270,7 @@ class Supervisor:
 
     def statistics(self) -> PoolStatistics:
         """Counters: submitted, queued, running, completed, cancelled, failed, per worker."""
+        now = time.monotonic()
         with self._lock:
             jobs = self._job_table
             submitted, running, completed, cancelled, failed = jobs.counters()
@@ -274,7 +282,13 @@ class Supervisor:
                 cancelled=cancelled,
                 failed=failed,
                 workers=tuple(
-                    WorkerStatistics(pid=p.pid, running=len(p.inflight), completed=p.completed)
+                    WorkerStatistics(
+                        pid=p.pid,
+                        running=len(p.inflight),
+                        completed=p.completed,
+                        blocked_by=p.blocked.job if p.blocked is not None else None,
+                        blocked_for=now - p.blocked_since if p.blocked is not None else 0.0,
+                    )
                     for p in self._ws.procs
                 ),
             )
@@ -549,10 +563,19 @@ class Supervisor:
         refused: list[tuple[int, BaseException]] = []
         resolved: list[JobHandle[Any]] = []
         broken: list[proto.InitFailed] = []
+        loop_reports: list[Any] = []
         with self._lock:
             jobs = self._job_table.live
             for message in messages:
                 kind = type(message)
+                if kind is proto.BellHeard:
+                    proc.heard_at = time.monotonic()
+                    self._verdict_in(proc)
+                    continue
+                if kind is proto.LoopBlocked or kind is proto.LoopResumed:
+                    loop_reports.append(self._loop_report(proc, message))
+                    self._verdict_in(proc)
+                    continue
                 if kind is proto.SubmitChild:
                     error = self._submit_child(proc, message)
                     if error is not None:
@@ -615,6 +638,59 @@ class Supervisor:
             self._wake()
         if broken:
             self._initializer_failed(proc, broken[0])
+        for report in loop_reports:
+            _log_loop_report(*report)
+
+    def _loop_report(
+        self, proc: WorkerProc, message: proto.LoopBlocked | proto.LoopResumed
+    ) -> tuple[int | None, JobHandle[Any] | None, Any]:
+        """Record what the worker's watchdog says of its loop (lock held); returns
+        what to log once the lock is released."""
+        if isinstance(message, proto.LoopResumed):
+            proc.blocked = None
+            return proc.pid, None, message
+        proc.blocked = message
+        proc.blocked_since = time.monotonic() - message.seconds
+        handle = self._job_table.live.get(message.job) if message.job is not None else None
+        if handle is not None:
+            handle._set_blocked_stack(message.stack)
+        return proc.pid, handle, message
+
+    def _blocker(self, proc: WorkerProc, forced_for: int | None) -> JobHandle[Any] | None:
+        """The job that blocked the loop of ``proc`` when it was killed to force a stop
+        (lock held), or None: no forced stop, no block reported, or no job known."""
+        blocked = proc.blocked
+        if not forced_for or blocked is None or blocked.job not in proc.inflight:
+            return None  # forced_for 0: terminate() killed it, nobody is to blame
+        return self._job_table.live.get(blocked.job)
+
+    def _await_verdict(self, proc: WorkerProc, handle: JobHandle[Any], now: float) -> bool:
+        """Whether a forced stop of ``handle`` waits for the watchdog (lock held).
+
+        True (and the stop re-armed VERDICT_WAIT from now, once per job) when the
+        worker's loop has not heard the cancellation and no block is reported yet: the
+        report that names the job to blame may still be on its way.
+        """
+        if (
+            self._settings.loop_block_threshold is None
+            or proc.blocked is not None
+            or proc.heard_at >= proc.rung_at
+            or handle.id in proc.verdicts
+        ):
+            return False
+        proc.verdicts.add(handle.id)
+        self._add_timer(now + VERDICT_WAIT, handle, FORCE)
+        return True
+
+    def _verdict_in(self, proc: WorkerProc) -> None:
+        """The worker said whether its loop is blocked (lock held): the forced stops
+        that waited for it happen now."""
+        if proc.verdicts:
+            now = time.monotonic()
+            for job in proc.verdicts:
+                handle = self._job_table.live.get(job)
+                if handle is not None and handle._cancel_reason is not None:
+                    self._add_timer(now, handle, FORCE)
 
     def _initializer_failed(self, proc: WorkerProc, message: proto.InitFailed) -> None:
         """The initializer raised in a worker: the pool is broken (no respawn spin).
@@ -895,6 +971,7 @@ class Supervisor:
             bell = self._ws.procs[index].bell
             if bell is not None:
                 bell.ring()
+                self._ws.procs[index].rung_at = now
         return count, resolved
 
     def _cascade(self, parent: JobHandle[Any], what: str) -> list[JobHandle[Any]]:
@@ -928,6 +1005,8 @@ class Supervisor:
             for handle in forced:
                 proc = self._ws.procs[handle._worker]  # type: ignore[index]
                 if proc.alive and proc.process is not None and proc.forced_for is None:
+                    if self._await_verdict(proc, handle, now):
+                        continue
                     # It ignored its cancellation for the whole grace period.
                     proc.forced_for = handle.id
                     proc.process.kill()
@@ -945,15 +1024,51 @@ class Supervisor:
         retry: list[JobHandle[Any]] = []
         cancelled: list[JobHandle[Any]] = []
         lost: list[tuple[JobHandle[Any], BaseException]] = []
+        # Jobs whose cancellation went unheard only because another job blocked the
+        # loop: they end cancelled as asked, not forced (``forced`` says a job ignored
+        # its cancellation, and these did not: they never got the chance).
+        spared: set[int] = set()
         with self._lock:
             proc.alive = False
             handles = [
                 self._job_table.live[job] for job in proc.inflight if job in self._job_table.live
             ]
+            blocker = self._blocker(proc, forced_for)
+            blame = ""
+            if blocker is not None:
+                assert proc.blocked is not None
+                blame = (
+                    f"job {blocker.id} ({blocker.name or '-'}) blocked its event loop for "
+                    f"{time.monotonic() - proc.blocked_since:.1f} s"
+                )
             for handle in handles:
                 handle._set_partial(load_partial(handle._checkpoint))
+                if handle is blocker and handle._cancel_reason is None:
+                    # Not run again: it would block the loop again.
+                    self._retire(handle)
+                    cancelled += self._cascade(handle, "was stopped: it blocked its worker")
+                    killed = WorkerKilled(
+                        f"job {handle.id} ({handle.name or '-'}) was stopped: it blocked "
+                        f"its worker's event loop for "
+                        f"{time.monotonic() - proc.blocked_since:.1f} s (an async function "
+                        f"that does not await), so job {forced_for}'s cancellation could "
+                        f"not be heard and its worker (pid {proc.pid}) was killed; it was "
+                        f"at:\n{handle.blocked_stack or ''}",
+                        job_id=str(handle.id),
+                        partial_result=handle._partial,
+                    )
+                    lost.append((handle, killed))
+                    continue
                 if handle._cancel_reason is not None:
                     self._retire(handle)
+                    if blocker is not None and handle is not blocker:
+                        spared.add(handle.id)
+                        handle._mark_cancelled(
+                            handle._cancel_reason,
+                            f"{handle._cancel_message}; its worker (pid {proc.pid}) was "
+                            f"killed because {blame}, so its partial result is its last "
+                            "checkpoint",
+                        )
                     cancelled.append(handle)
                     cancelled += self._cascade(handle, f"was cancelled ({handle._cancel_reason})")
                     continue
@@ -962,8 +1077,16 @@ class Supervisor:
                     continue
                 self._retire(handle)
                 cancelled += self._cascade(handle, "was lost with its worker")
-                if forced_for is not None:
+                if blocker is not None:
                     error: BaseException = WorkerKilled(
+                        f"job {handle.id} was lost: its worker (pid {proc.pid}) was killed "
+                        f"because {blame} (an async function that does not await), and "
+                        f"job {forced_for}'s cancellation could not be heard",
+                        job_id=str(handle.id),
+                        partial_result=handle._partial,
+                    )
+                elif forced_for is not None:
+                    error = WorkerKilled(
                         f"job {handle.id} was lost: its worker (pid {proc.pid}) was killed to "
                         f"force-stop job {forced_for}, which ignored its cancellation",
                         job_id=str(handle.id),
@@ -1014,7 +1137,10 @@ class Supervisor:
             # Every job whose cancellation was under way when its worker was killed to
             # force a stop ended by that kill, not by its own hand.
             self._resolve_cancelled(
-                handle, forced=forced_for is not None and handle._slot is not None
+                handle,
+                forced=forced_for is not None
+                and handle._slot is not None
+                and handle.id not in spared,
             )
         for handle, error in lost:
             self._set_failed(handle, error)
@@ -1094,6 +1220,30 @@ def _wait(
     readable = {fd for fd, mask in events if mask & _READ_EVENTS}
     writable = {fd for fd, mask in events if mask & (select.POLLOUT | select.POLLERR)}
     return readable, writable
+
+
+def _log_loop_report(pid: int | None, handle: JobHandle[Any] | None, message: Any) -> None:
+    if isinstance(message, proto.LoopResumed):
+        logger.info(
+            "cancelpool: the event loop of worker %s turns again after %.1f s",
+            pid,
+            message.seconds,
+        )
+        return
+    who = (
+        f"job {handle.id} ({handle.name or '-'})"
+        if handle is not None
+        else "code that is no job's own task (a task a job started, or the worker's)"
+    )
+    logger.warning(
+        "cancelpool: %s has blocked the event loop of worker %s for %.1f s (an async "
+        "function that does not await): the worker's other jobs can neither run nor "
+        "hear their cancellation. Where it is:\n%s",
+        who,
+        pid,
+        message.seconds,
+        message.stack,
+    )
 
 
 def _how_it_ended(message: Any) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..shm import Doorbell, TokenTable
 from . import _protocol as proto
-from . import _worker
+from . import _worker_process
 from ._wakeup import Wakeup
 
 if TYPE_CHECKING:
@@ -59,6 +59,15 @@ class WorkerProc:
         self.retiring = False
         self.exclusive = False
         self.forced_for: int | None = None
+        # The watchdog's report while this worker's loop is blocked (None otherwise),
+        # and when (monotonic) the block began.
+        self.blocked: proto.LoopBlocked | None = None
+        self.blocked_since = 0.0
+        # When (monotonic) the supervisor last rang this worker's doorbell, and last
+        # heard that its loop drained it; jobs whose forced stop waited for a verdict.
+        self.rung_at = 0.0
+        self.heard_at = 0.0
+        self.verdicts: set[int] = set()
 
     def accepts(self, concurrency: int, max_tasks: int | None) -> bool:
         """Whether new jobs may be sent to this worker now."""
@@ -115,8 +124,17 @@ class WorkerSet:
         if settings.initializer is not None:
             initializer = (settings.initializer, settings.initializer_is_async)
         process = self._mp.Process(
-            target=_worker.main,
-            args=(self.table, bell, in_r, out_w, os.getpid(), self._use_uvloop, initializer),
+            target=_worker_process.main,
+            args=(
+                self.table,
+                bell,
+                in_r,
+                out_w,
+                os.getpid(),
+                self._use_uvloop,
+                initializer,
+                settings.loop_block_threshold,
+            ),
             name=f"cancelpool-worker-{proc.index}",
             daemon=True,
         )
@@ -150,6 +168,9 @@ class WorkerSet:
         proc.retiring = False
         proc.exclusive = False
         proc.forced_for = None
+        proc.blocked = None
+        proc.rung_at = proc.heard_at = 0.0
+        proc.verdicts = set()
 
     def bury(self, proc: WorkerProc) -> None:
         """Release everything of a worker process that has exited."""

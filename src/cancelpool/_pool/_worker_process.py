@@ -9,7 +9,13 @@
     doorbell     --- ring ----------->  _on_bell: every job's token re-reads its slot;
                                         a cancelled one wakes its job's cancel scope
     outbox pipe  <-- Started/Done/...   _flush: one frame per loop iteration (batched)
+                 <-- LoopBlocked/...    the watchdog thread (_watchdog.py), itself,
+                                        while the loop is blocked
     supervisor pid (pidfd)              readable when the supervisor dies: exit at once
+
+Two threads write the outbox: the loop, and the watchdog when the loop is blocked.
+Every write goes through ``write_lock`` and ``write_buffer``, so that frames never
+interleave.
 
 The worker never writes shared memory: everything it has to say goes over the outbox.
 """
@@ -40,6 +46,7 @@ from ..shm import Doorbell, SharedToken, SlotRef, TokenTable
 from . import _protocol as proto
 from . import _remote
 from ._payload import dump_error, dump_partial, dumps, rewrap
+from ._watchdog import LoopWatchdog
 
 #: Bytes asked for per read of the inbox. Frames larger than this arrive in pieces and
 #: are reassembled; smaller means more reads for big batches.
@@ -55,14 +62,19 @@ _FUNCTION_CACHE_SIZE = 256
 #: progress reports, kept by the supervisor in case the worker dies). Shorter keeps a
 #: fresher partial result; longer pickles it less often.
 CHECKPOINT_INTERVAL = 0.05
+#: Seconds the watchdog thread keeps trying to write a report into a full outbox pipe
+#: before it leaves the rest to the loop. The supervisor reads all the time, so a full
+#: pipe drains in milliseconds; longer only matters if the supervisor itself stalls.
+_SEND_NOW_PATIENCE = 1.0
 
 
 class _Job:
-    __slots__ = ("checkpoint_at", "checkpoint_due", "failure", "forwarder", "op", "token")
+    __slots__ = ("checkpoint_at", "checkpoint_due", "failure", "forwarder", "op", "task", "token")
 
-    def __init__(self, token: SharedToken, op: Cancelable) -> None:
+    def __init__(self, token: SharedToken, op: Cancelable, task: asyncio.Task[Any] | None) -> None:
         self.token = token
         self.op = op
+        self.task = task  # the job's own task: the watchdog names the job holding the loop
         self.failure: BaseException | None = None
         self.forwarder: Callable[..., Any] | None = None
         self.checkpoint_at = 0.0
@@ -79,6 +91,7 @@ class Worker:
         inbox: Connection,
         outbox: Connection,
         supervisor_pid: int,
+        loop_block_threshold: float | None = None,
     ) -> None:
         self.table = table
         self.bell = bell
@@ -90,6 +103,10 @@ class Worker:
         self.pending: list[Any] = []
         self.flush_scheduled = False
         self.write_buffer = bytearray()
+        self.write_lock = threading.Lock()
+        self.loop_block_threshold = loop_block_threshold
+        self.watchdog: LoopWatchdog | None = None
+        self.bell_heard = False  # a BellHeard is owed to the supervisor
         self.reader = proto.FrameReader()
         self.stopping = False
         self.finished: asyncio.Event | None = None
@@ -112,11 +129,26 @@ class Worker:
             return
         loop.add_reader(self.in_fd, self._on_inbox)
         loop.add_reader(self.bell.fileno(), self._on_bell)
+        if self.loop_block_threshold is not None:
+            # Only now: the initializer may take the loop for as long as it needs.
+            self.watchdog = LoopWatchdog(
+                loop,
+                self.loop_block_threshold,
+                self.bell.fileno(),
+                self._job_of_task,
+                Worker._run.__code__,
+                self.send_now,
+                self._on_beat,
+            )
+            self.watchdog.start()
         await self.finished.wait()
+        if self.watchdog is not None:
+            self.watchdog.stop()
         self._flush()
-        if self.write_buffer:
-            os.set_blocking(self.out_fd, True)
-            os.write(self.out_fd, self.write_buffer)
+        with self.write_lock:  # a watchdog report may still be on its way out
+            if self.write_buffer:
+                os.set_blocking(self.out_fd, True)
+                os.write(self.out_fd, self.write_buffer)
 
     async def _initialize(self, initializer: tuple[bytes, bool]) -> bool:
         """Run the pool's initializer once, before any job; False (and reported to the
@@ -218,10 +250,10 @@ class Worker:
         op = Cancelable(run.name, operation_id=str(job_id), register=False).add_token(token)
         if run.timeout is not None:
             op.add_source(TimeoutSource(run.timeout))
-        job = self.jobs[job_id] = _Job(token, op)
+        job = self.jobs[job_id] = _Job(token, op, asyncio.current_task())
         job.forwarder = self._progress_callback(job_id, job)
         op.on_progress(job.forwarder)
-        _remote.current_job.set(job_id)
+        _remote.enter_job(self, job_id)
         # Announced at the next flush, and only if it is still running then: a job
         # that finishes within one loop iteration needs no Started message.
         self.unannounced.append(job_id)
@@ -354,9 +386,67 @@ class Worker:
             assert self.loop is not None
             self.loop.call_soon_threadsafe(self._send, message)
 
+    def _on_beat(self) -> None:
+        if self.bell_heard and not self.flush_scheduled:
+            self.flush_scheduled = True
+            assert self.loop is not None
+            self.loop.call_soon(self._flush)
+
+    def _job_of_task(self, task: asyncio.Task[Any] | None) -> int | None:
+        """The job whose own task ``task`` is (called from the watchdog thread; the
+        table is copied in one step, under the GIL, whatever the loop does)."""
+        if task is None:
+            return None
+        for job_id, job in list(self.jobs.items()):
+            if job.task is task:
+                return job_id
+        return None
+
+    def send_now(self, message: Any) -> None:
+        """Write one message to the supervisor now, from a thread that is not the
+        loop's, even while the loop is blocked (the watchdog's reports)."""
+        data = _frame([message])
+        fd = self.out_fd
+        deadline = time.monotonic() + _SEND_NOW_PATIENCE
+        with self.write_lock:
+            had_buffer = bool(self.write_buffer)
+            self.write_buffer += data
+        while True:
+            with self.write_lock:
+                if not self.write_buffer:
+                    return
+                try:
+                    written = os.write(fd, self.write_buffer)
+                except BlockingIOError:
+                    written = 0
+                except OSError:  # the supervisor is gone: nobody to report to
+                    os._exit(0)
+                del self.write_buffer[:written]
+                if not self.write_buffer:
+                    return
+            if time.monotonic() >= deadline:
+                break
+            writable = select.poll()  # not select(): a job may hold fds above 1023
+            writable.register(fd, select.POLLOUT)
+            writable.poll(50)
+        if not had_buffer:
+            # What is left, the loop sends when it turns again.
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(self._want_writable)
+
+    def _want_writable(self) -> None:
+        if self.write_buffer:
+            assert self.loop is not None
+            self.loop.add_writer(self.out_fd, self._on_writable)
+
     # -- doorbell --------------------------------------------------------------------------
     def _on_bell(self) -> None:
         self.bell.drain()
+        if self.watchdog is not None:
+            self.watchdog.heard_bell()
+            # Said with the next frame (or at the next heartbeat): a write of its own
+            # would delay the cancellation it is about.
+            self.bell_heard = True
         for job in list(self.jobs.values()):
             job.token.sync_from_table()
 
@@ -380,42 +470,54 @@ class Worker:
             self.unannounced = []
             # Before anything else in this frame: the job is running from now on.
             self.pending[:0] = started
+        if self.bell_heard:
+            self.bell_heard = False
+            self.pending.append(_BELL_HEARD)
         if not self.pending:
             return
-        try:
-            data = proto.frame(self.pending)
-        except (msgspec.EncodeError, UnicodeEncodeError):
-            # Text that is not valid UTF-8 (lone surrogates) in some message: escape
-            # it rather than lose the whole batch.
-            data = proto.frame([_encodable(message) for message in self.pending])
+        data = _frame(self.pending)
         self.pending = []
-        if self.write_buffer:
-            self.write_buffer += data
-            return
-        try:
-            written = os.write(self.out_fd, data)
-        except BlockingIOError:
-            written = 0
-        except BrokenPipeError:
-            self._supervisor_gone()
-            return
-        if written < len(data):
-            self.write_buffer += data[written:]
-            assert self.loop is not None
-            self.loop.add_writer(self.out_fd, self._on_writable)
+        with self.write_lock:
+            if self.write_buffer:
+                self.write_buffer += data
+                return
+            try:
+                written = os.write(self.out_fd, data)
+            except BlockingIOError:
+                written = 0
+            except BrokenPipeError:
+                self._supervisor_gone()
+                return
+            if written < len(data):
+                self.write_buffer += data[written:]
+                assert self.loop is not None
+                self.loop.add_writer(self.out_fd, self._on_writable)
 
     def _on_writable(self) -> None:
-        try:
-            written = os.write(self.out_fd, self.write_buffer)
-        except BlockingIOError:
-            return
-        except BrokenPipeError:
-            self._supervisor_gone()
-            return
-        del self.write_buffer[:written]
-        if not self.write_buffer:
-            assert self.loop is not None
-            self.loop.remove_writer(self.out_fd)
+        with self.write_lock:
+            try:
+                written = os.write(self.out_fd, self.write_buffer)
+            except BlockingIOError:
+                return
+            except BrokenPipeError:
+                self._supervisor_gone()
+                return
+            del self.write_buffer[:written]
+            if not self.write_buffer:
+                assert self.loop is not None
+                self.loop.remove_writer(self.out_fd)
+
+
+_BELL_HEARD = proto.BellHeard()
+
+
+def _frame(messages: list[Any]) -> bytes:
+    try:
+        return proto.frame(messages)
+    except (msgspec.EncodeError, UnicodeEncodeError):
+        # Text that is not valid UTF-8 (lone surrogates) in some message: escape it
+        # rather than lose the whole batch.
+        return proto.frame([_encodable(message) for message in messages])
 
 
 def _encodable(message: Any) -> Any:
@@ -441,13 +543,15 @@ def main(
     supervisor_pid: int,
     use_uvloop: bool,
     initializer: tuple[bytes, bool] | None = None,
+    loop_block_threshold: float | None = None,
 ) -> None:
     """Entry point of a worker process (``initializer``: the pickle of the pool's
-    ``(initializer, initargs)`` and whether it is async)."""
+    ``(initializer, initargs)`` and whether it is async; ``loop_block_threshold``:
+    seconds without a turn of the loop before the watchdog reports it, None: no
+    watchdog)."""
     # Ctrl-C is the supervisor's to handle: it cancels our jobs through their tokens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker = Worker(table, bell, inbox, outbox, supervisor_pid)
-    _remote._worker = worker
+    worker = Worker(table, bell, inbox, outbox, supervisor_pid, loop_block_threshold)
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if use_uvloop:
         try:
