@@ -9,7 +9,7 @@ from cancelpool import Cancelable, CancelationError, OperationRegistry, Operatio
 
 async def job(name: str) -> None:
     try:
-        async with Cancelable(name=name):
+        async with Cancelable(name=name, register=True):
             await anyio.sleep_forever()  # stands for a long job
     except CancelationError:
         pass

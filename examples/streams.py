@@ -28,7 +28,7 @@ async def main() -> None:
                     print(f"  reading {reading} is too hot: stopping the stream")
                     token.cancel_sync("temperature limit reached")
     except ManualCancelation as exc:
-        readings = exc.partial_result
+        readings = exc.partial_result["buffer"]
         print(f"  stopped: {exc}")
         print(f"  kept {len(readings)} readings, last {readings[-1]}")
 

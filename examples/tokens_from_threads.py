@@ -43,7 +43,7 @@ async def registry_from_a_thread() -> None:
 
     async def job(name: str) -> None:
         try:
-            async with Cancelable(name=name):
+            async with Cancelable(name=name, register=True):
                 await anyio.sleep_forever()
         except CancelationError:
             stopped.append(name)

@@ -128,7 +128,7 @@ async def stop_6_partial_result() -> None:
             async for _ in op.stream(numbers(), buffer_partial=True):
                 pass
     except TimeoutCancelation as exc:
-        kept = exc.partial_result or []
+        kept = exc.partial_result["buffer"]
         print(f"   timed out, but kept {len(kept)} items: {kept[:5]}...")
 
 

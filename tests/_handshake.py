@@ -19,12 +19,15 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from cancelpool import current_operation
+
+T = TypeVar("T")
 
 # Seconds. A backstop against a hung job or test, never a synchronization.
 BACKSTOP = 60.0
@@ -203,3 +206,20 @@ def start_running(
     [held] = gate.wait(1)
     assert held.tag == tag
     return handle
+
+
+def wait_until(predicate: Callable[[], T | None], what: str, timeout: float = BACKSTOP) -> T:
+    """Poll ``predicate`` until it returns something truthy (returned), with a deadline.
+
+    For state the test cannot get a handshake for: what the supervisor thread has
+    registered after a worker said something (a job's child is submitted
+    asynchronously: the job goes on before the pool has registered the child).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within the {timeout}s backstop")
+        time.sleep(0.001)  # a poll interval, not a synchronization

@@ -1,6 +1,6 @@
 """What a test may leave behind: nothing. Child processes and /dev/shm entries, looked up.
 
-Shared by the pool and fault suites. multiprocessing's fork server and resource tracker
+Shared by the pool, fault and peer suites. multiprocessing's fork server and resource tracker
 are long-lived helpers of the test process, not leftovers; zombies run nothing.
 """
 
@@ -61,19 +61,27 @@ def dev_shm() -> set[str]:
     return {name for name in names if not name.startswith("sem.")}
 
 
-def assert_no_new_shm(before: set[str]) -> None:
-    """No new ``/dev/shm`` entry (a parallel test's short-lived one may come and go)."""
+def assert_no_new_shm(before: set[str], foreign: tuple[str, ...] = ()) -> None:
+    """No new ``/dev/shm`` entry (a parallel test's short-lived one may come and go);
+    entries named with a ``foreign`` prefix belong to other programs."""
+
+    def new_entries() -> set[str]:
+        return {name for name in dev_shm() - before if not name.startswith(foreign)}
+
     deadline = time.monotonic() + EXIT_BACKSTOP
-    new = dev_shm() - before
+    new = new_entries()
     while new and time.monotonic() < deadline:
         time.sleep(0.05)  # backstop poll for a parallel test's short-lived entry
-        new = dev_shm() - before
+        new = new_entries()
     assert not new, f"/dev/shm entries left behind: {sorted(new)}"
 
 
-def assert_no_leftovers(shm_before: set[str], allowed: Iterable[int] = ()) -> None:
+def assert_no_leftovers(
+    shm_before: set[str], allowed: Iterable[int] = (), foreign_shm: tuple[str, ...] = ()
+) -> None:
     """No child process (but the helpers and ``allowed``) and no new /dev/shm entry
-    remain. The one leftover check of the pool and fault suites."""
+    (but those named with a ``foreign_shm`` prefix) remain. The one leftover check of
+    the pool, fault and peer suites."""
     leftovers = live_children(allowed)
     if leftovers:
         _gone, alive = psutil.wait_procs(leftovers, timeout=EXIT_BACKSTOP)
@@ -87,4 +95,4 @@ def assert_no_leftovers(shm_before: set[str], allowed: Iterable[int] = ()) -> No
             except psutil.Error:
                 pass
         assert not described, f"child processes left running: {described}"
-    assert_no_new_shm(shm_before)
+    assert_no_new_shm(shm_before, foreign_shm)

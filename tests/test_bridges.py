@@ -338,12 +338,20 @@ async def test_cancelling_the_enclosing_scope_stops_the_bridge() -> None:
 
 
 @pytest.mark.anyio
-async def test_calls_outside_the_block_raise_runtime_error() -> None:
-    bridge = AnyioBridge()
-    with pytest.raises(RuntimeError, match="has not started"):
-        bridge.call_soon_threadsafe(print)
+async def test_calls_before_start_are_queued_and_after_close_raise() -> None:
+    bridge = AnyioBridge(buffer_size=2)
+    ran: list[str] = []
+    # As the seed library: before the bridge starts, calls wait for it (bounded).
+    bridge.call_soon_threadsafe(ran.append, "early")
+    run_thread(lambda: bridge.call_soon_threadsafe(ran.append, "from a thread")).join(
+        THREAD_BACKSTOP
+    )
+    with pytest.raises(queue.Full):
+        bridge.call_soon_threadsafe(ran.append, "one too many")
+    assert ran == []
     async with bridge:
         assert bridge.is_running
+    assert ran == ["early", "from a thread"]
     errors: list[BaseException] = []
 
     def late() -> None:

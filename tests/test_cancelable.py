@@ -35,6 +35,7 @@ from cancelpool import (
     OperationStatus,
     ParentCancelation,
     SignalCancelation,
+    SignalSource,
     ThreadSafeRegistry,
     TimeoutCancelation,
     current_operation,
@@ -330,7 +331,9 @@ async def test_outside_cancel_with_monitored_source_still_settles() -> None:
     # The source monitors run in a task group that must wind down without swallowing
     # the outside cancellation or skipping the bookkeeping.
     with anyio.CancelScope() as outer:
-        async with Cancelable.with_condition(lambda: False, check_interval=0.001) as op:
+        async with Cancelable.with_condition(
+            lambda: False, check_interval=0.001, register=True
+        ) as op:
             outer.cancel()
             await anyio.sleep(FOREVER)
     assert outer.cancelled_caught
@@ -681,7 +684,7 @@ async def test_thread_safe_registry_cancel_operation_from_thread(
         results.append(ThreadSafeRegistry().cancel_operation(op_id, "user asked"))
 
     with anyio.fail_after(BACKSTOP), pytest.raises(ManualCancelation, match="user asked"):
-        async with Cancelable(name="job") as op:
+        async with Cancelable(name="job", register=True) as op:
             thread = start_thread(cancel, op.context.id)
             await anyio.sleep(FOREVER)
     thread.join(BACKSTOP)  # the wake-up may beat the thread's own bookkeeping
@@ -698,7 +701,7 @@ async def test_thread_safe_registry_cancel_all_by_pattern_from_thread(
 
     async def job(name: str) -> None:
         try:
-            async with Cancelable(name=name):
+            async with Cancelable(name=name, register=True):
                 started[name].set()
                 await anyio.sleep(FOREVER)
         except ManualCancelation:
@@ -950,8 +953,10 @@ async def test_stream_buffers_partial_result_on_cancel() -> None:
                 if item == 4:
                     op.cancel_sync()
     assert seen == [0, 1, 2, 3, 4]
-    assert op.context.partial_result == [0, 1, 2, 3, 4]
-    assert info.value.partial_result == [0, 1, 2, 3, 4]
+    # Shaped as the seed library shapes it.
+    partial = {"count": 5, "buffer": [0, 1, 2, 3, 4], "completed": False}
+    assert op.context.partial_result == partial
+    assert info.value.partial_result == partial
 
 
 @pytest.mark.anyio
@@ -962,7 +967,21 @@ async def test_stream_reports_progress_every_interval() -> None:
         items = [item async for item in op.stream(numbers(7), report_interval=3)]
     assert items == list(range(7))
     assert [d["count"] for _, d in reports] == [3, 6]
-    assert op.context.partial_result is None
+    assert [d["latest_item"] for _, d in reports] == [2, 5]
+    assert [m for m, _ in reports] == ["Processed 3 items", "Processed 6 items"]
+    assert op.context.partial_result == {"count": 7, "buffer": items, "completed": True}
+
+
+@pytest.mark.anyio
+async def test_stream_without_buffer_counts_and_buffer_is_bounded() -> None:
+    async with Cancelable() as op:
+        async for _ in op.stream(numbers(3), buffer_partial=False):
+            pass
+    assert op.context.partial_result == {"count": 3, "buffer": None, "completed": True}
+    async with Cancelable() as op:
+        async for _ in op.stream(numbers(1005)):
+            pass
+    assert op.context.partial_result["buffer"] == list(range(5, 1005))
 
 
 @pytest.mark.anyio
@@ -977,7 +996,7 @@ async def test_stream_with_timeout_keeps_partial() -> None:
         async with Cancelable.with_timeout(0.01) as op:
             async for _ in op.stream(slow(), buffer_partial=True):
                 pass
-    assert info.value.partial_result == [1, 2]
+    assert info.value.partial_result["buffer"] == [1, 2]
 
 
 @pytest.mark.parametrize("interval", [0, -3, 1.5, True])
@@ -1213,9 +1232,11 @@ def test_uncatchable_signal_fails_at_call_site(sig: int) -> None:
         Cancelable.with_signal(sig)
 
 
-def test_no_signal_fails_at_call_site() -> None:
-    with pytest.raises(ValueError, match="at least one signal"):
-        Cancelable.with_signal()
+def test_no_signal_means_sigint_and_sigterm() -> None:
+    # As the seed library: SignalSource() listens for the usual stop signals.
+    [source] = Cancelable.with_signal()._sources
+    assert isinstance(source, SignalSource)
+    assert source.signals == (signal.SIGINT, signal.SIGTERM)
 
 
 def test_add_source_and_token_reject_wrong_types() -> None:

@@ -31,7 +31,7 @@ FOREVER = 100
 def test_fresh_context() -> None:
     ctx = OperationContext(name="job", metadata={"k": 1})
     assert ctx.status is OperationStatus.PENDING
-    assert ctx.start_time is None
+    assert ctx.start_time is not None  # set at creation, as in the seed library
     assert ctx.end_time is None
     assert ctx.elapsed_time is None
     assert ctx.duration is None
@@ -121,6 +121,7 @@ def test_enums_values() -> None:
         "cancelled",
         "failed",
         "shielded",
+        "timeout",  # named as in the seed library, never set
     }
     assert {r.value for r in CancelationReason} == {
         "timeout",
@@ -135,6 +136,7 @@ def test_enums_values() -> None:
         OperationStatus.COMPLETED,
         OperationStatus.CANCELLED,
         OperationStatus.FAILED,
+        OperationStatus.TIMEOUT,
     }
 
 

@@ -142,7 +142,7 @@ async def test_register_false_keeps_the_operation_out_of_the_registry() -> None:
     async def hidden(cancelable: Cancelable) -> object:
         return await registry.get_operation(cancelable.context.id)
 
-    @cancelable()
+    @cancelable(register=True)
     async def listed(cancelable: Cancelable) -> object:
         return await registry.get_operation(cancelable.context.id)
 
@@ -615,11 +615,17 @@ async def test_with_cancelable_refuses_to_run_unprotected_when_cancelled() -> No
     assert isinstance(outcome[0], ManualCancelation)
 
 
-def test_with_cancelable_inject_needs_the_parameter() -> None:
-    async def step() -> None: ...
+@pytest.mark.anyio
+async def test_with_cancelable_inject_without_the_parameter_does_not_inject() -> None:
+    # As the seed library: nothing is injected, the function still runs in the operation.
+    op = Cancelable()
 
-    with pytest.raises(TypeError, match="no such parameter"):
-        with_cancelable(Cancelable(), inject=True)(step)
+    async def step() -> Cancelable | None:
+        return current_operation()
+
+    wrapped = with_cancelable(op, inject=True)(step)
+    async with op:
+        assert await wrapped() is op
 
 
 # -- @with_current_operation ---------------------------------------------------------------
@@ -649,8 +655,10 @@ async def test_with_current_operation_injects_the_current_operation_or_none() ->
     assert list(inspect.signature(helper).parameters) == ["data"]
 
 
-def test_with_current_operation_needs_the_parameter() -> None:
-    async def helper(data: str) -> None: ...
+def test_with_current_operation_without_the_parameter_does_not_inject() -> None:
+    # As the seed library: a function with nowhere to put the operation is unchanged.
+    async def helper(data: str) -> str:
+        return data
 
-    with pytest.raises(TypeError, match="no such parameter"):
-        with_current_operation()(helper)
+    assert with_current_operation()(helper) is helper
+    assert with_current_operation(inject_param="op")(helper) is helper

@@ -64,6 +64,22 @@ EXPECTED = {
         "stored 10 readings from the sensor thread",
         "after the block: this AnyioBridge is closed",
     ],
+    "integration_httpx.py": [
+        "paused: user pressed pause; kept 524288 bytes",
+        "resumed from 524288 (HTTP 206)",
+        "complete and intact: True",
+    ],
+    "integration_sqlalchemy.py": [
+        "import stopped: operation 'import' timed out after 0.2s",
+        "rows committed: 0; connections checked out: 0",
+        "read 2000 rows, then: seen enough",
+    ],
+    "integration_fastapi.py": [
+        "the client hangs up",
+        "request stopped: Client disconnected (signal)",
+        "job in its worker: cancelled (JobCancelled)",
+        "FastAPI example complete.",
+    ],
 }
 
 

@@ -41,7 +41,7 @@ async def running(*names: str) -> AsyncIterator[dict[str, Cancelable]]:
 
     async def job(name: str) -> None:
         try:
-            async with Cancelable(name=name) as op:
+            async with Cancelable(name=name, register=True) as op:
                 ops[name] = op
                 if len(ops) == len(names):
                     ready.set()
@@ -62,7 +62,7 @@ async def running(*names: str) -> AsyncIterator[dict[str, Cancelable]]:
 async def test_running_operations_are_listed_and_leave_on_exit() -> None:
     registry = OperationRegistry.get_instance()
     assert registry is OperationRegistry.get_instance()
-    async with Cancelable(name="a") as op:
+    async with Cancelable(name="a", register=True) as op:
         listed = await registry.list_operations()
         assert [ctx.id for ctx in listed] == [op.context.id]
         assert await registry.get_operation(op.context.id) is op
@@ -85,7 +85,7 @@ async def test_unregistered_operations_stay_out() -> None:
 async def test_filter_by_status_name_pattern_and_parent() -> None:
     registry = OperationRegistry.get_instance()
     async with (
-        Cancelable(name="user_42_root") as root,
+        Cancelable(name="user_42_root", register=True) as root,
         running("user_42_a", "user_42_b", "user_7_a") as ops,
     ):
         with root.shield():
@@ -107,7 +107,7 @@ async def test_filter_by_status_name_pattern_and_parent() -> None:
 async def test_cancel_operation_by_id() -> None:
     registry = OperationRegistry.get_instance()
     with anyio.fail_after(BACKSTOP), pytest.raises(ManualCancelation, match="admin"):
-        async with Cancelable(name="job") as op:
+        async with Cancelable(name="job", register=True) as op:
             assert await registry.cancel_operation(op.context.id, message="admin")
             await anyio.sleep(FOREVER)
     assert not await registry.cancel_operation(op.context.id)  # gone
@@ -118,7 +118,7 @@ async def test_cancel_operation_by_id() -> None:
 async def test_cancel_operation_twice_reports_false() -> None:
     registry = OperationRegistry.get_instance()
     with pytest.raises(ManualCancelation):
-        async with Cancelable() as op:
+        async with Cancelable(register=True) as op:
             assert await registry.cancel_operation(op.context.id)
             assert not await registry.cancel_operation(op.context.id)
 
@@ -171,7 +171,7 @@ def test_thread_safe_registry_verbs_without_event_loop() -> None:
 
 @pytest.mark.anyio
 async def test_thread_safe_registry_sees_same_operations() -> None:
-    async with Cancelable(name="shared") as op:
+    async with Cancelable(name="shared", register=True) as op:
         sync = ThreadSafeRegistry()
         assert [ctx.name for ctx in sync.list_operations()] == ["shared"]
         assert sync.get_operation(op.context.id) is op.context
@@ -182,7 +182,7 @@ async def test_history_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     small = OperationRegistry(history_size=3)
     monkeypatch.setattr(OperationRegistry, "_instance", small)
     for i in range(5):
-        async with Cancelable(name=f"op{i}"):
+        async with Cancelable(name=f"op{i}", register=True):
             pass
     history = await small.get_history()
     assert [ctx.name for ctx in history] == ["op2", "op3", "op4"]
@@ -202,13 +202,13 @@ def test_history_size_validated() -> None:
 @pytest.mark.anyio
 async def test_cleanup_completed() -> None:
     registry = OperationRegistry.get_instance()
-    async with Cancelable(name="fine"):
+    async with Cancelable(name="fine", register=True):
         pass
     with pytest.raises(KeyError):
-        async with Cancelable(name="broken"):
+        async with Cancelable(name="broken", register=True):
             raise KeyError("x")
     with pytest.raises(TimeoutCancelation):
-        async with Cancelable.with_timeout(0, name="late"):
+        async with Cancelable.with_timeout(0, name="late", register=True):
             await anyio.sleep(FOREVER)
     # Nothing ended more than an hour ago.
     assert await registry.cleanup_completed(older_than=3600) == 0
@@ -221,9 +221,9 @@ async def test_cleanup_completed() -> None:
 @pytest.mark.anyio
 async def test_clear_all_forgets_everything() -> None:
     registry = OperationRegistry.get_instance()
-    async with Cancelable(name="old"):
+    async with Cancelable(name="old", register=True):
         pass
-    async with Cancelable(name="live"):
+    async with Cancelable(name="live", register=True):
         await registry.clear_all()
         assert await registry.list_operations() == []
     assert await registry.get_history() == []
@@ -234,15 +234,15 @@ async def test_clear_all_forgets_everything() -> None:
 @pytest.mark.anyio
 async def test_statistics_is_a_frozen_snapshot() -> None:
     registry = OperationRegistry.get_instance()
-    async with Cancelable(name="ok"):
+    async with Cancelable(name="ok", register=True):
         pass
     with pytest.raises(ManualCancelation):
-        async with Cancelable(name="stopped") as op:
+        async with Cancelable(name="stopped", register=True) as op:
             await op.cancel()
     with pytest.raises(KeyError):
-        async with Cancelable(name="failed"):
+        async with Cancelable(name="failed", register=True):
             raise KeyError("x")
-    async with Cancelable(name="live"):
+    async with Cancelable(name="live", register=True):
         stats = await registry.get_statistics()
     assert isinstance(stats, RegistryStatistics)
     assert stats.total_operations == 4
@@ -261,7 +261,7 @@ async def test_statistics_is_a_frozen_snapshot() -> None:
 @pytest.mark.anyio
 async def test_outside_cancellation_counts_as_cancelled() -> None:
     with anyio.CancelScope() as outer:
-        async with Cancelable(name="x"):
+        async with Cancelable(name="x", register=True):
             outer.cancel()
             await anyio.sleep(FOREVER)
     stats = await OperationRegistry.get_instance().get_statistics()

@@ -11,6 +11,9 @@ from ._core._bridges import BridgeStatistics as BridgeStatistics
 from ._core._bridges import ContextBridge as ContextBridge
 from ._core._bridges import call_soon_threadsafe as call_soon_threadsafe
 from ._core._cancelable import Cancelable as Cancelable
+from ._core._cancelable import ErrorCallback as ErrorCallback
+from ._core._cancelable import ProgressCallback as ProgressCallback
+from ._core._cancelable import StatusCallback as StatusCallback
 from ._core._cancelable import current_operation as current_operation
 from ._core._context import OperationContext as OperationContext
 from ._core._decorators import cancelable as cancelable
@@ -36,6 +39,12 @@ from ._core._exceptions import TimeoutCancelation as TimeoutCancelation
 from ._core._exceptions import WorkerCrashed as WorkerCrashed
 from ._core._exceptions import WorkerKilled as WorkerKilled
 from ._core._exceptions import WorkerLost as WorkerLost
+from ._core._helpers import ErrorCallbackType as ErrorCallbackType
+from ._core._helpers import ProgressCallbackType as ProgressCallbackType
+from ._core._helpers import StatusCallbackType as StatusCallbackType
+from ._core._helpers import cancelable_stream as cancelable_stream
+from ._core._helpers import ensure_cancelable as ensure_cancelable
+from ._core._helpers import with_timeout as with_timeout
 from ._core._registry import OperationRegistry as OperationRegistry
 from ._core._registry import RegistryStatistics as RegistryStatistics
 from ._core._registry import ThreadSafeRegistry as ThreadSafeRegistry
@@ -48,6 +57,7 @@ from ._core._sources import ResourceConditionSource as ResourceConditionSource
 from ._core._sources import SignalSource as SignalSource
 from ._core._sources import TimeoutSource as TimeoutSource
 from ._core._token import CancelationToken as CancelationToken
+from ._core._token import CancelNotice as CancelNotice
 from ._core._token import LinkedCancelationToken as LinkedCancelationToken
 from ._pool._handle import JobHandle as JobHandle
 from ._pool._handle import ProgressEvent as ProgressEvent
@@ -81,6 +91,7 @@ __all__ = (
     "AnyOfSource",
     "AnyioBridge",
     "BridgeStatistics",
+    "CancelNotice",
     "CancelPool",
     "Cancelable",
     "CancelationError",
@@ -95,6 +106,8 @@ __all__ = (
     "ConditionCancelation",
     "ConditionSource",
     "ContextBridge",
+    "ErrorCallback",
+    "ErrorCallbackType",
     "JobCancelled",
     "JobHandle",
     "LinkedCancelationToken",
@@ -108,6 +121,8 @@ __all__ = (
     "PoolClosed",
     "PoolError",
     "PoolStatistics",
+    "ProgressCallback",
+    "ProgressCallbackType",
     "ProgressEvent",
     "Queue",
     "RegistryStatistics",
@@ -115,6 +130,8 @@ __all__ = (
     "ResourceConditionSource",
     "SignalCancelation",
     "SignalSource",
+    "StatusCallback",
+    "StatusCallbackType",
     "ThreadSafeRegistry",
     "TimeoutCancelation",
     "TimeoutSource",
@@ -126,13 +143,16 @@ __all__ = (
     "cancelable",
     "cancelable_combine",
     "cancelable_method",
+    "cancelable_stream",
     "cancelable_with_condition",
     "cancelable_with_signal",
     "cancelable_with_token",
     "current_operation",
     "current_pool",
+    "ensure_cancelable",
     "with_cancelable",
     "with_current_operation",
+    "with_timeout",
 )
 
 

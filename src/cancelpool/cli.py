@@ -110,13 +110,47 @@ def _colour() -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
+class DbTarget(click.ParamType):  # type: ignore[type-arg]
+    """A queue: a ``postgresql://`` URL (kept as text) or a SQLite file path."""
+
+    name = "path|url"
+    _path = click.Path(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.startswith(("postgresql://", "postgres://")):
+            return value
+        return self._path.convert(value, param, ctx)
+
+
+def _set_pg_schema(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # The store reads it from the environment: one option for every verb, and serve's
+    # own subprocesses see the same schema.
+    if value is not None:
+        from .queue._exceptions import InvalidJob
+        from .queue._protocol import check_pg_schema
+
+        try:
+            os.environ["CANCELPOOL_PG_SCHEMA"] = check_pg_schema(value)
+        except InvalidJob as exc:
+            raise BadInput(str(exc)) from None
+
+
 def db_option(fn: F) -> F:
+    fn = click.option(
+        "--pg-schema",
+        default=None,
+        expose_value=False,
+        callback=_set_pg_schema,
+        envvar="CANCELPOOL_PG_SCHEMA",
+        help="PostgreSQL schema of the queue's tables (default: cancelpool).",
+    )(fn)
     return click.option(
         "--db",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=DbTarget(),
         envvar="CANCELPOOL_DB",
         default=None,
-        help="Queue database (default: $CANCELPOOL_DB or ~/.local/state/cancelpool/queue.db).",
+        help="Queue database: a file, or a postgresql://user:password@host/db URL "
+        "(default: $CANCELPOOL_DB or ~/.local/state/cancelpool/queue.db).",
     )(fn)
 
 
@@ -134,16 +168,19 @@ def keep_waiting_option(fn: F) -> F:
 
 
 @contextmanager
-def open_queue(db: Path | None, *, create: bool = True) -> Iterator[Queue]:
+def open_queue(db: Path | str | None, *, create: bool = True) -> Iterator[Queue]:
     """Open the queue; ``create=False`` for verbs that must not create one."""
     import sqlite3
 
     from .queue import InvalidJob, JobNotFound, Queue, QueueError, QueueFileError
+    from .queue._exceptions import QueueUnavailable
 
     try:
         queue = Queue(db, create=create)
     except InvalidJob as exc:
         raise BadInput(str(exc)) from None
+    except QueueUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     except QueueFileError as exc:
         raise NoQueue(str(exc)) from None
     except QueueError as exc:
@@ -233,9 +270,15 @@ def cli() -> None:
     help="Import tasks from DIR too (repeatable; first wins). The working directory is "
     "never on the import path: give --path . to import from it.",
 )
+@click.option(
+    "--node-name",
+    default=None,
+    metavar="LABEL",
+    help="A label for this node in `cancelpool nodes` (its id is fresh per process).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Log nothing but errors.")
 def serve(
-    db: Path | None,
+    db: Path | str | None,
     allow: tuple[str, ...],
     paths: tuple[str, ...],
     workers: int | None,
@@ -244,6 +287,7 @@ def serve(
     on_shutdown: str,
     grace: float,
     cancel_grace: float,
+    node_name: str | None,
     quiet: bool,
 ) -> None:
     """Run queued jobs in a CancelPool until SIGTERM or Ctrl-C.
@@ -252,10 +296,17 @@ def serve(
     results), requeues or cancels them per --on-shutdown, and exits 0.
     """
     from .queue import QueueFileError
-    from .queue._model import check_allow_pattern
+    from .queue._exceptions import QueueError, QueueUnavailable
+    from .queue._model import check_allow_pattern, check_name
     from .queue._server import Server, ServerOptions, stop_helper_processes
-    from .queue._store import default_db_path
+    from .queue._store import default_db_target
     from .queue._task import set_server_import_path
+
+    if node_name is not None:
+        try:
+            check_name(node_name)
+        except ValueError as exc:
+            raise BadInput(str(exc).replace("job name", "--node-name")) from None
 
     for pattern in allow:
         try:
@@ -286,9 +337,13 @@ def serve(
         cancel_grace=cancel_grace,
     )
     try:
-        server = Server(db or default_db_path(), options, log)
+        server = Server(db or default_db_target(), options, log, node_name=node_name)
     except QueueFileError as exc:
         raise NoQueue(str(exc)) from None
+    except QueueUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    except QueueError as exc:
+        raise click.ClickException(str(exc)) from None
     code = server.run()
     stop_helper_processes()  # its fork server too is gone when serve's exit is seen
     sys.exit(code)
@@ -309,7 +364,7 @@ def serve(
 @keep_waiting_option
 @json_option
 def submit(
-    db: Path | None,
+    db: Path | str | None,
     task: str,
     args_json: str,
     name: str | None,
@@ -364,7 +419,7 @@ def submit(
 @keep_waiting_option
 @json_option
 def cancel(
-    db: Path | None,
+    db: Path | str | None,
     ids: tuple[int, ...],
     pattern: str | None,
     message: str | None,
@@ -433,7 +488,7 @@ def cancel(
 )
 @json_option
 def ls_command(
-    db: Path | None,
+    db: Path | str | None,
     statuses: tuple[str, ...],
     pattern: str | None,
     limit: int,
@@ -465,7 +520,7 @@ def ls_command(
 )
 @json_option
 def watch(
-    db: Path | None,
+    db: Path | str | None,
     ids: tuple[int, ...],
     pattern: str | None,
     timeout: float | None,
@@ -558,7 +613,7 @@ def _watch_loop(
 @keep_waiting_option
 @json_option
 def result(
-    db: Path | None,
+    db: Path | str | None,
     job_id: int,
     wait: bool,
     timeout: float | None,
@@ -641,7 +696,7 @@ def _show_result(
 @cli.command()
 @db_option
 @json_option
-def stats(db: Path | None, as_json: bool) -> None:
+def stats(db: Path | str | None, as_json: bool) -> None:
     """Jobs per status and the running servers."""
     from .queue._format import table, visible
 
@@ -675,6 +730,64 @@ def stats(db: Path | None, as_json: bool) -> None:
         click.echo(table(["SERVER", "PID", "WORKERS", "UP", "ALLOW"], rows, colour=_colour()))
 
 
+# -- nodes -----------------------------------------------------------------------------------
+@cli.command()
+@db_option
+@json_option
+def nodes(db: Path | str | None, as_json: bool) -> None:
+    """The live nodes (servers): id, host, pid, label, running jobs, heartbeat age."""
+    from .queue._format import table, visible
+
+    with open_queue(db, create=False) as queue:
+        found = queue.nodes()
+        if as_json:
+            click.echo(_json({"db": str(queue.path), "nodes": [n.to_dict() for n in found]}))
+            return
+        if not found:
+            click.echo(f"no live node serves {visible(str(queue.path))}")
+            return
+        rows = [
+            [
+                n.id,
+                visible(n.host),
+                str(n.pid),
+                visible(n.label or "-"),
+                str(n.running),
+                f"{n.heartbeat_age:.1f}s",
+            ]
+            for n in found
+        ]
+        click.echo(
+            table(["NODE", "HOST", "PID", "LABEL", "RUNNING", "HEARTBEAT"], rows, colour=_colour())
+        )
+
+
+# -- db --------------------------------------------------------------------------------------
+@cli.group()
+def db() -> None:
+    """Manage the queue database's schema."""
+
+
+@db.command("upgrade")
+@db_option
+def db_upgrade(db: Path | str | None) -> None:
+    """Create the queue's schema, or bring it to this version (PostgreSQL and SQLite).
+
+    Idempotent and safe while nodes run: several at once serialise on a lock.
+    """
+    from .queue._format import visible
+
+    with open_queue(db, create=True) as queue:
+        store: Any = queue.store
+        if store.kind == "sqlite":
+            click.echo(f"queue {visible(str(queue.path))}: schema version 1 (SQLite)")
+            return
+        now = store.upgrade()[1]
+        before = store.found_version
+        said = "already at" if before == now else "created at"
+        click.echo(f"queue {visible(str(queue.path))}: schema {store.schema} {said} version {now}")
+
+
 # -- demo ------------------------------------------------------------------------------------
 @cli.command()
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
@@ -688,6 +801,38 @@ def demo(workers: int) -> None:
     from .queue._demo import run_demo
 
     sys.exit(run_demo(workers, colour=_colour(), watch=_watch_loop))
+
+
+# -- web -------------------------------------------------------------------------------------
+@cli.command()
+@db_option
+@click.option(
+    "--bind",
+    default="127.0.0.1:8765",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where to listen (port 0: any free port, printed).",
+)
+@click.option(
+    "--token",
+    envvar="CANCELPOOL_WEB_TOKEN",
+    default=None,
+    help="The token every request needs (default: $CANCELPOOL_WEB_TOKEN, else a random "
+    "one, printed).",
+)
+def web(db: Path | None, bind: str, token: str | None) -> None:
+    """Serve the dashboard and HTTP API of the queue (needs cancelpool[web]).
+
+    Prints the address to open, with the token, then serves until Ctrl-C or SIGTERM.
+    """
+    try:
+        from .web._cli import run_web
+    except ImportError as exc:
+        raise click.ClickException(
+            f"cancelpool web needs the web extra: pip install 'cancelpool[web]' ({exc})"
+        ) from None
+    with open_queue(db, create=False) as queue:
+        run_web(queue, bind, token)
 
 
 def _json(value: Any) -> str:

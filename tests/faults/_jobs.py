@@ -427,8 +427,8 @@ async def submit_child_with_unpicklable_argument(message: str) -> list[str]:
     """Tries ``current_pool().submit`` with an argument whose ``__reduce__`` raises."""
     try:
         current_pool().submit(echo, RefusesToPickle(ValueError, message))
-    except TypeError as exc:
-        return ["TypeError", str(exc)]
+    except ValueError as exc:  # the error __reduce__ raised keeps its type
+        return [type(exc).__name__, str(exc), repr(exc.__cause__)]
     return ["submitted"]
 
 

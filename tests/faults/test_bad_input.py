@@ -40,8 +40,8 @@ odd_text = st.text(
 
 
 def assert_healthy(pool: CancelPool) -> None:
-    assert pool._thread is not None
-    assert pool._thread.is_alive()
+    assert pool._sup.thread is not None
+    assert pool._sup.thread.is_alive()
     handles = [pool.submit(_jobs.echo, i) for i in range(4)]
     assert [h.result(BACKSTOP) for h in handles] == [0, 1, 2, 3]
 
@@ -155,17 +155,25 @@ def test_an_argument_whose_reduce_raises_is_refused_at_submit(
     pool: CancelPool, error: type[BaseException], message: str
 ) -> None:
     before = pool.statistics().submitted
-    with pytest.raises(TypeError, match=r"^Cannot submit echo: its arguments cannot be pickled"):
+    # The error __reduce__ raised keeps its type (as concurrent.futures has it), says
+    # what to do, and is chained to the original.
+    with pytest.raises(error) as info:
         pool.submit(_jobs.echo, _jobs.RefusesToPickle(error, message))
+    raised = info.value
+    assert type(raised) is error
+    # (str() of a KeyError is the repr of its key: its argument is the sentence.)
+    assert raised.args[0].startswith("Cannot submit echo: its arguments cannot be pickled")
+    assert type(raised.__cause__) is error
     assert pool.statistics().submitted == before
     assert_healthy(pool)
 
 
 def test_an_argument_whose_reduce_raises_is_refused_inside_a_job(pool: CancelPool) -> None:
     handle = pool.submit(_jobs.submit_child_with_unpicklable_argument, "no")
-    kind, message = handle.result(BACKSTOP)
-    assert kind == "TypeError"
+    kind, message, cause = handle.result(BACKSTOP)
+    assert kind == "ValueError"
     assert message.startswith("Cannot submit echo: its arguments cannot be pickled")
+    assert cause.startswith("ValueError(")
     assert_healthy(pool)
 
 

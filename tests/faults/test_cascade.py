@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from _handshake import BACKSTOP, Arrival, Gate
+from _handshake import BACKSTOP, Arrival, Gate, wait_until
 from cancelpool import (
     CancelationReason,
     CancelPool,
@@ -284,7 +284,8 @@ def test_a_parent_awaiting_a_child_cancelled_while_queued_hears_of_it(
     pool = make_pool(workers=1, concurrency=1)  # the child waits in the queue
     parent = pool.submit(_jobs.parent_of, gate.path, "kid")
     gate.wait(1)
-    [child] = descendants(pool, parent)
+    # The parent goes on once it has sent its child; the pool registers it soon after.
+    [child] = wait_until(lambda: descendants(pool, parent), "the child is registered")
     assert child.status is OperationStatus.PENDING
     assert pool.cancel(child) is True
     assert isinstance(child.exception(BACKSTOP), JobCancelled)

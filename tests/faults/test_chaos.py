@@ -216,8 +216,8 @@ def test_chaos(caplog: pytest.LogCaptureFixture) -> None:
         assert outcomes["completed"] > JOBS // 2
 
         # The pool is healthy: the supervisor runs, both workers are live and work.
-        assert pool._thread is not None
-        assert pool._thread.is_alive()
+        assert pool._sup.thread is not None
+        assert pool._sup.thread.is_alive()
         pids = {w.pid for w in pool.statistics().workers}
         assert not pids & set(killed)
         assert all(pid is not None and not is_gone(pid) for pid in pids)

@@ -216,8 +216,8 @@ def test_an_orphans_outcome_never_reaches_a_job_on_the_replacement_worker(
 
 
 def _spare_pids(pool: CancelPool) -> list[int]:
-    with pool._lock:
-        return [spare.pid for spare in pool._spares if spare.pid is not None]
+    with pool._sup._lock:
+        return [spare.pid for spare in pool._sup._ws.spares if spare.pid is not None]
 
 
 def test_a_spare_worker_replaces_a_dead_one_and_is_replenished(

@@ -1,25 +1,27 @@
 """Fixtures for the port of CPython's executor tests: a pool per start method.
 
 CPython runs each of its ``ProcessPoolExecutor`` tests under fork, forkserver and spawn;
-so does this port, through the ``start_method`` parameter. Every test ends clean: no
-child process of the test process is left (but multiprocessing's fork server and
-resource tracker) and no new ``/dev/shm`` entry exists.
+so does this port, through the ``start_method`` parameter. The pool fixture, its
+teardown policy and the leftover check are the ones of every process suite
+(``tests/_pools.py``): every test ends with no child process of the test process left
+(but multiprocessing's fork server and resource tracker) and no new ``/dev/shm`` entry.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
-from _leaks import EXIT_BACKSTOP, dev_shm, live_children
+from _leaks import EXIT_BACKSTOP
+from _pools import _no_leftovers, make_pool
 from cancelpool import CancelPool
+
+__all__ = ("_no_leftovers", "make_pool")
 
 # CPython's ExecutorMixin starts 5 workers; 3 are enough for every test here (none needs
 # more than 3 jobs running at once) and cost less on a 2-core machine.
@@ -37,52 +39,17 @@ def start_method(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def assert_clean_end(shm_before: set[str]) -> None:
-    """No child process (but the helpers) and no new /dev/shm entry remain."""
-    leftovers = live_children()
-    if leftovers:
-        _gone, alive = psutil.wait_procs(leftovers, timeout=EXIT_BACKSTOP)
-        described = []
-        for proc in alive:
-            try:
-                if proc.status() == psutil.STATUS_ZOMBIE:
-                    continue
-                described.append(f"{proc.pid} {' '.join(proc.cmdline())}")
-                proc.kill()  # ours (a child of this test), so one leak fails one test
-            except psutil.Error:
-                pass
-        assert not described, f"child processes left running: {described}"
-    deadline = time.monotonic() + EXIT_BACKSTOP
-    new = dev_shm() - shm_before
-    while new and time.monotonic() < deadline:
-        time.sleep(0.05)  # backstop poll for a parallel test's short-lived entry
-        new = dev_shm() - shm_before
-    assert not new, f"/dev/shm entries left behind: {sorted(new)}"
-
-
-@pytest.fixture(autouse=True)
-def _clean_end() -> Iterator[None]:
-    before = dev_shm()
-    yield
-    assert_clean_end(before)
+@pytest.fixture
+def pool_options(start_method: str) -> dict[str, Any]:
+    """This suite's pools: ``WORKERS`` workers on the test's start method."""
+    return {"workers": WORKERS, "start_method": start_method}
 
 
 @pytest.fixture
-def make_pool(start_method: str) -> Iterator[Callable[..., CancelPool]]:
-    """``make_pool(**options)``: a started pool on this test's start method, shut down
-    (wait=True) after the test if the test did not."""
-    pools: list[CancelPool] = []
-
-    def make(**options: Any) -> CancelPool:
-        options.setdefault("workers", WORKERS)
-        options.setdefault("start_method", start_method)
-        pool = CancelPool(**options)
-        pools.append(pool)
-        return pool
-
-    yield make
-    for pool in pools:
-        pool.shutdown(wait=True)
+def pool_starts() -> bool:
+    """Not started by the fixture: as with ``ProcessPoolExecutor``, the first
+    ``submit()`` starts a pool (``make_pool`` tears it down either way)."""
+    return False
 
 
 @pytest.fixture

@@ -83,10 +83,6 @@ def check_crash(
     return raised
 
 
-@pytest.mark.xfail(
-    reason="submit() raises TypeError, not the PicklingError, chained (issue 9 item 3, open)",
-    strict=True,
-)
 def test_error_at_task_pickle(pool: CancelPool) -> None:
     # Deviation: CPython's submit() returns and result() raises PicklingError; here
     # arguments are pickled in submit(), which raises it at the call site (STYLE
@@ -136,10 +132,6 @@ def test_crash_during_result_pickle_on_worker(pool: CancelPool) -> None:
     check_crash(pool, WorkerCrashed, _jobs.return_instance, _jobs.CrashAtPickle)
 
 
-@pytest.mark.xfail(
-    reason="SystemExit while a worker pickles a result arrives as RuntimeError (issue 9, open)",
-    strict=True,
-)
 def test_exit_during_result_pickle_on_worker(pool: CancelPool) -> None:
     check_crash(pool, SystemExit, _jobs.return_instance, _jobs.ExitAtPickle)
 
@@ -186,10 +178,6 @@ def test_shutdown_deadlock(make_pool: Callable[..., CancelPool]) -> None:
         future.result(timeout=0)
 
 
-@pytest.mark.xfail(
-    reason="submit() raises TypeError, not the PicklingError, chained (issue 9 item 3, open)",
-    strict=True,
-)
 def test_shutdown_deadlock_pickle(make_pool: Callable[..., CancelPool]) -> None:
     # bpo-39104: a job that fails to pickle around shutdown(wait=False) deadlocks
     # nothing. Deviation: the pickling error is raised by submit() (see

@@ -218,10 +218,6 @@ def test_context_manager_shutdown(start_method: str) -> None:
     assert_all_gone(pids)
 
 
-@pytest.mark.xfail(
-    reason="a pool dropped while its map() iterator lives is not shut down (issue 9, open)",
-    strict=True,
-)
 def test_del_shutdown(start_method: str) -> None:
     # A pool dropped without shutdown() is shut down (issue 9 item 3), while the
     # iterator of its map() is still alive.

@@ -54,7 +54,7 @@ def test_a_pool_works_with_more_than_1024_fds_open(gate: Gate) -> None:
         with CancelPool(workers=2) as pool:
             assert pool.submit(_jobs.add, 1, 2).result(BACKSTOP) == 3
             # The scenario really happened: the supervisor watches fds above 1023.
-            assert pool._wake_r > 1024
+            assert pool._sup._wakeup.fd > 1024
             held = start_running(pool, gate, "held", partial="half")
             assert held.cancel("fds") is True
             with pytest.raises(JobCancelled) as info:

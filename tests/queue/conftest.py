@@ -1,21 +1,84 @@
-"""Fixtures of the queue tests: real servers and CLI processes on a db in tmp_path."""
+"""Fixtures of the queue tests: real servers and CLI processes on a db in tmp_path, or
+in a fresh database of a private PostgreSQL server.
+
+Every test that uses ``db`` runs on both stores, unless marked ``sqlite_only`` (file
+permissions, SQLite's own files). The PostgreSQL server is one per test process
+(per pytest-xdist worker), started on first use and removed at the end; each test gets
+a database of its own, dropped after it.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pgserver import ENABLE, PgServer, find_bin
 from qhelpers import BACKSTOP, DEMO, TASKS, Runner, ServerProc, env, wait_for
 
 from cancelpool.queue import Queue
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only: a queue test about SQLite's files, not run on PostgreSQL"
+    )
+    config.addinivalue_line("markers", "pg_only: a queue test of the PostgreSQL store only")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_kind" not in metafunc.fixturenames:
+        return
+    kinds = ["sqlite", "postgresql"]
+    if metafunc.definition.get_closest_marker("sqlite_only"):
+        kinds = ["sqlite"]
+    if metafunc.definition.get_closest_marker("pg_only"):
+        kinds = ["postgresql"]
+    metafunc.parametrize("store_kind", kinds, scope="function")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    bindir = find_bin()
+    missing = None
+    if bindir is None:
+        missing = "no PostgreSQL server binaries found"
+    elif importlib.util.find_spec("psycopg") is None:
+        missing = "the psycopg driver is not installed"
+    if missing is not None:
+        message = f"PostgreSQL queue tests skipped: {missing}; to run them, {ENABLE}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"under CI=true a skip is a failure: {message}")
+        pytest.skip(message)
+    assert bindir is not None
+    server = PgServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "queue.db"
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    if store_kind == "sqlite":
+        yield tmp_path / "state" / "queue.db"
+        return
+    server: PgServer = request.getfixturevalue("pg_server")
+    url = server.new_db()
+    Queue(url).close()  # an empty queue (its schema), as a first SQLite open leaves one
+    yield url
+    server.drop_db(url)
 
 
 @pytest.fixture

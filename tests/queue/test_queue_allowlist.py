@@ -183,6 +183,7 @@ def marker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.mark.sqlite_only  # writes or reads SQLite rows/files directly
 def test_no_attack_runs_anything(cli, queue, start_server, db, tmp_path, marker) -> None:
     precious = tmp_path / "precious"
     precious.mkdir()

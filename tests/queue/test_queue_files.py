@@ -21,6 +21,9 @@ from qhelpers import BACKSTOP, DEMO, Runner, ServerProc, env, wait_for
 
 from cancelpool.queue import Queue, QueueFileError
 
+# About SQLite's files and rows read with sqlite3 itself: not run on PostgreSQL.
+pytestmark = pytest.mark.sqlite_only
+
 READ_ONLY = [
     ("ls",),
     ("ls", "--json"),

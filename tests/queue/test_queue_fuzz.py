@@ -24,6 +24,9 @@ from qhelpers import BACKSTOP, DEMO, TASKS, env
 
 from cancelpool.queue import Queue, QueueError
 
+# About SQLite's files and rows read with sqlite3 itself: not run on PostgreSQL.
+pytestmark = pytest.mark.sqlite_only
+
 # Hypothesis imports its patch writer (libcst) only to report a failure, and libcst
 # warns on import, which filterwarnings=error turns into an internal error that hides
 # the falsifying example. Import it here, quietly, so a failure reads as one.

@@ -28,6 +28,7 @@ def _one_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.sqlite_only  # SQLite liveness is the process; PostgreSQL's is the lease
 def test_a_zombie_server_is_dead_and_its_jobs_are_recovered(cli, queue, start_server) -> None:
     server = start_server()
     job_id = queue.submit(f"{TASKS}:checkpoint_then_wait", "/nonexistent/never")
@@ -55,6 +56,7 @@ def _plant_server_row(db: Path, server_id: str, wake: str) -> None:
     conn.close()
 
 
+@pytest.mark.sqlite_only  # writes or reads SQLite rows/files directly
 def test_rows_of_the_servers_table_are_not_trusted(cli, db, queue, start_server, tmp_path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("precious")

@@ -29,6 +29,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 RUNUSER = shutil.which("runuser") or "runuser"
 
 pytestmark = [
+    pytest.mark.sqlite_only,  # file ownership and modes: SQLite only
     pytest.mark.skipif(
         not hasattr(os, "geteuid") or os.geteuid() != 0,
         reason="creating a second local user (useradd) needs root",

@@ -160,6 +160,7 @@ def test_visible_escapes_what_drives_a_terminal() -> None:
     assert not _BAD.search(visible_json({"k": EVIL}).replace("\n", ""))
 
 
+@pytest.mark.sqlite_only  # writes or reads SQLite rows/files directly
 @pytest.mark.parametrize("colour", [True, False])
 def test_ls_on_a_terminal(db, planted, colour) -> None:
     code, out = run_on_pty(["ls", "--db", str(db)], colour=colour)
@@ -171,6 +172,7 @@ def test_ls_on_a_terminal(db, planted, colour) -> None:
     assert len(text.strip().splitlines()) == 1 + len(planted)
 
 
+@pytest.mark.sqlite_only  # writes or reads SQLite rows/files directly
 @pytest.mark.parametrize("which", ["completed", "failed", "cancelled", "running"])
 def test_result_on_a_terminal(db, planted, which) -> None:
     code, out = run_on_pty(["result", "--db", str(db), str(planted[which])])
@@ -184,6 +186,7 @@ def test_result_on_a_terminal(db, planted, which) -> None:
         assert "\\x1b]0;PWNED\\x07" in text
 
 
+@pytest.mark.sqlite_only  # writes or reads SQLite rows/files directly
 def test_result_json_stays_exact(db, planted) -> None:
     out = subprocess.run(
         [
@@ -206,6 +209,7 @@ def test_result_json_stays_exact(db, planted) -> None:
     assert record["error"] == f"ValueError: {EVIL}"
 
 
+@pytest.mark.sqlite_only  # writes or reads SQLite rows/files directly
 def test_watch_on_a_terminal_and_in_a_pipe(db, planted) -> None:
     ids = [str(i) for i in planted.values()]
     code, out = run_on_pty(["watch", "--db", str(db), "--timeout", "0.3", *ids])
@@ -234,6 +238,7 @@ def test_watch_on_a_terminal_and_in_a_pipe(db, planted) -> None:
     assert not any(line.startswith("FORGED") for line in lines)
 
 
+@pytest.mark.sqlite_only  # writes or reads SQLite rows/files directly
 def test_stats_on_a_terminal(db, queue) -> None:
     me = psutil.Process()
     with sqlite3.connect(db) as conn:

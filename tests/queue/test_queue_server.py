@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from qhelpers import DEMO, TASKS, env, wait_for, wait_progress, wait_status
 
 from cancelpool.queue import Queue
@@ -238,6 +239,7 @@ def test_a_live_server_recovers_the_jobs_of_a_dead_one(queue, start_server, tmp_
     assert queue.wait(job_id, timeout=60).result == "finished"
 
 
+@pytest.mark.sqlite_only  # writes or reads SQLite rows/files directly
 def test_files_are_private(db: Path, queue, start_server) -> None:
     start_server()
     queue.wait(queue.submit(f"{DEMO}:add", 1, 1), timeout=60)

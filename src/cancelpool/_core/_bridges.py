@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextvars
 import functools
 import inspect
@@ -27,8 +28,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -60,28 +60,53 @@ class ContextBridge:
     """
 
     @staticmethod
-    async def run_in_thread_with_context(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run_in_thread_with_context(
+        fn: Callable[..., T],
+        *args: Any,
+        executor: concurrent.futures.Executor | None = None,
+        **kwargs: Any,
+    ) -> T:
         """Run blocking ``fn(*args, **kwargs)`` in a worker thread, in this context.
 
         ``current_operation()`` inside ``fn`` returns the operation active here; its
         ``token`` (``token.check()``, ``token.is_cancelled``) sees cancellations and
-        deadlines of that operation. A thread cannot be interrupted: if the calling
-        task is cancelled meanwhile, the cancellation is raised here once ``fn``
-        returns, and ``fn``'s result is lost.
+        deadlines of that operation. ``executor`` (a thread pool of yours) runs it
+        instead of anyio's worker threads. A thread cannot be interrupted: if the
+        calling task is cancelled meanwhile, the cancellation is raised here once
+        ``fn`` returns, and ``fn``'s result is lost.
         """
         context = contextvars.copy_context()
         call = functools.partial(context.run, fn, *args, **kwargs)
-        return await anyio.to_thread.run_sync(call)
+        if executor is None:
+            return await anyio.to_thread.run_sync(call)
+        future = executor.submit(call)
+        handle = LoopHandle.current()
+        done = anyio.Event()
+        future.add_done_callback(lambda _: handle.call(done.set))
+        try:
+            await done.wait()
+        except anyio.get_cancelled_exc_class():
+            # As anyio's own threads: the call cannot be stopped; wait for it, then
+            # let the cancellation out.
+            with anyio.CancelScope(shield=True):
+                await done.wait()
+            raise
+        return future.result()
 
     @staticmethod
     def copy_context() -> contextvars.Context:
-        """A snapshot of the current context variables, to use in another thread."""
+        """A snapshot of the current context variables, to use in another thread.
+
+        A ``contextvars.Context`` is a mapping of variables to values, so code
+        written for the seed library (which returns a dict) iterates it unchanged.
+        """
         return contextvars.copy_context()
 
     @staticmethod
-    @contextmanager
-    def restore_context(context: contextvars.Context) -> Iterator[contextvars.Context]:
-        """Apply a captured context for the duration of a ``with`` block.
+    def restore_context(
+        context: contextvars.Context | Mapping[contextvars.ContextVar[Any], Any],
+    ) -> RestoredContext:
+        """Apply a captured context now; as a ``with`` block, undo it at the end.
 
         Example::
 
@@ -91,22 +116,41 @@ class ContextBridge:
                 with ContextBridge.restore_context(ctx):
                     current_operation().token.check()
 
-        Every variable that has a value in ``context`` takes that value inside the
-        block; the previous values come back when it ends (also on error). Variables
-        ``context`` has no value for are left alone. To run a single function in the
-        context instead, ``context.run(fn, *args)`` does it.
+        Every variable that has a value in ``context`` takes that value at once (as
+        the seed library's plain call does); used as a ``with`` block, the previous
+        values come back when it ends (also on error). Variables ``context`` has no
+        value for are left alone.
         """
-        if not isinstance(context, contextvars.Context):
+        if not isinstance(context, contextvars.Context) and not (
+            isinstance(context, Mapping)
+            and all(isinstance(var, contextvars.ContextVar) for var in context)
+        ):
             raise TypeError(
-                f"restore_context() takes a contextvars.Context (from copy_context()), "
-                f"not {type(context).__name__}"
+                f"restore_context() takes a contextvars.Context (from copy_context()) or "
+                f"a dict of ContextVar to value, not {type(context).__name__}"
             )
-        resets = [var.set(value) for var, value in context.items()]
-        try:
-            yield context
-        finally:
-            for reset in reversed(resets):
-                reset.var.reset(reset)
+        return RestoredContext(context)
+
+
+class RestoredContext:
+    """Context variables set by :meth:`ContextBridge.restore_context`; a ``with``
+    block around it resets them when it ends."""
+
+    __slots__ = ("_resets", "context")
+
+    def __init__(
+        self, context: contextvars.Context | Mapping[contextvars.ContextVar[Any], Any]
+    ) -> None:
+        self.context = context
+        self._resets = [var.set(value) for var, value in context.items()]
+
+    def __enter__(self) -> contextvars.Context | Mapping[contextvars.ContextVar[Any], Any]:
+        return self.context
+
+    def __exit__(self, *exc_info: object) -> None:
+        resets, self._resets = self._resets, []
+        for reset in reversed(resets):
+            reset.var.reset(reset)
 
 
 @dataclass(frozen=True)
@@ -133,6 +177,9 @@ _NEW, _RUNNING, _CLOSING, _CLOSED = "new", "running", "closing", "closed"
 # Running bridges, innermost (most recently entered) last: the module-level
 # ``call_soon_threadsafe`` uses the last one.
 _running: list[AnyioBridge] = []
+# The get_instance() singletons, per class (a subclass gets its own).
+_instance: dict[type[AnyioBridge], AnyioBridge] = {}
+_instance_lock = threading.Lock()
 _running_lock = threading.Lock()
 
 
@@ -180,6 +227,45 @@ class AnyioBridge:
         self._started = 0
         self._failed = 0
         self._running_calls = 0
+        self._stop: anyio.Event | None = None
+
+    @classmethod
+    def get_instance(cls) -> AnyioBridge:
+        """The process-wide bridge (the seed library's singleton), made on first use.
+
+        A bridge is single-use: once the shared one has been stopped, the next call
+        makes a fresh one.
+        """
+        with _instance_lock:
+            instance = _instance.get(cls)
+            if instance is None or instance._state in (_CLOSING, _CLOSED):
+                instance = _instance[cls] = cls()
+            return instance
+
+    async def start(self) -> None:
+        """Run the bridge until :meth:`stop` (the seed library's way to run one).
+
+        Run it in a task group (``tg.start_soon(bridge.start)``): it returns when
+        :meth:`stop` is called, having run every call accepted before; cancelling
+        it (the task group's scope) drops the queued calls instead, as leaving an
+        ``async with`` with an exception does. Calls queued before it started run
+        first.
+        """
+        stop = self._stop = anyio.Event()
+        async with self:
+            await stop.wait()
+
+    async def stop(self) -> None:
+        """Ask a bridge running :meth:`start` to finish; a checkpoint. No-op otherwise."""
+        stop = self._stop
+        if stop is not None:
+            stop.set()
+        await anyio.lowlevel.checkpoint()
+
+    @property
+    def is_started(self) -> bool:
+        """The seed library's name for :attr:`is_running`."""
+        return self.is_running
 
     @property
     def buffer_size(self) -> int:
@@ -215,12 +301,13 @@ class AnyioBridge:
 
         Raises:
             queue.Full: ``buffer_size`` calls are already waiting.
-            RuntimeError: the bridge is not running (not entered yet, or left).
+            RuntimeError: the bridge has been left (closed). Before it starts, calls
+                are queued and run once it does.
         """
         if not callable(fn):
             raise TypeError(f"call_soon_threadsafe() needs a callable, not {fn!r}")
         with self._lock:
-            if self._state != _RUNNING:
+            if self._state not in (_NEW, _RUNNING):
                 raise RuntimeError(self._not_running_message())
             if len(self._queue) >= self._buffer_size:
                 raise queue.Full(
@@ -229,6 +316,10 @@ class AnyioBridge:
                     f"or create the bridge with a larger buffer_size."
                 )
             self._queue.append((fn, args))
+            if self._state == _NEW:
+                # Not started: kept (bounded by buffer_size) and run once it starts, as
+                # the seed library does.
+                return
             wake = not self._wake_pending
             self._wake_pending = True
         if wake:

@@ -59,8 +59,27 @@ P = ParamSpec("P")
 
 ProgressCallback = Callable[[str, str, dict[str, Any]], "Awaitable[Any] | Any"]
 StatusCallback = Callable[[OperationContext], "Awaitable[Any] | Any"]
+ErrorCallback = Callable[[OperationContext, BaseException], "Awaitable[Any] | Any"]
+
+
+def _takes_two(callback: Callable[..., Any]) -> bool:
+    """Whether ``callback`` accepts ``(context, error)`` (the seed's error callback)."""
+    try:
+        sig = inspect.signature(callback)
+    except (TypeError, ValueError):
+        return False
+    try:
+        sig.bind(None, None)
+    except TypeError:
+        return False
+    return True
+
 
 _INF = float("inf")
+
+#: Items of a stream kept for its partial result (the seed library's bound): more
+#: costs memory per stream, fewer hands back less of a cancelled one.
+STREAM_BUFFER_SIZE = 1000
 
 # Progress reported from threads and not delivered yet, per operation (kept outside
 # the objects: Cancelable has __slots__ and a report is rare next to an operation).
@@ -153,7 +172,13 @@ class _OperationToken(CancelationToken):
 
 
 class _Shield:
-    """Protects a block from cancellation; the operation reports SHIELDED meanwhile."""
+    """Protects a block from cancellation; the operation reports SHIELDED meanwhile.
+
+    A cancellation that lands inside the block (a ``cancel()``, a token, a deadline
+    passing) is not forgotten: the async form checkpoints at its exit, so it is
+    raised there; the sync form cannot await, so it tells the operation, whose exit
+    then delivers it even if no await follows the block.
+    """
 
     __slots__ = ("_op", "_previous", "_scope")
 
@@ -162,12 +187,12 @@ class _Shield:
         self._scope = anyio.CancelScope(shield=True)
         self._previous = op.context.status
 
-    def __enter__(self) -> anyio.CancelScope:
+    def _enter(self) -> None:
         self._previous = self._op.context.status
         self._op.context.status = OperationStatus.SHIELDED
-        return self._scope.__enter__()
+        self._scope.__enter__()
 
-    def __exit__(
+    def _exit(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
@@ -175,10 +200,36 @@ class _Shield:
     ) -> bool:
         if self._op.context.status is OperationStatus.SHIELDED:
             self._op.context.status = self._previous
+        # Whatever landed meanwhile must be delivered after the block, checkpoint or not.
+        self._op._shield_exited = True
         return bool(self._scope.__exit__(exc_type, exc, tb))
 
-    async def __aenter__(self) -> anyio.CancelScope:
-        return self.__enter__()
+    def __enter__(self) -> anyio.CancelScope:
+        self._enter()
+        return self._scope
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return self._exit(exc_type, exc, tb)
+
+    async def __aenter__(self) -> Cancelable:
+        """Enter; yields a tracking operation for the block (status SHIELDED).
+
+        The tracking operation is not entered and never cancelled by this one: it is
+        for progress reports and inspection (its ``parent_id`` names this operation).
+        """
+        self._enter()
+        op = self._op
+        tracker = Cancelable(
+            f"{op.context.name}_shielded", metadata={"shielded": True}, register=False
+        )
+        tracker.context.parent_id = op.context.id
+        tracker.context.status = OperationStatus.SHIELDED
+        return tracker
 
     async def __aexit__(
         self,
@@ -186,7 +237,12 @@ class _Shield:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        return self.__exit__(exc_type, exc, tb)
+        swallowed = self._exit(exc_type, exc, tb)
+        if exc is None:
+            # A cancellation requested inside the block (or a deadline that passed in
+            # it) is raised here, as the seed library does.
+            await self._op._deliver_after_shield()
+        return swallowed
 
 
 class Cancelable:
@@ -208,7 +264,10 @@ class Cancelable:
             raises :class:`ParentCancelation` (and carries the parent's deadline).
         operation_id: the id to use instead of a fresh UUID.
         metadata: free-form data kept on the context.
-        register: list the operation in :class:`OperationRegistry` while it runs.
+        register: list the operation in :class:`OperationRegistry` while it runs (and
+            in its bounded history after). Off by default: an operation nobody asked
+            to track costs the registry nothing.
+        register_globally: the seed library's name for ``register``.
 
     A ``Cancelable`` is single-use: enter it once.
     """
@@ -230,6 +289,7 @@ class Cancelable:
         "_reason",
         "_register",
         "_scope",
+        "_shield_exited",
         "_sources",
         "_task",
         "_tg",
@@ -246,8 +306,11 @@ class Cancelable:
         parent: Cancelable | None = None,
         operation_id: str | None = None,
         metadata: dict[str, Any] | None = None,
-        register: bool = True,
+        register: bool = False,
+        register_globally: bool | None = None,
     ) -> None:
+        if register_globally is not None:  # the seed library's spelling
+            register = register_globally
         if parent is not None and not isinstance(parent, Cancelable):
             raise TypeError(f"parent must be a Cancelable, not {type(parent).__name__}")
         if name is not None and not isinstance(name, str):
@@ -267,8 +330,9 @@ class Cancelable:
         self._token: _OperationToken | None = None
         self._children: list[Cancelable] = []
         self._progress: list[ProgressCallback] | None = None
-        self._hooks: dict[str, list[StatusCallback]] | None = None
+        self._hooks: dict[str, list[StatusCallback | ErrorCallback]] | None = None
         self._nested = False
+        self._shield_exited = False
         self._entered = False
         self._done = False
         self._task: object = None
@@ -371,7 +435,7 @@ class Cancelable:
         self._progress.append(callback)
         return self
 
-    def _add_hook(self, event: str, callback: StatusCallback) -> Cancelable:
+    def _add_hook(self, event: str, callback: StatusCallback | ErrorCallback) -> Cancelable:
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")
         if self._hooks is None:
@@ -391,8 +455,12 @@ class Cancelable:
         """Call ``callback(context)`` when the operation is cancelled, for any reason."""
         return self._add_hook("cancel", callback)
 
-    def on_error(self, callback: StatusCallback) -> Cancelable:
-        """Call ``callback(context)`` when the operation fails with an exception."""
+    def on_error(self, callback: StatusCallback | ErrorCallback) -> Cancelable:
+        """Call ``callback(context, error)`` when the operation fails with an exception.
+
+        As in the seed library the callback receives the exception too; a callback
+        that takes only one argument gets just the context.
+        """
         return self._add_hook("error", callback)
 
     async def _run_hooks(self, event: str) -> None:
@@ -403,7 +471,11 @@ class Cancelable:
         with anyio.CancelScope(shield=True):
             for callback in callbacks:
                 try:
-                    result = callback(self.context)
+                    hook: Callable[..., Any] = callback
+                    if event == "error" and _takes_two(hook):
+                        result = hook(self.context, self.context.error)
+                    else:
+                        result = hook(self.context)
                     if inspect.isawaitable(result):
                         await result
                 except Exception:
@@ -479,6 +551,42 @@ class Cancelable:
     def parent(self) -> Cancelable | None:
         """The parent operation, if any."""
         return self._parent
+
+    @property
+    def tokens(self) -> tuple[CancelationToken, ...]:
+        """The tokens this operation watches (:meth:`add_token`), in order."""
+        return tuple(self._tokens)
+
+    @property
+    def timeout(self) -> float | None:
+        """This operation's own timeout in seconds (its earliest), or None."""
+        return self._timeout
+
+    @property
+    def operation_id(self) -> str:
+        """The operation's id (``context.id``)."""
+        return self.context.id
+
+    @property
+    def is_running(self) -> bool:
+        """True while the operation runs (shielded or not)."""
+        return self.context.status in (OperationStatus.RUNNING, OperationStatus.SHIELDED)
+
+    @property
+    def is_completed(self) -> bool:
+        """True once the operation has completed normally."""
+        return self.context.status is OperationStatus.COMPLETED
+
+    async def check_cancelation(self) -> None:
+        """A checkpoint that unwinds the operation if it has been cancelled.
+
+        Raises the backend's cancelled exception when the operation is cancelled
+        (its ``async with`` then raises the matching :class:`CancelationError`);
+        otherwise returns at once.
+        """
+        await self._checkpoint()
+
+    check_cancellation = check_cancelation
 
     @property
     def is_cancelled(self) -> bool:
@@ -586,9 +694,36 @@ class Cancelable:
             token.add_listener(self._on_token)
         if self._sources:
             self._start_sources()
+            if any(source.uses_seed_protocol for source in self._sources):
+                await self._start_seed_sources(scope)
         if self._hooks:
             await self._run_hooks("start")
         return self
+
+    async def _start_seed_sources(self, scope: anyio.CancelScope) -> None:
+        # Sources written for the seed library watch on their own, inside our scope.
+        for source in self._sources:
+            if source.uses_seed_protocol:
+                source.set_cancel_callback(self._on_seed_source)
+                await source.start_monitoring(scope)
+
+    def _on_seed_source(self, reason: CancelationReason, message: str) -> None:
+        if self._handle is not None:
+            self._handle.call(self._trigger, reason, message or None)
+
+    async def _stop_seed_sources(self) -> BaseException | None:
+        """Stop the seed-protocol sources; returns a cancellation that arrived meanwhile."""
+        pending: BaseException | None = None
+        for source in self._sources:
+            if not source.uses_seed_protocol:
+                continue
+            try:
+                await source.stop_monitoring()
+            except anyio.get_cancelled_exc_class() as cancelled:
+                pending = cancelled
+            except Exception:
+                logger.exception("cancelpool: stop_monitoring() of source %s failed", source.name)
+        return pending
 
     def _start_sources(self) -> None:
         for source in self._sources:
@@ -604,7 +739,22 @@ class Cancelable:
     ) -> bool:
         scope = self._scope
         if scope is None or self._done:
-            raise RuntimeError("Cancelable.__aexit__() called without a matching __aenter__()")
+            # As the seed library does: an exit without a matching entry (or a second
+            # exit) changes nothing and lets whatever is propagating through.
+            logger.debug("cancelpool: %r exited without a matching entry; ignored", self)
+            return False
+        if self._sources and any(source.uses_seed_protocol for source in self._sources):
+            cancelled = await self._stop_seed_sources()
+            if cancelled is not None and exc is None:
+                exc, exc_type, tb = cancelled, type(cancelled), cancelled.__traceback__
+        if exc is None and self._shield_exited:
+            # A shield ended in this block and no await may have followed it: deliver a
+            # cancellation that landed in it now, inside our scope, so that it is not
+            # forgotten (the operation ends CANCELLED with its reason, not COMPLETED).
+            try:
+                await self._deliver_after_shield()
+            except anyio.get_cancelled_exc_class() as cancelled:
+                exc, exc_type, tb = cancelled, type(cancelled), cancelled.__traceback__
         self._done = True
         if self._tokens:
             for token in self._tokens:
@@ -653,7 +803,7 @@ class Cancelable:
             # (ours, or a child's that our cancellation reached first): one of our
             # sources did it.
             reason, message = self._reason_of_own()
-            error = error_for_reason(reason, message, ctx)
+            error = error_for_reason(reason, message, ctx, **self._error_attributes(reason))
             ctx.status = OperationStatus.CANCELLED
             event = "cancel"
         elif exc is None:
@@ -715,6 +865,24 @@ class Cancelable:
         assert self._reason is not None
         assert self._message is not None
         return self._reason, self._message
+
+    def _error_attributes(self, reason: CancelationReason) -> dict[str, Any]:
+        """What the seed library's exceptions carry besides a reason and message."""
+        if reason is CancelationReason.TIMEOUT:
+            return {"timeout_seconds": self._timeout}
+        if reason is CancelationReason.PARENT:
+            parent = self._parent
+            return {
+                "parent_id": None if parent is None else parent.context.id,
+                "parent_reason": None if parent is None else parent._reason,
+            }
+        for source in self._sources:
+            if source.triggered and source.reason is reason:
+                if reason is CancelationReason.SIGNAL:
+                    return {"signal_number": getattr(source, "signal_number", None)}
+                if reason is CancelationReason.CONDITION:
+                    return {"condition_name": getattr(source, "condition_name", source.name)}
+        return {}
 
     def _settle_outside_reason(self) -> None:
         """Record why a cancellation from outside the operation reached it."""
@@ -865,6 +1033,14 @@ class Cancelable:
             self._scope.cancel()
             self._after_reason()
 
+    async def _deliver_after_shield(self) -> None:
+        # asyncio runs a task's next step before a timer that came due meanwhile, so a
+        # bare checkpoint would let a deadline that passed in the shield slip by. The
+        # token reads the deadline (ours or an ancestor's) from the clock and cancels
+        # its owner first; the checkpoint then delivers it.
+        self.token.is_cancelled  # noqa: B018
+        await anyio.lowlevel.checkpoint()
+
     # -- helpers for the body ----------------------------------------------------------------
     def shield(self) -> _Shield:
         """A block (``with`` or ``async with``) that cancellation cannot interrupt.
@@ -924,7 +1100,7 @@ class Cancelable:
         source: AsyncIterable[T],
         *,
         report_interval: int | None = None,
-        buffer_partial: bool = False,
+        buffer_partial: bool = True,
     ) -> AsyncIterator[T]:
         """Iterate ``source``, checking cancellation before each item.
 
@@ -934,9 +1110,14 @@ class Cancelable:
 
         Args:
             source: any async iterable.
-            report_interval: report progress every this many items.
-            buffer_partial: keep the items seen so far in ``context.partial_result``,
-                so a cancelled stream still hands back what it read.
+            report_interval: report progress every this many items ("Processed N
+                items", metadata ``count`` and ``latest_item``).
+            buffer_partial: keep the last items seen (at most ``STREAM_BUFFER_SIZE``)
+                in the partial result.
+
+        ``context.partial_result`` is, as the seed library shapes it, ``{"count": n,
+        "buffer": [...] or None, "completed": bool}``, kept up to date item by item,
+        so a cancelled stream still hands back what it read.
 
         Raises:
             ValueError: ``report_interval`` is not a positive int (raised here, at the
@@ -957,18 +1138,24 @@ class Cancelable:
     async def _stream(
         self, source: AsyncIterable[T], report_interval: int | None, buffer_partial: bool
     ) -> AsyncIterator[T]:
-        seen: list[T] = []
-        if buffer_partial:
-            self.context.partial_result = seen
+        seen: list[T] | None = [] if buffer_partial else None
+        partial: dict[str, Any] = {"count": 0, "buffer": seen, "completed": False}
+        self.context.partial_result = partial
         count = 0
         async for item in source:
             await self._checkpoint()
             count += 1
-            if buffer_partial:
+            partial["count"] = count
+            if seen is not None:
                 seen.append(item)
+                if len(seen) > STREAM_BUFFER_SIZE:
+                    del seen[0]
             if report_interval is not None and count % report_interval == 0:
-                await self.report_progress(f"{count} items processed", {"count": count})
+                await self.report_progress(
+                    f"Processed {count} items", {"count": count, "latest_item": item}
+                )
             yield item
+        partial["completed"] = True
 
     def __repr__(self) -> str:
         return f"<Cancelable {self._label()} {self.context.status.value}>"

@@ -62,7 +62,9 @@ class OperationContext:
         self.parent_id = parent_id
         self.metadata: dict[str, Any] = metadata if metadata is not None else {}
         self.status = OperationStatus.PENDING
-        self.start_time: float | None = None
+        # Set at creation, as in the seed library; stamped again when the operation
+        # starts, so that its duration is the time it ran.
+        self.start_time: float | None = time.time()
         self.end_time: float | None = None
         self.cancel_reason: CancelationReason | None = None
         self.cancel_message: str | None = None
@@ -79,7 +81,9 @@ class OperationContext:
     @property
     def elapsed_time(self) -> float | None:
         """Seconds from start to end (or to now while running); None before start."""
-        if self.start_time is None:
+        if self.start_time is None or (
+            self.end_time is None and self.status is OperationStatus.PENDING
+        ):
             return None
         end = self.end_time if self.end_time is not None else time.time()
         return end - self.start_time
@@ -90,9 +94,51 @@ class OperationContext:
         return self.elapsed_time
 
     @property
+    def duration_seconds(self) -> float | None:
+        """Seconds the operation ran, as the seed library names it (see
+        :attr:`elapsed_time`); None while it has not ended and is not running."""
+        if self.end_time is None and self.status is not OperationStatus.RUNNING:
+            return None
+        return self.elapsed_time
+
+    @property
     def is_terminal(self) -> bool:
         """True once the operation has completed, failed or been cancelled."""
         return self.status.is_terminal
+
+    @property
+    def is_success(self) -> bool:
+        """True if the operation completed normally."""
+        return self.status is OperationStatus.COMPLETED
+
+    @property
+    def is_cancelled(self) -> bool:
+        """True if the operation ended cancelled (for any reason)."""
+        return self.status in (OperationStatus.CANCELLED, OperationStatus.TIMEOUT)
+
+    def update_status(self, status: OperationStatus) -> None:
+        """Set the status; a terminal one also stamps ``end_time`` (seed library API).
+
+        Meant for contexts a program keeps itself (a shield's tracking operation);
+        a running :class:`Cancelable` sets its own status.
+        """
+        if not isinstance(status, OperationStatus):
+            raise TypeError(f"status must be an OperationStatus, not {status!r}")
+        self.status = status
+        if status.is_terminal:
+            self.end_time = time.time()
+
+    def log_context(self) -> dict[str, Any]:
+        """The fields to pass as ``extra=`` to a logging call (seed library API)."""
+        return {
+            "operation_id": self.id,
+            "operation_name": self.name,
+            "status": self.status.value,
+            "duration_seconds": self.duration_seconds,
+            "parent_id": self.parent_id,
+            "has_error": self.error is not None,
+            "cancel_reason": None if self.cancel_reason is None else self.cancel_reason.value,
+        }
 
     def copy(self) -> OperationContext:
         """A snapshot of this context, detached from the live operation."""

@@ -33,7 +33,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 import anyio.lowlevel
 
-from ._cancelable import Cancelable, StatusCallback, _current, current_operation
+from ._cancelable import Cancelable, ErrorCallback, StatusCallback, _current, current_operation
 from ._enums import OperationStatus
 from ._exceptions import error_for_reason
 from ._sources import (
@@ -123,6 +123,11 @@ def _check_timeout(timeout: float | timedelta | None) -> float | None:
 
 def _default_name(fn: object) -> str:
     return str(getattr(fn, "__name__", None) or type(fn).__name__)
+
+
+def _seed_options(operation_id: str | None, register_globally: bool | None) -> dict[str, Any]:
+    # The seed library's decorator options, passed on to each call's Cancelable.
+    return {"operation_id": operation_id, "register_globally": register_globally}
 
 
 # -- injection -----------------------------------------------------------------------------
@@ -238,13 +243,17 @@ def cancelable(
     timeout: float | timedelta | None = None,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
-    register: bool = True,
+    register: bool = False,
+    operation_id: str | None = None,
+    register_globally: bool | None = None,
 ) -> AsyncDecorator: ...
 def cancelable(
     timeout: Any = None,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
-    register: bool = True,
+    register: bool = False,
+    operation_id: str | None = None,
+    register_globally: bool | None = None,
 ) -> Any:
     """Run every call of the decorated async function in its own new operation.
 
@@ -264,6 +273,9 @@ def cancelable(
         inject_param: the parameter that receives the operation, if the function has
             it (or ``**kwargs``); None never injects.
         register: list the operations in :class:`OperationRegistry`.
+        operation_id: the id every call's operation gets (the seed library's option;
+            ids then repeat across calls).
+        register_globally: the seed library's name for ``register``.
 
     Raises:
         TypeError: at decoration time, if the function is not async.
@@ -280,7 +292,9 @@ def cancelable(
         op_name = name if name is not None else _default_name(fn)
 
         def make(_: tuple[Any, ...]) -> Cancelable:
-            op = Cancelable(op_name, register=register)
+            op = Cancelable(
+                op_name, register=register, **_seed_options(operation_id, register_globally)
+            )
             if seconds is not None:
                 op.add_source(TimeoutSource(seconds))
             return op
@@ -295,7 +309,9 @@ def cancelable_with_token(
     *,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
-    register: bool = True,
+    register: bool = False,
+    operation_id: str | None = None,
+    register_globally: bool | None = None,
 ) -> AsyncDecorator:
     """Run every call in a new operation that ``token`` cancels (from any thread).
 
@@ -313,7 +329,9 @@ def cancelable_with_token(
         op_name = name if name is not None else _default_name(fn)
 
         def make(_: tuple[Any, ...]) -> Cancelable:
-            return Cancelable(op_name, register=register).add_token(token)
+            return Cancelable(
+                op_name, register=register, **_seed_options(operation_id, register_globally)
+            ).add_token(token)
 
         return _per_call(fn, make, inject_param, "cancelable_with_token")
 
@@ -324,7 +342,9 @@ def cancelable_with_signal(
     *signals: int,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
-    register: bool = True,
+    register: bool = False,
+    operation_id: str | None = None,
+    register_globally: bool | None = None,
 ) -> AsyncDecorator:
     """Run every call in a new operation cancelled when one of ``signals`` arrives.
 
@@ -338,7 +358,9 @@ def cancelable_with_signal(
         op_name = name if name is not None else _default_name(fn)
 
         def make(_: tuple[Any, ...]) -> Cancelable:
-            return Cancelable(op_name, register=register).add_source(SignalSource(*valid))
+            return Cancelable(
+                op_name, register=register, **_seed_options(operation_id, register_globally)
+            ).add_source(SignalSource(*valid))
 
         return _per_call(fn, make, inject_param, "cancelable_with_signal")
 
@@ -352,7 +374,9 @@ def cancelable_with_condition(
     *,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
-    register: bool = True,
+    register: bool = False,
+    operation_id: str | None = None,
+    register_globally: bool | None = None,
 ) -> AsyncDecorator:
     """Run every call in a new operation cancelled once ``condition()`` is true.
 
@@ -370,7 +394,9 @@ def cancelable_with_condition(
 
         def make(_: tuple[Any, ...]) -> Cancelable:
             source = ConditionSource(condition, interval, condition_name)
-            return Cancelable(op_name, register=register).add_source(source)
+            return Cancelable(
+                op_name, register=register, **_seed_options(operation_id, register_globally)
+            ).add_source(source)
 
         return _per_call(fn, make, inject_param, "cancelable_with_condition")
 
@@ -411,7 +437,7 @@ class _Blueprint:
     sources: tuple[CancelationSource, ...]
     tokens: tuple[CancelationToken, ...]
     progress: tuple[Callable[..., Any], ...]
-    hooks: tuple[tuple[str, StatusCallback], ...]
+    hooks: tuple[tuple[str, StatusCallback | ErrorCallback], ...]
     metadata: dict[str, Any]
     name: str | None
 
@@ -423,7 +449,7 @@ def _blueprint(templates: tuple[Cancelable, ...]) -> _Blueprint:
     sources: list[CancelationSource] = []
     tokens: list[CancelationToken] = []
     progress: list[Callable[..., Any]] = []
-    hooks: list[tuple[str, StatusCallback]] = []
+    hooks: list[tuple[str, StatusCallback | ErrorCallback]] = []
     metadata: dict[str, Any] = {}
     name = None
     for op in templates:
@@ -460,7 +486,9 @@ def cancelable_combine(
     *cancelables: Cancelable,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
-    register: bool = True,
+    register: bool = False,
+    operation_id: str | None = None,
+    register_globally: bool | None = None,
 ) -> AsyncDecorator:
     """Run every call in a new operation cancelled by ANY source of ``cancelables``.
 
@@ -487,7 +515,12 @@ def cancelable_combine(
         op_name = name or blueprint.name or _default_name(fn)
 
         def make(_: tuple[Any, ...]) -> Cancelable:
-            op = Cancelable(op_name, metadata=dict(blueprint.metadata), register=register)
+            op = Cancelable(
+                op_name,
+                metadata=dict(blueprint.metadata),
+                register=register,
+                **_seed_options(operation_id, register_globally),
+            )
             if blueprint.timeout is not None:
                 op.add_source(TimeoutSource(blueprint.timeout))
             for source in blueprint.sources:
@@ -535,13 +568,17 @@ def cancelable_method(
     timeout: float | timedelta | None = None,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
-    register: bool = True,
+    register: bool = False,
+    operation_id: str | None = None,
+    register_globally: bool | None = None,
 ) -> MethodDecorator: ...
 def cancelable_method(
     timeout: Any = None,
     name: str | None = None,
     inject_param: str | None = _DEFAULT_INJECT,
-    register: bool = True,
+    register: bool = False,
+    operation_id: str | None = None,
+    register_globally: bool | None = None,
 ) -> Any:
     """:func:`cancelable` for methods: the operation is named ``ClassName.method``.
 
@@ -568,7 +605,9 @@ def cancelable_method(
         naming = _method_naming(fn) if name is None else (lambda _: name)
 
         def make(args: tuple[Any, ...]) -> Cancelable:
-            op = Cancelable(naming(args), register=register)
+            op = Cancelable(
+                naming(args), register=register, **_seed_options(operation_id, register_globally)
+            )
             if seconds is not None:
                 op.add_source(TimeoutSource(seconds))
             return op
@@ -612,7 +651,7 @@ def with_cancelable(
     Args:
         cancelable_instance: the operation to lend.
         inject: also pass it as the keyword argument ``inject_param``; the function
-            must then declare that parameter (or ``**kwargs``).
+            a function that declares neither it nor ``**kwargs`` is called without it.
         inject_param: the parameter name used when ``inject`` is true.
     """
     if not isinstance(cancelable_instance, Cancelable):
@@ -623,12 +662,9 @@ def with_cancelable(
 
     def decorate(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         _require_async(fn, "with_cancelable")
+        # A function without the parameter (nor **kwargs) is called without it, as in
+        # the seed library: the operation is still its current operation.
         inj = _plan_injection(fn, inject_param, "with_cancelable") if inject else None
-        if inject and inj is None:
-            raise TypeError(
-                f"@with_cancelable(inject=True) passes the operation as {inject_param!r}, "
-                f"but {_label(fn)} has no such parameter (nor **kwargs)."
-            )
 
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -680,8 +716,8 @@ def with_current_operation(inject_param: Any = "operation") -> Any:
                 await operation.report_progress("helping")
 
     Creates no operation and changes nothing about cancellation. Works for sync and
-    async functions; a value the caller passes explicitly is kept. The function must
-    declare the parameter (or ``**kwargs``), else :class:`TypeError` at decoration.
+    async functions; a value the caller passes explicitly is kept. A function that
+    declares neither the parameter nor ``**kwargs`` is returned unchanged.
     ``@with_current_operation`` without parentheses works too.
     """
     if callable(inject_param):
@@ -692,11 +728,9 @@ def with_current_operation(inject_param: Any = "operation") -> Any:
             raise TypeError(f"@with_current_operation decorates a function, not {fn!r}")
         inj = _plan_injection(fn, inject_param, "with_current_operation")
         if inj is None:
-            raise TypeError(
-                f"@with_current_operation passes the operation as {inject_param!r}, but "
-                f"{_label(fn)} has no such parameter (nor **kwargs); add "
-                f"`{inject_param}: Cancelable | None = None`."
-            )
+            # No such parameter (nor **kwargs): nothing to inject; the function is
+            # returned as it is, as the seed library calls it unchanged.
+            return fn
         if is_async_callable(fn):
             async_fn: Callable[P, Awaitable[Any]] = fn  # type: ignore[assignment]
 

@@ -17,6 +17,9 @@ class OperationStatus(enum.StrEnum):
     CANCELLED = "cancelled"
     FAILED = "failed"
     SHIELDED = "shielded"
+    #: Named as in the seed library, which never sets it either: a timed-out
+    #: operation is CANCELLED with reason TIMEOUT. Terminal.
+    TIMEOUT = "timeout"
 
     @property
     def is_terminal(self) -> bool:
@@ -25,7 +28,12 @@ class OperationStatus(enum.StrEnum):
 
 
 _TERMINAL = frozenset(
-    {OperationStatus.COMPLETED, OperationStatus.CANCELLED, OperationStatus.FAILED}
+    {
+        OperationStatus.COMPLETED,
+        OperationStatus.CANCELLED,
+        OperationStatus.FAILED,
+        OperationStatus.TIMEOUT,
+    }
 )
 
 

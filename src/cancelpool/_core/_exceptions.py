@@ -66,13 +66,33 @@ class CancelationError(Exception):
         return None if self.context is None else self.context.partial_result
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.reason, self.message, self.context))
+        # Subclasses take other constructor arguments: rebuild from the state instead.
+        return (_rebuild_cancelation, (type(self), self.args, dict(self.__dict__)))
 
 
 class TimeoutCancelation(CancelationError, TimeoutError):
-    """The operation's deadline passed."""
+    """The operation's deadline passed.
+
+    ``TimeoutCancelation(5.0)`` (the seed library's constructor) gives a timeout of 5
+    seconds and the message "Operation timed out after 5.0s".
+
+    Attributes:
+        timeout_seconds: the timeout that passed, or None where it is not known.
+    """
 
     default_reason = CancelationReason.TIMEOUT
+    timeout_seconds: float | None = None
+
+    def __init__(
+        self,
+        timeout_seconds: float | None = None,
+        message: str | None = None,
+        context: OperationContext | None = None,
+    ) -> None:
+        self.timeout_seconds = timeout_seconds
+        if message is None and timeout_seconds is not None:
+            message = f"Operation timed out after {timeout_seconds}s"
+        super().__init__(CancelationReason.TIMEOUT, message, context)
 
 
 class ManualCancelation(CancelationError):
@@ -80,23 +100,86 @@ class ManualCancelation(CancelationError):
 
     default_reason = CancelationReason.MANUAL
 
+    def __init__(self, message: str | None = None, context: OperationContext | None = None) -> None:
+        super().__init__(
+            CancelationReason.MANUAL, message or "Operation cancelled manually", context
+        )
+
 
 class SignalCancelation(CancelationError):
-    """An operating-system signal the operation listened for arrived."""
+    """An operating-system signal the operation listened for arrived.
+
+    Attributes:
+        signal_number: the signal's number, or None where it is not known.
+    """
 
     default_reason = CancelationReason.SIGNAL
+    signal_number: int | None = None
+
+    def __init__(
+        self,
+        signal_number: int | None = None,
+        message: str | None = None,
+        context: OperationContext | None = None,
+    ) -> None:
+        self.signal_number = signal_number
+        if message is None and signal_number is not None:
+            message = f"Operation cancelled by signal {signal_number}"
+        super().__init__(CancelationReason.SIGNAL, message, context)
 
 
 class ConditionCancelation(CancelationError):
-    """A condition (or resource threshold) the operation watched became true."""
+    """A condition (or resource threshold) the operation watched became true.
+
+    Attributes:
+        condition_name: the condition's name, or None where it is not known.
+    """
 
     default_reason = CancelationReason.CONDITION
+    condition_name: str | None = None
+
+    def __init__(
+        self,
+        condition_name: str | None = None,
+        message: str | None = None,
+        context: OperationContext | None = None,
+    ) -> None:
+        self.condition_name = condition_name
+        if message is None:
+            message = (
+                f"Operation cancelled: {condition_name} condition met"
+                if condition_name
+                else "Operation cancelled: condition met"
+            )
+        super().__init__(CancelationReason.CONDITION, message, context)
 
 
 class ParentCancelation(CancelationError):
-    """An ancestor operation was cancelled, taking this one with it."""
+    """An ancestor operation was cancelled, taking this one with it.
+
+    Attributes:
+        parent_id: the id of the cancelled parent operation, or None if not known.
+        parent_reason: why the parent was cancelled, or None if not known.
+    """
 
     default_reason = CancelationReason.PARENT
+    parent_id: str | None = None
+    parent_reason: CancelationReason | None = None
+
+    def __init__(
+        self,
+        parent_id: str | None = None,
+        parent_reason: CancelationReason | None = None,
+        message: str | None = None,
+        context: OperationContext | None = None,
+    ) -> None:
+        self.parent_id = parent_id
+        self.parent_reason = parent_reason
+        if message is None and parent_id is not None:
+            message = f"Operation cancelled: parent {parent_id} was cancelled"
+            if parent_reason is not None:
+                message += f" ({parent_reason.value})"
+        super().__init__(CancelationReason.PARENT, message, context)
 
 
 _BY_REASON: dict[CancelationReason, type[CancelationError]] = {
@@ -110,10 +193,32 @@ _BY_REASON: dict[CancelationReason, type[CancelationError]] = {
 
 
 def error_for_reason(
-    reason: CancelationReason, message: str | None, context: OperationContext | None
+    reason: CancelationReason,
+    message: str | None,
+    context: OperationContext | None,
+    **attributes: Any,
 ) -> CancelationError:
-    """Build the :class:`CancelationError` subclass that matches ``reason``."""
-    return _BY_REASON[reason](reason, message, context)
+    """Build the :class:`CancelationError` subclass that matches ``reason``.
+
+    The subclasses take the seed library's constructor arguments; this builds any of
+    them from a reason, a message and the attributes known (``timeout_seconds``,
+    ``parent_id``, ...).
+    """
+    cls = _BY_REASON[reason]
+    error = cls.__new__(cls)
+    CancelationError.__init__(error, reason, message, context)
+    for name, value in attributes.items():
+        setattr(error, name, value)
+    return error
+
+
+def _rebuild_cancelation(
+    cls: type[CancelationError], args: tuple[Any, ...], state: dict[str, Any]
+) -> CancelationError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class JobCancelled(CancelationError, concurrent.futures.CancelledError):

@@ -82,8 +82,11 @@ class _Store:
 class OperationRegistry:
     """Tracks running operations; async verbs for use inside an event loop.
 
-    ``OperationRegistry.get_instance()`` is the process-wide registry every
-    ``Cancelable(register=True)`` (the default) joins.
+    ``OperationRegistry.get_instance()`` is the process-wide registry that every
+    ``Cancelable(register=True)`` joins (registration is off by default, as in the
+    seed library). Its history of finished operations is bounded
+    (``history_size``), so a long-running program that registers every operation
+    does not grow without limit.
     """
 
     _instance: ClassVar[OperationRegistry | None] = None
@@ -222,6 +225,29 @@ class OperationRegistry:
             )
 
     # -- async verbs ----------------------------------------------------------------------
+    async def register(self, operation: Cancelable) -> None:
+        """List ``operation`` as running (the seed library's explicit registration).
+
+        ``Cancelable(register=True)`` does this itself on entry; registering twice
+        changes nothing. The operation moves to the history when it ends.
+        """
+        from ._cancelable import Cancelable
+
+        if not isinstance(operation, Cancelable):
+            raise TypeError(f"register() takes a Cancelable, not {type(operation).__name__}")
+        await anyio.lowlevel.checkpoint()
+        self._add(operation)
+
+    async def unregister(self, operation_id: str) -> None:
+        """Move the operation with this id from the running list to the history.
+
+        Unknown ids are ignored. A registered operation does this itself when it ends.
+        """
+        await anyio.lowlevel.checkpoint()
+        op = self._get(operation_id)
+        if op is not None:
+            self._finish(op)
+
     async def list_operations(
         self,
         status: OperationStatus | None = None,
@@ -290,8 +316,21 @@ class ThreadSafeRegistry:
     through its thread-safe wake-up; no event loop is needed in the calling thread.
     """
 
+    _instance: ClassVar[ThreadSafeRegistry | None] = None
+
     def __init__(self, registry: OperationRegistry | None = None) -> None:
         self._registry = registry if registry is not None else OperationRegistry.get_instance()
+
+    @classmethod
+    def get_instance(cls) -> ThreadSafeRegistry:
+        """The process-wide thread-safe front-end of :meth:`OperationRegistry.get_instance`."""
+        instance = ThreadSafeRegistry._instance
+        if instance is None:
+            with OperationRegistry._instance_lock:
+                instance = ThreadSafeRegistry._instance
+                if instance is None:
+                    instance = ThreadSafeRegistry._instance = ThreadSafeRegistry()
+        return instance
 
     def list_operations(
         self,

@@ -26,6 +26,8 @@ from ._validate import seconds
 logger = logging.getLogger("cancelpool")
 
 FireCallback = Callable[["CancelationSource"], None]
+#: The seed library's source callback: ``(reason, message)``, sync or async.
+SeedCallback = Callable[[CancelationReason, str], "Awaitable[None] | None"]
 
 
 class CancelationSource:
@@ -47,6 +49,11 @@ class CancelationSource:
         self.triggered = False
         self.message: str | None = None
         self._listeners: list[FireCallback] = []
+        # The seed library's source protocol (see start_monitoring): the operation's
+        # scope while it runs, and the callback it set.
+        self.scope: anyio.CancelScope | None = None
+        self._cancel_callback: SeedCallback | None = None
+        self._monitoring_task: anyio.CancelScope | None = None
 
     # The internal, synchronous path every firing goes through.
     def fire(self, message: str | None = None) -> bool:
@@ -61,8 +68,59 @@ class CancelationSource:
         return True
 
     async def trigger_cancelation(self, message: str | None = None) -> None:
-        """Fire the source now, cancelling every operation that holds it."""
-        self.fire(message)
+        """Fire the source now, cancelling every operation that holds it.
+
+        Also what a source written for the seed library calls when its condition is
+        met: the callback given to :meth:`set_cancel_callback` is called with
+        ``(reason, message)`` (awaited if async; an exception is logged), and
+        :attr:`scope` is cancelled. Firing twice does nothing.
+        """
+        if not self.fire(message):
+            return
+        callback = self._cancel_callback
+        if callback is not None:
+            try:
+                result = callback(self.reason, self.message or "")
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("cancelpool: cancel callback of source %s failed", self.name)
+        if self.scope is not None and not self.scope.cancel_called:
+            self.scope.cancel()
+
+    # -- the seed library's source protocol ----------------------------------------------
+    @property
+    def uses_seed_protocol(self) -> bool:
+        """Whether the source is written for the seed library (overrides
+        :meth:`start_monitoring`): the operation then calls its ``start_monitoring``
+        and ``stop_monitoring`` instead of running :meth:`monitor`."""
+        return type(self).start_monitoring is not CancelationSource.start_monitoring
+
+    async def start_monitoring(self, scope: anyio.CancelScope) -> None:
+        """Start watching, for a source written for the seed library.
+
+        The operation calls it on entry, inside its cancel scope, after
+        :meth:`set_cancel_callback`. A subclass starts whatever watches (a task group
+        of its own, say) and later calls :meth:`trigger_cancelation`. The base keeps
+        ``scope``.
+        """
+        self.scope = scope
+
+    async def stop_monitoring(self) -> None:
+        """Stop watching; the operation calls it on exit, before its scope closes.
+
+        The base cancels ``_monitoring_task`` (a cancel scope) if a subclass set one.
+        """
+        task = self._monitoring_task
+        if task is not None:
+            task.cancel()
+            self._monitoring_task = None
+
+    def set_cancel_callback(self, callback: SeedCallback) -> None:
+        """Call ``callback(reason, message)`` (sync or async) when the source triggers."""
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        self._cancel_callback = callback
 
     def add_listener(self, listener: FireCallback) -> None:
         """Call ``listener(source)`` when the source fires (at once if it has)."""
@@ -162,11 +220,15 @@ class SignalSource(CancelationSource):
 
     def __init__(self, *signals: int, name: str | None = None) -> None:
         super().__init__(name=name or "signal")
-        self.signals = validate_signals(signals)
+        # As the seed library: no signals given means the usual stop signals.
+        self.signals = validate_signals(signals or (_signal.SIGINT, _signal.SIGTERM))
+        #: The number of the signal that arrived, once one has.
+        self.signal_number: int | None = None
 
     async def monitor(self) -> None:
         with anyio.open_signal_receiver(*self.signals) as received:
             async for sig in received:
+                self.signal_number = int(sig)
                 self.message = f"received {_signal.Signals(sig).name}"
                 return
 
@@ -183,7 +245,9 @@ class ConditionSource(CancelationSource):
     """Fires when ``condition()`` returns a true value, checked every ``check_interval``.
 
     The condition may be sync or async. A sync condition runs on the event loop, so it
-    must be quick; pass ``run_in_thread=True`` for a check that blocks.
+    must be quick; pass ``run_in_thread=True`` for a check that blocks. A check that
+    raises is logged (``cancelpool`` logger) and tried again at the next interval: it
+    neither fires the source nor stops the operation.
     """
 
     reason = CancelationReason.CONDITION
@@ -218,7 +282,18 @@ class ConditionSource(CancelationSource):
         return bool(result)
 
     async def monitor(self) -> None:
-        while not await self._check():
+        while True:
+            try:
+                if await self._check():
+                    break
+            except Exception:
+                # As the seed library does: a check that raises is logged and the
+                # condition is checked again; a flaky sensor does not stop the work.
+                logger.exception(
+                    "cancelpool: condition %r raised; checking it again in %gs",
+                    self.condition_name,
+                    self.check_interval,
+                )
             await anyio.sleep(self.check_interval)
         self.message = f"condition {self.condition_name!r} met"
 

@@ -5,23 +5,62 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 
+from ._context import new_operation_id
 from ._enums import CancelationReason
 from ._exceptions import CancelationError, error_for_reason
 from ._loop import LoopHandle, raise_cancelled
 
 logger = logging.getLogger("cancelpool")
 
-#: A callback run when a token is cancelled; it receives the cancellation message.
+#: A callback run when a token is cancelled; it receives a :class:`CancelNotice` (the
+#: cancellation message, which also reads as the token).
 TokenCallback = Callable[[str], "Awaitable[Any] | Any"]
 #: An internal hook run synchronously, in the cancelling thread, right after the flag
 #: is raised. It must be cheap and thread-safe.
 Listener = Callable[["CancelationToken"], None]
+
+
+class CancelNotice(str):
+    """What a token callback receives: the cancellation message, which also reads as
+    the token (``notice.reason``, ``notice.id``, ``notice.token``).
+
+    The seed documents show callbacks taking the message; the seed library passes
+    the token. A notice is both, so a callback written either way runs unchanged.
+    """
+
+    token: CancelationToken
+
+    def __new__(cls, message: str, token: CancelationToken) -> CancelNotice:
+        notice = super().__new__(cls, message)
+        notice.token = token
+        return notice
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.token, name)
+
+
+class Done:
+    """The result of a call the seed library makes awaitable (``register_callback``,
+    ``link``): the work is already done, so it may be awaited or ignored."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+    def __repr__(self) -> str:
+        return "<done>"
+
+
+_DONE = Done()
 
 
 def split_args(
@@ -52,10 +91,21 @@ class CancelationToken:
     loops of synchronous code.
     """
 
-    __slots__ = ("_callbacks", "_cancelled", "_listeners", "_lock", "_message", "_reason")
+    __slots__ = (
+        "_callbacks",
+        "_cancelled",
+        "_cancelled_at",
+        "_id",
+        "_listeners",
+        "_lock",
+        "_message",
+        "_reason",
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._id: str | None = None
+        self._cancelled_at: datetime | None = None
         self._cancelled = False
         self._reason: CancelationReason | None = None
         self._message: str | None = None
@@ -83,6 +133,22 @@ class CancelationToken:
         """Same as :attr:`message`."""
         return self._message
 
+    @property
+    def id(self) -> str:
+        """A unique id (a UUID string), made on first use."""
+        if self._id is None:
+            self._id = new_operation_id()
+        return self._id
+
+    @property
+    def cancelled_at(self) -> datetime | None:
+        """When the token was cancelled (UTC), or None."""
+        return self._cancelled_at
+
+    def is_cancelation_requested(self) -> bool:
+        """Same as :attr:`is_cancelled` (the seed library's non-raising check)."""
+        return self.is_cancelled
+
     def __bool__(self) -> bool:
         return True
 
@@ -105,7 +171,7 @@ class CancelationToken:
         callbacks = self._raise_flag(reason, message)
         if callbacks is None:
             return False
-        msg = self._message or ""
+        msg = CancelNotice(self._message or "", self)
         for cb, _ in callbacks:
             try:
                 result = cb(msg)
@@ -135,7 +201,7 @@ class CancelationToken:
         return True
 
     def _run_callbacks_sync(self, callbacks: list[tuple[TokenCallback, LoopHandle | None]]) -> None:
-        msg = self._message or ""
+        msg = CancelNotice(self._message or "", self)
         for cb, handle in callbacks:
             try:
                 if inspect.iscoroutinefunction(cb):
@@ -177,14 +243,18 @@ class CancelationToken:
         """Record the cancellation (called with the lock held). Subclasses extend it."""
         self._reason = reason
         self._message = message or f"token cancelled ({reason.value})"
+        self._cancelled_at = datetime.now(UTC)
         self._cancelled = True
 
     # -- observing ---------------------------------------------------------------------
-    def register_callback(self, callback: TokenCallback) -> None:
-        """Call ``callback(message)`` when the token is cancelled (at once if it is).
+    def register_callback(self, callback: TokenCallback) -> Done:
+        """Call ``callback(notice)`` when the token is cancelled (at once if it is).
 
-        The callback may be sync or async. Async callbacks registered from inside an
+        The :class:`CancelNotice` is the message and reads as the token too. The
+        callback may be sync or async. Async callbacks registered from inside an
         event loop run on that loop even when the token is cancelled from a thread.
+        Registration is done on return; the result may be awaited (as the seed
+        library's is) or ignored.
         """
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")
@@ -192,8 +262,9 @@ class CancelationToken:
         with self._lock:
             if not self._cancelled:
                 self._callbacks.append((callback, handle))
-                return
+                return _DONE
         self._run_callbacks_sync([(callback, handle)])
+        return _DONE
 
     def add_listener(self, listener: Listener) -> None:
         """Run ``listener(token)`` in the cancelling thread (at once if cancelled).
@@ -271,11 +342,12 @@ class LinkedCancelationToken(CancelationToken):
         super().__init__()
         self._links: list[tuple[CancelationToken, Listener]] = []
 
-    def link(self, other: CancelationToken, *, preserve_reason: bool = True) -> None:
+    def link(self, other: CancelationToken, preserve_reason: bool = True) -> Done:
         """Cancel this token whenever ``other`` is cancelled (at once if it is).
 
         The reason is carried over (or MANUAL with ``preserve_reason=False``); the
-        message says the cancellation came through a link.
+        message says the cancellation came through a link. The link is made on
+        return; the result may be awaited (as the seed library's is) or ignored.
         """
         if not isinstance(other, CancelationToken):
             raise TypeError(f"can only link to a CancelationToken, not {type(other).__name__}")
@@ -290,6 +362,7 @@ class LinkedCancelationToken(CancelationToken):
 
         self._links.append((other, listener))
         other.add_listener(listener)
+        return _DONE
 
     def unlink_all(self) -> None:
         """Stop following every linked token."""

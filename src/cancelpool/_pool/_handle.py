@@ -19,7 +19,7 @@ from .._core._loop import LoopHandle
 
 if TYPE_CHECKING:
     from ..shm import SlotRef
-    from ._pool import CancelPool
+    from ._supervisor import Supervisor
 
 logger = logging.getLogger("cancelpool")
 
@@ -89,7 +89,7 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
 
     def __init__(
         self,
-        pool: CancelPool,
+        owner: Supervisor,
         job_id: int,
         name: str | None,
         timeout: float | None,
@@ -98,17 +98,23 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         *,
         retries: int = 0,
         cancel_grace: float | None = None,
+        fn: bytes = b"",
+        args: bytes = b"",
+        is_async: bool = True,
+        remote: tuple[int, int, int] | None = None,
     ) -> None:
         # The fields of Future.__init__, but with the pool's shared condition instead
         # of a new threading.Condition per job (a third of the cost of a submit).
         # result() and exception() below re-check their own state after each wake-up.
-        self._condition = pool._results
+        self._condition = owner._results
         self._state = _PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
         self._waiters: list[Any] = []
         self._done_callbacks: list[Callable[[JobHandle[T]], object]] = []
-        self._pool = pool
+        # The pool's supervisor, not the pool: a handle kept alive does not keep its
+        # pool from being shut down once the pool is garbage.
+        self._owner = owner
         self.id = job_id
         self.name = name
         self.timeout = timeout
@@ -124,11 +130,11 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         self.cancel_grace = cancel_grace
         self._worker: int | None = None
         self._slot: SlotRef | None = None
-        # The job as the workers get it (set when it is registered).
-        self._fn = b""
-        self._args = b""
-        self._is_async = True
-        self._remote: tuple[int, int, int] | None = None  # worker index, pid, request
+        # The job as the workers get it.
+        self._fn = fn
+        self._args = args
+        self._is_async = is_async
+        self._remote = remote  # a child job: its parent's worker index, pid, request
         self._checkpoint: bytes | None = None
         self._attempts = 1
         self._ended = False  # no more progress: the feeds are closed
@@ -139,6 +145,64 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         #: Where the job was when its worker's watchdog last saw it block the event
         #: loop (traceback text, outermost first), or None: it never did.
         self.blocked_stack: str | None = None
+
+    # -- the supervisor's side (its thread, or a caller's thread under the pool's lock) --------
+    # The only writers of a handle's state: the supervisor calls these, nobody else
+    # sets a handle's fields or Future's own.
+    def _set_running(self) -> None:
+        """The worker reported the job started (again, for a retried job)."""
+        self._status = OperationStatus.RUNNING
+        self.started_at = time.time()
+        if self._state == _PENDING:  # Future's transition once, not again on a retry
+            self.set_running_or_notify_cancel()
+
+    def _placed(self, slot: SlotRef, worker: int) -> None:
+        """The job was sent to worker ``worker`` with token slot ``slot``."""
+        self._slot = slot
+        self._worker = worker
+
+    def _requeue(self) -> None:
+        """Its worker died: back to the queue for a new attempt, from the start."""
+        self._slot = None
+        self._worker = None
+        self._status = OperationStatus.PENDING
+        self._attempts += 1  # the old attempt's timers no longer apply
+        self._checkpoint = None
+        self._partial = None
+        self.started_at = None
+
+    def _set_checkpoint(self, partial: bytes | None) -> None:
+        """The last partial result the job checkpointed (pickled)."""
+        self._checkpoint = partial
+
+    def _set_partial(self, partial: Any) -> None:
+        """The partial result its outcome will carry."""
+        self._partial = partial
+
+    def _mark_cancelled(self, reason: CancelationReason, message: str | None) -> None:
+        """Record why the job is (being) cancelled."""
+        self._cancel_reason = reason
+        self._cancel_message = message
+
+    def _claim_parent_notice(self) -> bool:
+        """True once: whether the parent job's worker is still to hear the outcome."""
+        if self._remote is None or self._told_parent:
+            return False
+        self._told_parent = True
+        return True
+
+    def _stamp_end(self) -> None:
+        """The time the outcome arrived (before it is unpickled)."""
+        self.ended_at = time.time()
+
+    def _close(self, status: OperationStatus) -> list[_ProgressFeed]:
+        """Record how the job ended (pool's lock held); returns the progress streams to
+        end. No progress is delivered from now on."""
+        self._status = status
+        self.ended_at = self.ended_at or time.time()
+        self._ended = True
+        feeds, self._feeds = self._feeds, None
+        return feeds or []
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -176,7 +240,7 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         Returns at once. A queued job is resolved as cancelled right here; a running
         job's handle resolves when its worker reports, normally within a millisecond.
         """
-        return self._pool._cancel_job(self, CancelationReason.MANUAL, message)
+        return self._owner.cancel_job(self, CancelationReason.MANUAL, message)
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id} {self.name or '-'} {self._status.value}>"
@@ -231,7 +295,7 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         task stops the iteration, not the job.
         """
         feed = _ProgressFeed()
-        with self._pool._lock:
+        with self._owner._lock:
             if self._ended:
                 return
             if self._feeds is None:
@@ -247,7 +311,7 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
                 await feed.wakeup.wait()
                 feed.wakeup = anyio.Event()
         finally:
-            with self._pool._lock:
+            with self._owner._lock:
                 if self._feeds is not None and feed in self._feeds:
                     self._feeds.remove(feed)
 
@@ -285,7 +349,7 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
             try:
                 await event.wait()
             except anyio.get_cancelled_exc_class():
-                self._pool._cancel_job(
+                self._owner.cancel_job(
                     self, CancelationReason.PARENT, "the task awaiting the job was cancelled"
                 )
                 raise

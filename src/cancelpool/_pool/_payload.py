@@ -14,10 +14,24 @@ from typing import Any
 from .._core._exceptions import PoolError
 from ._protocol import MAX_PAYLOAD
 
+# Set on a BaseException that is not an Exception (SystemExit from a __reduce__) when
+# :func:`dumps` hit it: pickling the job's own data, in the job's process, so it is the
+# job's to raise (as concurrent.futures does) and :func:`rewrap` keeps its type.
+_WHILE_PICKLING = "_cancelpool_raised_while_pickling"
+
 
 def dumps(obj: Any) -> bytes:
     """Pickle ``obj`` for one message, or raise ValueError if it is too large."""
-    data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    try:
+        data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        raise
+    except BaseException as problem:
+        try:
+            setattr(problem, _WHILE_PICKLING, True)
+        except Exception:  # a type with __slots__: it is contained like the others
+            pass
+        raise
     if len(data) > MAX_PAYLOAD:
         raise ValueError(
             f"{type(obj).__name__} is too large to send ({len(data):,} bytes pickled, "
@@ -33,10 +47,14 @@ def rewrap(problem: BaseException, message: str) -> BaseException:
     A pickle failure keeps its type (``PicklingError`` stays one, a lock's ``TypeError``
     stays a ``TypeError``) while saying which job and what to do. A type that cannot be
     built from one message is returned as it is. A ``BaseException`` that is not an
-    ``Exception`` (``SystemExit`` raised by a ``__reduce__``) becomes a ``PoolError``:
-    the problem belongs to one job's data, it must not stop the process that reads it.
+    ``Exception`` keeps its type when :func:`dumps` met it pickling a job's result in
+    the job's own process (``SystemExit`` from the result's ``__reduce__`` is what the
+    caller's ``result()`` raises, as in ``concurrent.futures``); met while unpickling
+    another process's data it becomes a ``PoolError``: the problem belongs to one
+    job's data, it must not stop the process that reads it.
     """
-    kind = type(problem) if isinstance(problem, Exception) else PoolError
+    own = isinstance(problem, Exception) or getattr(problem, _WHILE_PICKLING, False)
+    kind = type(problem) if own else PoolError
     try:
         error: BaseException = kind(message)
     except Exception:
@@ -111,27 +129,39 @@ def fn_label(fn: Any) -> str:
 
 
 def pickle_fn(fn: Any) -> bytes:
-    """Pickle a job's function, or raise a TypeError that says what to do."""
+    """Pickle a job's function, or raise the pickle error's own type (chained) with a
+    message that says what to do; TypeError if ``fn`` is not callable."""
     if not callable(fn):
         raise TypeError(f"Cannot submit {fn!r}: it is not callable")
     try:
         return pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
-        raise TypeError(
+        # The pickle error's own type (PicklingError, or the TypeError of a lock, the
+        # AttributeError of a local function), chained, as concurrent.futures has it.
+        error = rewrap(
+            exc,
             f"Cannot submit {fn_label(fn)}: job functions must be importable "
-            f"module-level functions (pickle failed: {exc})"
-        ) from None
+            f"module-level functions (pickle failed: {exc})",
+        )
+        if error is exc:
+            raise
+        raise error from exc
 
 
 def pickle_args(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Pickle a job's arguments, or raise a TypeError/ValueError that says what to do."""
+    """Pickle a job's arguments, or raise the pickle error's own type (chained) with a
+    message that says what to do; ValueError if they are too large."""
     try:
         data = pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
-        raise TypeError(
+        error = rewrap(
+            exc,
             f"Cannot submit {fn_label(fn)}: its arguments cannot be pickled ({exc}); "
-            "pass plain data or importable objects"
-        ) from None
+            "pass plain data or importable objects",
+        )
+        if error is exc:
+            raise
+        raise error from exc
     if len(data) > MAX_PAYLOAD:
         raise ValueError(
             f"Cannot submit {fn_label(fn)}: its arguments are too large ({len(data):,} "

@@ -11,27 +11,22 @@ from __future__ import annotations
 
 import concurrent.futures
 import fnmatch
+import functools
 import itertools
 import multiprocessing
 import multiprocessing.context
-import os
 import re
-import sys
-import threading
 import time
-import traceback
 import types
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
 from .._core import _validate
 from .._core._enums import CancelationReason, OperationStatus
-from .._core._exceptions import PoolBroken, PoolClosed
-from ..shm import TokenTable
+from .._core._exceptions import PoolClosed
 from . import _worker_process
 from ._handle import JobHandle
 from ._payload import pickle_args, pickle_fn
@@ -42,40 +37,14 @@ from ._settings import (
     DEFAULT_LOOP_BLOCK_THRESHOLD,
     PoolSettings,
 )
+from ._statistics import PoolStatistics as PoolStatistics
+from ._statistics import WorkerStatistics as WorkerStatistics
 from ._supervisor import Supervisor
-from ._workers import WorkerProc
 
 T = TypeVar("T")
 
 #: Modules every worker needs, loaded in the fork server (missing ones are skipped).
 _WORKER_PRELOAD = ("anyio._backends._asyncio", "uvloop", "msgspec.msgpack")
-
-
-@dataclass(frozen=True)
-class WorkerStatistics:
-    """One worker's load."""
-
-    pid: int | None
-    running: int
-    completed: int
-    #: The job blocking this worker's event loop now (see ``loop_block_threshold``),
-    #: or None (not blocked, or blocked by code that is no job's own task).
-    blocked_by: int | None = None
-    #: Seconds the loop has been blocked so far; 0.0 when it turns.
-    blocked_for: float = 0.0
-
-
-@dataclass(frozen=True)
-class PoolStatistics:
-    """Counters of a pool at one moment."""
-
-    submitted: int
-    queued: int
-    running: int
-    completed: int
-    cancelled: int
-    failed: int
-    workers: tuple[WorkerStatistics, ...]
 
 
 def _check_reason(reason: CancelationReason) -> None:
@@ -93,7 +62,7 @@ def _compile_pattern(pattern: str | None) -> Callable[[str], Any] | None:
     return re.compile(fnmatch.translate(pattern)).match
 
 
-class CancelPool(Supervisor, concurrent.futures.Executor):
+class CancelPool(concurrent.futures.Executor):
     """A pool of worker processes running async (and sync) jobs that can be cancelled.
 
     Args:
@@ -180,87 +149,20 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
             cancel_at_exit=cancel_at_exit,
             loop_block_threshold=loop_block_threshold,
         )
-        self._mp = settings.context
         if settings.start_method == "forkserver":
             # Imported once in the fork server, so that every worker (a replacement
             # too) starts with them: anyio's asyncio backend alone takes ~20 ms to import.
-            self._mp.set_forkserver_preload([_worker_process.__name__, *_WORKER_PRELOAD])
-        self._concurrency = settings.concurrency
-        self._use_uvloop = settings.use_uvloop
-        self._cancel_grace = settings.cancel_grace
-        self._max_tasks = settings.max_tasks_per_child
-        self._max_memory = settings.max_memory_per_worker
-        self._capacity = settings.capacity
-        history = settings.history
-        workers = settings.workers
-        self._lock = threading.RLock()
-        # One condition for every handle's result() to wait on (see JobHandle).
-        # Reentrant: concurrent.futures.wait() holds the conditions of all the futures
-        # it waits for at once, and here they are one and the same.
-        self._results = threading.Condition(threading.RLock())
-        self._idle = threading.Condition(self._lock)
-        self._workers = [WorkerProc(index) for index in range(workers)]
-        self._spare_count = settings.spare_workers
-        self._spares = []
-        self._spares_starting = 0
-        # Pickles of job functions seen so far, for spares to load in advance.
-        self._warm_functions = deque(maxlen=64)
-        self._jobs = {}
-        self._queue = deque()
-        self._history = deque(maxlen=history)
-        self._children_of = {}
-        self._requests = {}
-        self._ids = itertools.count(1)
+            settings.context.set_forkserver_preload([_worker_process.__name__, *_WORKER_PRELOAD])
+        # Everything that runs the pool lives in the supervisor, which holds only a
+        # weak reference back: a pool dropped without shutdown() is shut down.
+        self._sup = Supervisor(settings, self)
         self._fn_cache: weakref.WeakKeyDictionary[Any, tuple[bytes, bool]] = (
             weakref.WeakKeyDictionary()
         )
-        self._timers = []
-        self._submitted = 0
-        self._counts = {
-            OperationStatus.COMPLETED: 0,
-            OperationStatus.CANCELLED: 0,
-            OperationStatus.FAILED: 0,
-        }
-        self._table = None
-        self._state = "new"
-        self._thread: threading.Thread | None = None
-        self._wake_r = self._wake_w = -1
-        self._wake_pending = False
-        self._broken: PoolBroken | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
-    def _ensure_started(self) -> None:
-        with self._lock:
-            if self._state == "running":
-                return
-            if self._state != "new":
-                raise self._closed_error()
-            if _interpreter_exiting:
-                raise PoolClosed(
-                    "the interpreter is shutting down: this CancelPool starts no workers now"
-                )
-            self._table = TokenTable.create(self._capacity)
-            self._wake_r, self._wake_w = os.pipe()
-            os.set_blocking(self._wake_r, False)
-            os.set_blocking(self._wake_w, False)
-            try:
-                for proc in self._workers:
-                    self._spawn(proc)
-            except BaseException:
-                self._kill_all()
-                self._close_resources()
-                self._state = "closed"
-                raise
-            self._state = "running"
-            self._add_spares()
-            self._thread = threading.Thread(
-                target=self._supervise, name="cancelpool-supervisor", daemon=True
-            )
-            self._thread.start()
-            _live_pools.add(self)
-
     def __enter__(self) -> CancelPool:
-        self._ensure_started()
+        self._sup.start()
         return self
 
     def __exit__(
@@ -275,13 +177,15 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
                 if isinstance(exc, KeyboardInterrupt)
                 else CancelationReason.MANUAL
             )
-            self._cancel_everything(reason, f"the pool's block exited with {type(exc).__name__}")
+            self._sup.cancel_everything(
+                reason, f"the pool's block exited with {type(exc).__name__}"
+            )
         self.shutdown(wait=True)
 
     async def __aenter__(self) -> CancelPool:
         import anyio.to_thread
 
-        await anyio.to_thread.run_sync(self._ensure_started)
+        await anyio.to_thread.run_sync(self._sup.start)
         return self
 
     async def __aexit__(
@@ -319,24 +223,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         """
         if cancel_pending is None:
             cancel_pending = cancel_futures
-        with self._lock:
-            if self._state == "new":
-                self._state = "closed"
-                return
-            if self._state == "running":
-                self._state = "closing"
-        if cancel_pending or cancel_running:
-            self._cancel_everything(
-                CancelationReason.MANUAL, "the pool shut down", queued_only=not cancel_running
-            )
-        with self._lock:  # not while the supervisor thread closes the wake pipe
-            self._wake()
-        thread = self._thread
-        if wait and thread is not None and thread is not threading.current_thread():
-            thread.join()
-        with self._lock:
-            if self._state in ("closed", "broken"):
-                _live_pools.discard(self)
+        self._sup.shutdown(wait, cancel_pending=cancel_pending, cancel_running=cancel_running)
 
     def close(self) -> None:
         """Same as ``shutdown(wait=True)``."""
@@ -350,25 +237,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         result (they get no grace period). Returns once every worker has exited and
         the shared memory is released. Harmless on a pool already stopped.
         """
-        with self._lock:
-            if self._state == "new":
-                self._state = "closed"
-                return
-            if self._state == "running":
-                self._state = "closing"
-        self._cancel_everything(CancelationReason.MANUAL, message)
-        with self._lock:
-            for proc in (*self._workers, *self._spares):
-                if proc.alive and proc.process is not None and proc.process.exitcode is None:
-                    proc.forced_for = proc.forced_for or 0
-                    proc.process.kill()
-            self._wake()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        with self._lock:
-            if self._state in ("closed", "broken"):
-                _live_pools.discard(self)
+        self._sup.terminate(message)
 
     # -- submitting -----------------------------------------------------------------------
     def _prepare(
@@ -382,9 +251,8 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
             cached = (pickle_fn(fn), _validate.is_async_callable(fn))
             if plain:
                 self._fn_cache[fn] = cached
-                if self._spare_count:
-                    with self._lock:
-                        self._warm_spares(cached[0])
+                if self._settings.spare_workers:
+                    self._sup.warm(cached[0])
         args_data = pickle_args(fn, args, kwargs)
         return cached[0], args_data, cached[1]
 
@@ -419,7 +287,11 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
             cancel_grace: this job's ``cancel_grace`` (see :class:`CancelPool`).
 
         Raises:
-            TypeError: ``fn`` or the arguments cannot be sent to a worker.
+            TypeError: ``fn`` is not callable, or another argument has a bad type.
+            pickle.PicklingError: ``fn`` or the arguments cannot be sent to a worker
+                (or whatever else pickle raised for them: a lock's ``TypeError``, a
+                local function's ``AttributeError``), chained to pickle's own error,
+                as ``concurrent.futures`` raises it.
             ValueError: a bad timeout, retries or cancel_grace.
             PoolClosed: the pool is shut down.
         """
@@ -431,25 +303,25 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
             raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
         if parent is not None and not isinstance(parent, JobHandle):
             raise TypeError(f"parent must be a JobHandle, not {type(parent).__name__}")
-        if parent is not None and parent._pool is not self:
+        sup = self._sup
+        if parent is not None and not sup.owns(parent):
             raise ValueError(f"parent {parent!r} belongs to another CancelPool")
         fn_data, args_data, is_async = self._prepare(fn, args, kwargs)
-        if self._state != "running":
-            self._ensure_started()
+        if sup.state != "running":
+            sup.start()
         if name is None:
             name = getattr(fn, "__name__", None)
-        with self._lock:
-            return self._new_job(
-                fn_data,
-                args_data,
-                is_async,
-                name=name,
-                timeout=timeout,
-                metadata=metadata,
-                parent=parent,
-                retries=retries,
-                cancel_grace=cancel_grace,
-            )
+        return sup.submit(
+            fn_data,
+            args_data,
+            is_async,
+            name=name,
+            timeout=timeout,
+            metadata=metadata,
+            parent=parent,
+            retries=retries,
+            cancel_grace=cancel_grace,
+        )
 
     def map(
         self,
@@ -489,28 +361,11 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         # before the first next(), and a closed pool raises here.
         for args in itertools.islice(items, ahead):
             window.append(self.submit(fn, *args, timeout=job_timeout, name=name))
-        return self._map_results(fn, items, window, ahead, deadline, job_timeout, name)
-
-    def _map_results(
-        self,
-        fn: Callable[..., T],
-        items: Iterator[tuple[Any, ...]],
-        window: deque[JobHandle[Any]],
-        ahead: int,
-        deadline: float | None,
-        job_timeout: float | None,
-        name: str | None,
-    ) -> Iterator[T]:
-        try:
-            while window:
-                for args in itertools.islice(items, ahead - len(window) + 1):
-                    window.append(self.submit(fn, *args, timeout=job_timeout, name=name))
-                remaining = None if deadline is None else deadline - time.monotonic()
-                # Popped before waiting: once yielded, nothing here holds the result.
-                yield _map_result(window.popleft(), remaining)
-        finally:
-            for handle in window:
-                handle.cancel("map() was abandoned")
+        # The generator holds the pool weakly (as the handles do): a pool dropped
+        # while its map() iterator lives is still shut down (the jobs submitted so
+        # far finish and are yielded; reading more items then raises PoolClosed).
+        more = functools.partial(_submit_more, weakref.ref(self), fn, job_timeout, name)
+        return _map_results(more, items, window, ahead, deadline)
 
     # -- cancelling -------------------------------------------------------------------------
     def cancel(
@@ -531,7 +386,7 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         handle = self.get(job) if isinstance(job, int) else job
         if handle is None:
             return False
-        return self._cancel_job(handle, reason, message)
+        return self._sup.cancel_job(handle, reason, message)
 
     def cancel_all(
         self,
@@ -551,101 +406,63 @@ class CancelPool(Supervisor, concurrent.futures.Executor):
         if status is not None and not isinstance(status, OperationStatus):
             raise TypeError(f"status must be an OperationStatus, not {status!r}")
         _check_reason(reason)
-        with self._lock:
-            targets = [
-                handle
-                for handle in self._jobs.values()
-                if (match is None or (handle.name is not None and match(handle.name)))
-                and (status is None or handle._status is status)
-                and handle._cancel_reason is None
-            ]
-        return self._cancel_many(targets, reason, message)
-
-    def _cancel_everything(
-        self, reason: CancelationReason, message: str, *, queued_only: bool = False
-    ) -> int:
-        with self._lock:
-            targets = [
-                handle
-                for handle in self._jobs.values()
-                if handle._cancel_reason is None and (not queued_only or handle._slot is None)
-            ]
-        return self._cancel_many(targets, reason, message)
-
-    def _cancel_job(
-        self, handle: JobHandle[Any], reason: CancelationReason, message: str | None
-    ) -> bool:
-        if handle._pool is not self:
-            raise ValueError(f"{handle!r} belongs to another pool")
-        with self._lock:
-            live = handle.id in self._jobs
-            count, resolved = self._cancel_locked([handle], reason, message)
-        for queued in resolved:
-            self._resolve_cancelled(queued)
-        # True while the cancellation is under way (asked now or before), False once
-        # the job had ended anyway.
-        return count > 0 or (live and handle._cancel_reason is not None)
-
-    def _cancel_many(
-        self, handles: list[JobHandle[Any]], reason: CancelationReason, message: str | None
-    ) -> int:
-        with self._lock:
-            count, resolved = self._cancel_locked(handles, reason, message)
-        for handle in resolved:
-            self._resolve_cancelled(handle)
-        return count
+        return self._sup.cancel_matching(match, status, reason, message)
 
     # -- registry ---------------------------------------------------------------------------
     def get(self, job_id: int) -> JobHandle[Any] | None:
         """The handle of a live or recently finished job, or None."""
-        with self._lock:
-            handle = self._jobs.get(job_id)
-            if handle is None:
-                for old in self._history:
-                    if old.id == job_id:
-                        return old
-            return handle
+        return self._sup.get(job_id)
 
     def jobs(
         self, name_pattern: str | None = None, status: OperationStatus | None = None
     ) -> list[JobHandle[Any]]:
         """Handles of live jobs and of the finished ones still in the history."""
         match = _compile_pattern(name_pattern)
-        with self._lock:
-            every = list(self._history) + list(self._jobs.values())
         return [
             handle
-            for handle in every
+            for handle in self._sup.every_job()
             if (match is None or (handle.name is not None and match(handle.name)))
-            and (status is None or handle._status is status)
+            and (status is None or handle.status is status)
         ]
 
     def statistics(self) -> PoolStatistics:
         """Counters: submitted, queued, running, completed, cancelled, failed, per worker."""
-        now = time.monotonic()
-        with self._lock:
-            running = sum(1 for h in self._jobs.values() if h._status is OperationStatus.RUNNING)
-            return PoolStatistics(
-                submitted=self._submitted,
-                queued=len(self._jobs) - running,
-                running=running,
-                completed=self._counts[OperationStatus.COMPLETED],
-                cancelled=self._counts[OperationStatus.CANCELLED],
-                failed=self._counts[OperationStatus.FAILED],
-                workers=tuple(
-                    WorkerStatistics(
-                        pid=p.pid,
-                        running=len(p.inflight),
-                        completed=p.completed,
-                        blocked_by=p.blocked.job if p.blocked is not None else None,
-                        blocked_for=now - p.blocked_since if p.blocked is not None else 0.0,
-                    )
-                    for p in self._workers
-                ),
-            )
+        return self._sup.statistics()
 
     def __repr__(self) -> str:
-        return f"<CancelPool workers={len(self._workers)} {self._state} jobs={len(self._jobs)}>"
+        return f"<CancelPool workers={self._settings.workers} {self._sup.describe()}>"
+
+
+def _submit_more(
+    pool_ref: weakref.ReferenceType[CancelPool],
+    fn: Callable[..., Any],
+    job_timeout: float | None,
+    name: str | None,
+    args: tuple[Any, ...],
+) -> JobHandle[Any]:
+    pool = pool_ref()
+    if pool is None:
+        raise PoolClosed("the CancelPool of this map() was dropped and shut down")
+    return pool.submit(fn, *args, timeout=job_timeout, name=name)
+
+
+def _map_results(
+    submit: Callable[[tuple[Any, ...]], JobHandle[Any]],
+    items: Iterator[tuple[Any, ...]],
+    window: deque[JobHandle[Any]],
+    ahead: int,
+    deadline: float | None,
+) -> Iterator[Any]:
+    try:
+        while window:
+            for args in itertools.islice(items, ahead - len(window) + 1):
+                window.append(submit(args))
+            remaining = None if deadline is None else deadline - time.monotonic()
+            # Popped before waiting: once yielded, nothing here holds the result.
+            yield _map_result(window.popleft(), remaining)
+    finally:
+        for handle in window:
+            handle.cancel("map() was abandoned")
 
 
 def _map_result(handle: JobHandle[T], timeout: float | None) -> T:
@@ -654,43 +471,3 @@ def _map_result(handle: JobHandle[T], timeout: float | None) -> T:
     except BaseException:
         handle.cancel("map() was abandoned")
         raise
-
-
-# Pools that were started and not yet shut down, for the interpreter's exit.
-_live_pools: weakref.WeakSet[CancelPool] = weakref.WeakSet()
-# Set once the interpreter has begun to exit: no pool starts workers from then on.
-_interpreter_exiting = False
-
-
-def _exiting_on_ctrl_c() -> bool:
-    # The interpreter stores the exception that ended the main module before it exits.
-    return isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
-
-
-def _stop_live_pools() -> None:
-    """At interpreter exit: let the jobs of the pools still running finish, as
-    ``concurrent.futures`` does, then stop their workers.
-
-    A pool created with ``cancel_at_exit=True``, or every pool when the program ends
-    because of Ctrl-C, cancels its jobs first (reason SIGNAL). Ctrl-C while we wait
-    cancels what is left and kills the workers.
-    """
-    global _interpreter_exiting
-    _interpreter_exiting = True
-    for pool in list(_live_pools):
-        try:
-            if pool._settings.cancel_at_exit or _exiting_on_ctrl_c():
-                pool._cancel_everything(CancelationReason.SIGNAL, "the interpreter is exiting")
-            try:
-                pool.shutdown(wait=True)
-            except KeyboardInterrupt:
-                pool._cancel_everything(CancelationReason.SIGNAL, "Ctrl-C at interpreter exit")
-                pool.terminate()
-        except Exception:
-            traceback.print_exc()
-
-
-# Run by threading._shutdown(), before atexit's handlers and before the interpreter
-# stops other threads, as concurrent.futures.process does: so the supervisor thread can
-# still resolve the handles, and a submit() in an atexit handler finds the flag set.
-threading._register_atexit(_stop_live_pools)  # type: ignore[attr-defined]

@@ -1,21 +1,27 @@
-"""The supervisor thread: everything the pool does that is not a caller's call.
+"""The supervisor: everything the pool does that is not a caller's call.
 
 ::
 
-    caller threads                supervisor thread                 worker processes
-    --------------                -----------------                 ----------------
-    submit()  --(lock)-->  registry, queue, dispatch  --inbox pipe-->  Run, Child*
+    CancelPool (facade)  --holds-->  Supervisor  --weakref-->  CancelPool
+                                      |  owns: JobTable (jobs), WorkerSet (processes),
+                                      |        Wakeup (self-pipe), TokenTable, timers
+    caller threads                    supervisor thread                worker processes
+    --------------                    -----------------                ----------------
+    submit()  --(lock)-->  JobTable.register, dispatch  --inbox pipe-->  Run, Child*
     cancel()  --(lock)-->  token table slot := CANCELLED  (shared memory, read at once)
-                           doorbell.ring()  ------------------------>  wakes the loop
-                           select(): outbox pipes  <---------------  Started/Done/...
-                                     process sentinels  <----------  a worker died
-                                     wake pipe  <-- callers           (queue, timers)
-                                     timers: timeout backstops, forced stops
-    handle.result()  <---  Future resolved, progress callbacks run
+                           doorbell.ring()  ---------------------------->  wakes the loop
+                           poll(): outbox pipes  <-------------------  Started/Done/...
+                                   process sentinels  <--------------  a worker died
+                                   Wakeup pipe  <-- callers, the pool's weakref callback
+                                   timers: timeout backstops, forced stops
+    handle.result()  <---  JobHandle resolved (only here), progress callbacks run
 
-A job that ignores its cancellation for ``cancel_grace`` seconds gets its worker
-killed; the other jobs of that worker end with ``WorkerLost`` (or run again, under
-``retries``). A worker that dies on its own fails only its own jobs and is replaced.
+The supervisor is the only code that resolves handles; it writes a handle's state only
+through the handle's own methods. A job that ignores its cancellation for
+``cancel_grace`` seconds gets its worker killed; the other jobs of that worker end with
+``WorkerLost`` (or run again, under ``retries``). A worker that dies on its own fails
+only its own jobs and is replaced. A pool that becomes garbage is shut down: the
+weakref's callback wakes the thread, which stops as ``shutdown(wait=False)`` would.
 If the worker's watchdog reported a job blocking the event loop (``LoopBlocked``),
 that job is the one blamed for the kill (see :meth:`Supervisor._worker_died`).
 """
@@ -28,8 +34,13 @@ import math
 import os
 import pickle
 import select
+import sys
+import threading
 import time
-from typing import Any
+import traceback
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -42,10 +53,17 @@ from .._core._exceptions import (
     WorkerCrashed,
     WorkerKilled,
 )
+from ..shm import TableFull, TokenTable
 from . import _protocol as proto
 from ._handle import JobHandle
+from ._job_table import JobTable
 from ._payload import dump_error, dump_partial, load_error, load_partial, rewrap
-from ._workers import BACKSTOP, FORCE, WORKER_EXIT_GRACE, WorkerProc, WorkerSet
+from ._statistics import PoolStatistics, WorkerStatistics
+from ._wakeup import Wakeup
+from ._worker_set import WORKER_EXIT_GRACE, WorkerProc, WorkerSet
+
+if TYPE_CHECKING:
+    from ._settings import PoolSettings
 
 logger = logging.getLogger("cancelpool")
 
@@ -57,13 +75,268 @@ VERDICT_WAIT = 1.0
 #: Minimum seconds between two RSS readings of one worker (``max_memory_per_worker``):
 #: a reading costs tens of microseconds, so not after every job.
 MEMORY_CHECK_INTERVAL = 0.2
+#: Extra time the supervisor gives a job past its timeout before it cancels the job
+#: itself (the worker enforces timeouts precisely; this only catches a worker whose
+#: loop is blocked). Shorter fires spuriously on a loaded machine; longer stops late.
+BACKSTOP_MARGIN = 0.25
+#: Seconds a plain (sync) function may wait for an idle worker while async jobs queued
+#: after it are placed on busy ones. Longer favours throughput, shorter the function.
+SYNC_PATIENCE = 0.5
+# The kinds of supervisor timers.
+BACKSTOP = 0
+FORCE = 1
 #: Bytes asked for per read of a worker's outbox: a pipe's capacity. os.read allocates
 #: the whole size before it shrinks the result, so a larger ask costs every small read.
 _READ_SIZE = 1 << 16
 
 
-class Supervisor(WorkerSet):
-    """The supervisor-thread half of :class:`CancelPool` (state lives on the pool)."""
+class Supervisor:
+    """Runs one pool: its jobs, its workers and the thread that talks to them.
+
+    :class:`CancelPool` is the facade the caller sees; it holds this object, and this
+    object holds the pool only through a weak reference: when the pool becomes
+    garbage, the reference's callback wakes the supervisor thread, which shuts the
+    pool down as ``shutdown(wait=False)`` would (the jobs already submitted finish).
+    """
+
+    def __init__(self, settings: PoolSettings, pool: object) -> None:
+        self._settings = settings
+        self._cancel_grace = settings.cancel_grace
+        self._max_tasks = settings.max_tasks_per_child
+        self._max_memory = settings.max_memory_per_worker
+        self._capacity = settings.capacity
+        self._lock = threading.RLock()
+        # One condition for every handle's result() to wait on (see JobHandle).
+        # Reentrant: concurrent.futures.wait() holds the conditions of all the futures
+        # it waits for at once, and here they are one and the same.
+        self._results = threading.Condition(threading.RLock())
+        self._job_table = JobTable(settings.history)
+        self._table: TokenTable | None = None
+        self._state = "new"
+        self._thread: threading.Thread | None = None
+        self._wakeup = Wakeup()
+        self._ws = WorkerSet(settings, self._lock, self._wakeup, self._is_running)
+        self._timers: list[tuple[float, int, int, int]] = []
+        self._broken: PoolBroken | None = None
+        self._dropped = False
+        self._pool_ref = weakref.ref(pool, self._pool_dropped)
+
+    # -- lifecycle (any thread) ---------------------------------------------------------------
+    def _is_running(self) -> bool:
+        return self._state == "running"
+
+    def _wake(self) -> None:
+        """Make the supervisor thread run its loop once more (lock held)."""
+        self._wakeup.wake()
+
+    @property
+    def state(self) -> str:
+        """``new``, ``running``, ``closing``, ``closed`` or ``broken``."""
+        return self._state
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The supervisor thread, once started."""
+        return self._thread
+
+    def start(self) -> None:
+        """Start the workers and the supervisor thread (once; later calls return).
+
+        Raises:
+            PoolClosed: the pool is shut down, or the interpreter is exiting.
+            PoolBroken: the pool is broken.
+        """
+        with self._lock:
+            if self._state == "running":
+                return
+            if self._state != "new":
+                raise self._closed_error()
+            if _interpreter_exiting:
+                raise PoolClosed(
+                    "the interpreter is shutting down: this CancelPool starts no workers now"
+                )
+            self._table = self._ws.table = TokenTable.create(self._capacity)
+            self._wakeup.open()
+            try:
+                for proc in self._ws.procs:
+                    self._ws.spawn(proc)
+            except BaseException:
+                self._ws.kill_all()
+                self._close_resources()
+                self._state = "closed"
+                raise
+            self._state = "running"
+            self._ws.add_spares()
+            self._thread = threading.Thread(
+                target=self._supervise, name="cancelpool-supervisor", daemon=True
+            )
+            self._thread.start()
+            _live.add(self)
+
+    def shutdown(self, wait: bool, *, cancel_pending: bool, cancel_running: bool) -> None:
+        """Stop accepting jobs; cancel some if asked; with ``wait``, join the thread."""
+        with self._lock:
+            if self._state == "new":
+                self._state = "closed"
+                return
+            if self._state == "running":
+                self._state = "closing"
+        if cancel_pending or cancel_running:
+            self.cancel_everything(
+                CancelationReason.MANUAL, "the pool shut down", queued_only=not cancel_running
+            )
+        with self._lock:  # not while the supervisor thread closes the wake pipe
+            self._wake()
+        thread = self._thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def terminate(self, message: str) -> None:
+        """Cancel every job and kill every worker now; join the supervisor thread."""
+        with self._lock:
+            if self._state == "new":
+                self._state = "closed"
+                return
+            if self._state == "running":
+                self._state = "closing"
+        self.cancel_everything(CancelationReason.MANUAL, message)
+        with self._lock:
+            for proc in (*self._ws.procs, *self._ws.spares):
+                if proc.alive and proc.process is not None and proc.process.exitcode is None:
+                    proc.forced_for = proc.forced_for or 0
+                    proc.process.kill()
+            self._wake()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _pool_dropped(self, _ref: object) -> None:
+        # The weakref callback: it runs in whatever thread let the pool go, possibly
+        # inside an allocation while that thread holds one of our locks; so it only
+        # sets a flag and wakes the supervisor thread, which does the shutting down.
+        self._dropped = True
+        self._wakeup.wake_from_anywhere()
+
+    def describe(self) -> str:
+        """The state and live job count, for the pool's repr."""
+        return f"{self._state} jobs={len(self._job_table.live)}"
+
+    # -- the caller's requests (any thread) -------------------------------------------------
+    def owns(self, handle: JobHandle[Any]) -> bool:
+        """Whether ``handle`` is a job of this pool."""
+        return handle._owner is self
+
+    def submit(
+        self,
+        fn: bytes,
+        args: bytes,
+        is_async: bool,
+        *,
+        name: str | None,
+        timeout: float | None,
+        metadata: dict[str, Any] | None,
+        parent: JobHandle[Any] | None,
+        retries: int,
+        cancel_grace: float | None,
+    ) -> JobHandle[Any]:
+        """Register a job (already pickled and validated) and queue or dispatch it."""
+        with self._lock:
+            return self._new_job(
+                fn,
+                args,
+                is_async,
+                name=name,
+                timeout=timeout,
+                metadata=metadata,
+                parent=parent,
+                retries=retries,
+                cancel_grace=cancel_grace,
+            )
+
+    def warm(self, function: bytes) -> None:
+        """A job function seen for the first time: the spares load it now."""
+        with self._lock:
+            self._ws.warm(function)
+
+    def get(self, job_id: int) -> JobHandle[Any] | None:
+        """The handle of a live or recently finished job, or None."""
+        with self._lock:
+            return self._job_table.find(job_id)
+
+    def every_job(self) -> list[JobHandle[Any]]:
+        """The finished jobs still in the history, then the live ones."""
+        with self._lock:
+            return self._job_table.every()
+
+    def statistics(self) -> PoolStatistics:
+        """Counters: submitted, queued, running, completed, cancelled, failed, per worker."""
+        now = time.monotonic()
+        with self._lock:
+            jobs = self._job_table
+            submitted, running, completed, cancelled, failed = jobs.counters()
+            return PoolStatistics(
+                submitted=submitted,
+                queued=len(jobs.live) - running,
+                running=running,
+                completed=completed,
+                cancelled=cancelled,
+                failed=failed,
+                workers=tuple(
+                    WorkerStatistics(
+                        pid=p.pid,
+                        running=len(p.inflight),
+                        completed=p.completed,
+                        blocked_by=p.blocked.job if p.blocked is not None else None,
+                        blocked_for=now - p.blocked_since if p.blocked is not None else 0.0,
+                    )
+                    for p in self._ws.procs
+                ),
+            )
+
+    def cancel_job(
+        self, handle: JobHandle[Any], reason: CancelationReason, message: str | None
+    ) -> bool:
+        """Cancel one job and its descendants; True while the cancellation is under way."""
+        if handle._owner is not self:
+            raise ValueError(f"{handle!r} belongs to another pool")
+        with self._lock:
+            live = handle.id in self._job_table.live
+            count, resolved = self._cancel_locked([handle], reason, message)
+        for queued in resolved:
+            self._resolve_cancelled(queued)
+        # True while the cancellation is under way (asked now or before), False once
+        # the job had ended anyway.
+        return count > 0 or (live and handle._cancel_reason is not None)
+
+    def cancel_matching(
+        self,
+        match: Callable[[str], Any] | None,
+        status: OperationStatus | None,
+        reason: CancelationReason,
+        message: str | None,
+    ) -> int:
+        """Cancel the live jobs whose name ``match`` accepts and whose status is
+        ``status`` (None: any); returns how many matched."""
+        with self._lock:
+            targets = self._job_table.select(match, status)
+        return self._cancel_many(targets, reason, message)
+
+    def cancel_everything(
+        self, reason: CancelationReason, message: str, *, queued_only: bool = False
+    ) -> int:
+        """Cancel every live job (only the queued ones with ``queued_only``)."""
+        with self._lock:
+            targets = self._job_table.select(queued_only=queued_only)
+        return self._cancel_many(targets, reason, message)
+
+    def _cancel_many(
+        self, handles: list[JobHandle[Any]], reason: CancelationReason, message: str | None
+    ) -> int:
+        with self._lock:
+            count, resolved = self._cancel_locked(handles, reason, message)
+        for handle in resolved:
+            self._resolve_cancelled(handle)
+        return count
 
     def _closed_error(self) -> PoolError:
         """The error submit() raises once the pool no longer accepts jobs."""
@@ -76,11 +349,8 @@ class Supervisor(WorkerSet):
     def _close_resources(self) -> None:
         if self._table is not None:
             self._table.close()
-            self._table = None
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                os.close(fd)
-        self._wake_r = self._wake_w = -1
+            self._table = self._ws.table = None
+        self._wakeup.close()
 
     # -- the loop ---------------------------------------------------------------------------------
     def _supervise(self) -> None:
@@ -94,23 +364,25 @@ class Supervisor(WorkerSet):
                 self._broken.__cause__ = exc
             self._fail_everything(self._broken)
         finally:
-            self._kill_all()
+            self._ws.kill_all()
             with self._lock:
                 self._close_resources()
                 if self._state != "broken":
                     self._state = "closed"
-                self._idle.notify_all()
+            _live.discard(self)
 
     def _loop(self) -> None:
         stop_deadline: float | None = None
         while True:
             with self._lock:
-                if self._state in ("closing", "broken") and not self._jobs:
-                    for proc in (*self._workers, *self._spares):
+                if self._dropped and self._state == "running":
+                    self._state = "closing"  # the pool became garbage
+                if self._state in ("closing", "broken") and not self._job_table.live:
+                    for proc in (*self._ws.procs, *self._ws.spares):
                         if proc.alive and not proc.stop_sent:
                             proc.stop_sent = True
-                            self._write(proc, proto.frame([proto.Stop()]))
-                    if not any(proc.alive for proc in (*self._workers, *self._spares)):
+                            self._ws.write(proc, proto.frame([proto.Stop()]))
+                    if not any(proc.alive for proc in (*self._ws.procs, *self._ws.spares)):
                         return
                     if stop_deadline is None:
                         stop_deadline = time.monotonic() + WORKER_EXIT_GRACE
@@ -119,9 +391,10 @@ class Supervisor(WorkerSet):
                 # replacement, whose new pipes can reuse the numbers of the old ones:
                 # an event is acted on only while its fd still means the same thing.
                 watched: dict[int, tuple[int, WorkerProc, Any]] = {}
-                readers = [self._wake_r]
+                wake_fd = self._wakeup.fd
+                readers = [wake_fd]
                 writers = []
-                for proc in self._workers:
+                for proc in self._ws.procs:
                     if proc.alive:
                         watched[proc.out_fd] = (_OUTBOX, proc, proc.process)
                         watched[proc.sentinel] = (_SENTINEL, proc, proc.process)
@@ -129,7 +402,7 @@ class Supervisor(WorkerSet):
                         readers.append(proc.sentinel)
                         if proc.write_buffer:
                             writers.append(proc.in_fd)
-                for proc in self._spares:
+                for proc in self._ws.spares:
                     if proc.alive:
                         watched[proc.sentinel] = (_SPARE, proc, proc.process)
                         readers.append(proc.sentinel)
@@ -140,15 +413,15 @@ class Supervisor(WorkerSet):
                     deadline = stop_deadline if deadline is None else min(deadline, stop_deadline)
             readable, writable = _wait(readers, writers, deadline)
             if stop_deadline is not None and time.monotonic() >= stop_deadline:
-                self._kill_all()  # workers that ignored Stop
+                self._ws.kill_all()  # workers that ignored Stop
                 return
             # Outboxes first: what a worker said before it died is read before its death
             # is handled.
             for fd in sorted(readable, key=lambda fd: watched[fd][0] if fd in watched else _WAKE):
-                if fd == self._wake_r:
-                    self._drain_wake()
+                if fd == wake_fd:
+                    self._wakeup.drain()
                     with self._lock:
-                        if self._queue:
+                        if self._job_table.queued:
                             self._dispatch_queue()
                     continue
                 entry = watched.get(fd)
@@ -166,11 +439,96 @@ class Supervisor(WorkerSet):
                     self._worker_died(proc)
             if writable:
                 with self._lock:
-                    for proc in (*self._workers, *self._spares):
+                    for proc in (*self._ws.procs, *self._ws.spares):
                         if proc.alive and proc.in_fd in writable and proc.write_buffer:
-                            self._flush(proc)
+                            self._ws.flush(proc)
             if self._timers and self._timers[0][0] <= time.monotonic():
                 self._fire_timers()
+
+    # -- dispatching (lock held) ----------------------------------------------------------
+    def _add_timer(self, deadline: float, handle: JobHandle[Any], kind: int) -> None:
+        """Arm a timer for the job's current attempt (lock held), waking the supervisor
+        thread if it is the earliest."""
+        earliest = self._timers[0][0] if self._timers else None
+        heapq.heappush(self._timers, (deadline, handle.id, handle._attempts, kind))
+        if earliest is None or deadline < earliest:
+            self._wake()
+
+    def _dispatch(self, proc: WorkerProc, handles: list[JobHandle[Any]]) -> None:
+        """Send jobs to a worker (lock held): allocate their slots, write one frame."""
+        assert self._table is not None
+        messages = []
+        for handle in handles:
+            parent = handle.parent
+            parent_slot = parent._slot if parent is not None and not parent.done() else None
+            try:
+                slot = self._table.allocate(parent_slot)
+            except TableFull:
+                self._job_table.queued.appendleft(handle)
+                if not proc.inflight:
+                    proc.exclusive = False
+                continue
+            handle._placed(slot, proc.index)
+            proc.inflight.add(handle.id)
+            proc.dispatched += 1
+            if handle.timeout is not None:
+                # Armed now, not when the job reports it started: a worker whose
+                # loop is blocked reports nothing, and that is the case to catch.
+                deadline = time.monotonic() + handle.timeout + BACKSTOP_MARGIN
+                self._add_timer(deadline, handle, BACKSTOP)
+            if not handle._is_async:
+                proc.exclusive = True
+            messages.append(
+                proto.Run(
+                    handle.id,
+                    slot.index,
+                    slot.generation,
+                    handle._fn,
+                    handle._args,
+                    handle.name,
+                    handle.timeout,
+                    handle._is_async,
+                )
+            )
+        if messages:
+            self._ws.write(proc, proto.frame(messages))
+
+    def _dispatch_queue(self) -> None:
+        """Move queued jobs to workers with room (lock held), one frame per worker.
+
+        A plain function waiting for an idle worker does not hold up the async jobs
+        behind it, unless it has waited longer than SYNC_PATIENCE: then nothing more is
+        placed, so that the workers drain and it gets one.
+        """
+        batches: dict[int, list[JobHandle[Any]]] = {}
+        queue = self._job_table.queued
+        waiting: list[JobHandle[Any]] = []
+        now = time.time()
+        while queue:
+            handle = queue.popleft()
+            if handle._cancel_reason is not None or handle.id not in self._job_table.live:
+                continue
+            exclusive = not handle._is_async
+            proc = self._ws.pick(exclusive)
+            if proc is None:
+                waiting.append(handle)
+                if not exclusive or now - handle.submitted_at > SYNC_PATIENCE:
+                    break
+                continue
+            batch = batches.setdefault(proc.index, [])
+            batch.append(handle)
+            # Count it now so that the next pick sees this worker's new load.
+            proc.inflight.add(handle.id)
+            proc.dispatched += 1
+            if exclusive:
+                proc.exclusive = True
+        queue.extendleft(reversed(waiting))
+        for index, batch in batches.items():
+            proc = self._ws.procs[index]
+            for handle in batch:
+                proc.inflight.discard(handle.id)
+                proc.dispatched -= 1  # _dispatch counts it for good
+            self._dispatch(proc, batch)
 
     # -- reading from workers ---------------------------------------------------------------------
     def _read(self, proc: WorkerProc) -> None:
@@ -207,7 +565,7 @@ class Supervisor(WorkerSet):
         broken: list[proto.InitFailed] = []
         loop_reports: list[Any] = []
         with self._lock:
-            jobs = self._jobs
+            jobs = self._job_table.live
             for message in messages:
                 kind = type(message)
                 if kind is proto.BellHeard:
@@ -227,7 +585,8 @@ class Supervisor(WorkerSet):
                     broken.append(message)
                     continue
                 if kind is proto.CancelChild:
-                    child = self._requests.get((proc.index, proc.pid or 0, message.request))
+                    key = (proc.index, proc.pid or 0, message.request)
+                    child = self._job_table.by_request(key)
                     if child is not None:
                         reason = CancelationReason.MANUAL
                         resolved += self._cancel_locked([child], reason, message.message)[1]
@@ -236,10 +595,7 @@ class Supervisor(WorkerSet):
                 if handle is None:
                     continue
                 if kind is proto.Started:
-                    handle._status = OperationStatus.RUNNING
-                    handle.started_at = time.time()
-                    if handle._state == "PENDING":  # not again for a retried job
-                        handle.set_running_or_notify_cancel()
+                    handle._set_running()
                 elif kind is proto.Progress:
                     progress.append((handle, message))
                     ancestor = handle.parent
@@ -247,25 +603,25 @@ class Supervisor(WorkerSet):
                         if ancestor._worker is not None and not ancestor.done():
                             # Each ancestor job's own callbacks, in its worker, hear it
                             # too (bubbling, as in one process).
-                            self._post(
-                                self._workers[ancestor._worker],
+                            self._ws.post(
+                                self._ws.procs[ancestor._worker],
                                 proto.ChildProgress(
                                     ancestor.id, handle.id, message.message, message.metadata
                                 ),
                             )
                         ancestor = ancestor.parent
                 elif kind is proto.Checkpoint:
-                    handle._checkpoint = message.partial
+                    handle._set_checkpoint(message.partial)
                 else:
                     self._retire(handle)
                     finished.append((handle, message))
             for request, error in refused:
-                self._post(proc, proto.ChildRefused(request, dump_error(error)))
+                self._ws.post(proc, proto.ChildRefused(request, dump_error(error)))
             if finished:
                 resolved += self._after_finish(proc, finished)
-            if self._queue:
+            if self._job_table.queued:
                 self._dispatch_queue()
-            self._send_posts()
+            self._ws.send_posts()
         for handle, message in progress:
             try:
                 metadata = _decode_metadata(message.metadata)
@@ -295,7 +651,7 @@ class Supervisor(WorkerSet):
             return proc.pid, None, message
         proc.blocked = message
         proc.blocked_since = time.monotonic() - message.seconds
-        handle = self._jobs.get(message.job) if message.job is not None else None
+        handle = self._job_table.live.get(message.job) if message.job is not None else None
         if handle is not None:
             handle.blocked_stack = message.stack
         return proc.pid, handle, message
@@ -306,7 +662,7 @@ class Supervisor(WorkerSet):
         blocked = proc.blocked
         if not forced_for or blocked is None or blocked.job not in proc.inflight:
             return None  # forced_for 0: terminate() killed it, nobody is to blame
-        return self._jobs.get(blocked.job)
+        return self._job_table.live.get(blocked.job)
 
     def _await_verdict(self, proc: WorkerProc, handle: JobHandle[Any], now: float) -> bool:
         """Whether a forced stop of ``handle`` waits for the watchdog (lock held).
@@ -332,7 +688,7 @@ class Supervisor(WorkerSet):
         if proc.verdicts:
             now = time.monotonic()
             for job in proc.verdicts:
-                handle = self._jobs.get(job)
+                handle = self._job_table.live.get(job)
                 if handle is not None and handle._cancel_reason is not None:
                     self._add_timer(now, handle, FORCE)
 
@@ -360,7 +716,7 @@ class Supervisor(WorkerSet):
             self._broken.__cause__ = cause
             if self._state in ("running", "closing"):
                 self._state = "broken"
-            for other in (*self._workers, *self._spares):
+            for other in (*self._ws.procs, *self._ws.spares):
                 if other.alive and other.process is not None and other.process.exitcode is None:
                     other.process.kill()
         self._fail_everything(self._broken)
@@ -375,7 +731,7 @@ class Supervisor(WorkerSet):
         """
         resolved: list[JobHandle[Any]] = []
         for handle, message in finished:
-            if handle.id in self._children_of:
+            if self._job_table.has_children(handle.id):
                 resolved += self._cascade(handle, _how_it_ended(message))
             self._tell_parent(handle, message)
         proc.tasks += len(finished)
@@ -389,7 +745,7 @@ class Supervisor(WorkerSet):
                     proc.retiring = True
         if proc.retiring and not proc.inflight and not proc.stop_sent:
             proc.stop_sent = True
-            self._post(proc, proto.Stop())
+            self._ws.post(proc, proto.Stop())
         return resolved
 
     # -- registering jobs (lock held) -------------------------------------------------------
@@ -411,38 +767,38 @@ class Supervisor(WorkerSet):
         if self._state != "running":
             raise self._closed_error()
         handle: JobHandle[Any] = JobHandle(
-            self,  # type: ignore[arg-type]  # a Supervisor is always a CancelPool
-            next(self._ids),
+            self,
+            self._job_table.next_id(),
             name,
             timeout,
             metadata,
             parent,
             retries=retries,
             cancel_grace=cancel_grace,
+            fn=fn,
+            args=args,
+            is_async=is_async,
+            remote=remote,
         )
-        handle._fn, handle._args, handle._is_async = fn, args, is_async
-        handle._remote = remote
-        if remote is not None:
-            self._requests[remote] = handle
-        self._jobs[handle.id] = handle
-        self._submitted += 1
+        self._job_table.register(handle)
         if parent is not None:
-            if parent._cancel_reason is not None or parent.id not in self._jobs:
+            if parent._cancel_reason is not None or parent.id not in self._job_table.live:
                 # A child of a cancelled or finished job never starts.
-                handle._cancel_reason = CancelationReason.PARENT
-                handle._cancel_message = f"parent job {parent.id} has already ended"
+                handle._mark_cancelled(
+                    CancelationReason.PARENT, f"parent job {parent.id} has already ended"
+                )
                 self._retire(handle)
                 self._resolve_cancelled(handle)
                 return handle
-            self._children_of.setdefault(parent.id, []).append(handle)
-        proc = self._pick_worker(not is_async)
-        if proc is not None and not proc.inflight and not self._queue:
+            self._job_table.adopt(parent, handle)
+        proc = self._ws.pick(not is_async)
+        if proc is not None and not proc.inflight and not self._job_table.queued:
             # An idle worker: write now, for the lowest latency.
             self._dispatch(proc, [handle])
         else:
             # Busy workers: the supervisor thread sends queued jobs in batches, one
             # frame (one write, one wake-up of the worker) per batch.
-            self._queue.append(handle)
+            self._job_table.queued.append(handle)
             if proc is not None:
                 self._wake()
         return handle
@@ -450,17 +806,16 @@ class Supervisor(WorkerSet):
     def _tell_parent(self, handle: JobHandle[Any], outcome: Any) -> None:
         """If a job submitted this one, post it the outcome (lock held), once."""
         remote = handle._remote
-        if remote is None or handle._told_parent:
+        if remote is None or not handle._claim_parent_notice():
             return
-        handle._told_parent = True
-        target = self._workers[remote[0]]
+        target = self._ws.procs[remote[0]]
         # Only to the very process that asked: a replacement worker in the same place
         # counts its requests from 1 again.
         if target.alive and target.pid == remote[1]:
-            self._post(target, proto.ChildOutcome(remote[2], outcome))
+            self._ws.post(target, proto.ChildOutcome(remote[2], outcome))
 
     def _submit_child(self, proc: WorkerProc, message: proto.SubmitChild) -> BaseException | None:
-        parent = self._jobs.get(message.parent)
+        parent = self._job_table.live.get(message.parent)
         if parent is None or parent._cancel_reason is not None:
             return JobCancelled(
                 CancelationReason.PARENT,
@@ -481,35 +836,20 @@ class Supervisor(WorkerSet):
             cancel_grace=None,
             remote=(proc.index, proc.pid or 0, message.request),
         )
-        self._post(proc, proto.ChildAccepted(message.request, handle.id))
+        self._ws.post(proc, proto.ChildAccepted(message.request, handle.id))
         return None
 
     def _retire(self, handle: JobHandle[Any]) -> None:
         """Forget a live job (lock held): free its slot and its worker's place."""
-        self._jobs.pop(handle.id, None)
+        self._job_table.retire(handle)
         if handle._slot is not None and self._table is not None:
             self._table.release(handle._slot)
         if handle._worker is not None:
-            proc = self._workers[handle._worker]
+            proc = self._ws.procs[handle._worker]
             proc.inflight.discard(handle.id)
             if not proc.inflight:
                 proc.exclusive = False
             proc.completed += 1
-        parent = handle.parent
-        if parent is not None:
-            siblings = self._children_of.get(parent.id)
-            if siblings is not None:
-                try:
-                    siblings.remove(handle)
-                except ValueError:
-                    pass
-                if not siblings:
-                    del self._children_of[parent.id]
-        if handle._remote is not None:
-            self._requests.pop(handle._remote, None)
-        self._history.append(handle)
-        if not self._jobs:
-            self._idle.notify_all()
 
     # -- resolving handles (outside the lock) --------------------------------------------------
     def _resolve_guarded(self, handle: JobHandle[Any], message: Any) -> None:
@@ -533,7 +873,7 @@ class Supervisor(WorkerSet):
                 logger.exception("cancelpool: a done callback of job %s failed", handle.id)
 
     def _resolve(self, handle: JobHandle[Any], message: Any) -> None:
-        handle.ended_at = time.time()
+        handle._stamp_end()
         kind = type(message)
         if kind is proto.Done:
             try:
@@ -549,11 +889,10 @@ class Supervisor(WorkerSet):
         elif kind is proto.Failed:
             self._set_failed(handle, load_error(message.error, message.traceback, handle.id))
         else:
-            handle._partial = load_partial(message.partial)
+            handle._set_partial(load_partial(message.partial))
             reason = CancelationReason(message.reason)
             if handle._cancel_reason is None or reason is not handle._cancel_reason:
-                handle._cancel_reason = reason
-                handle._cancel_message = message.message
+                handle._mark_cancelled(reason, message.message)
             self._resolve_cancelled(handle)
 
     def _set_failed(self, handle: JobHandle[Any], error: BaseException) -> None:
@@ -561,7 +900,7 @@ class Supervisor(WorkerSet):
             outcome = proto.Failed(handle.id, dump_error(error), "")
             with self._lock:
                 self._tell_parent(handle, outcome)
-                self._send_posts()
+                self._ws.send_posts()
         self._close(handle, OperationStatus.FAILED)
         handle.set_exception(error)
 
@@ -573,7 +912,7 @@ class Supervisor(WorkerSet):
             outcome = proto.Cancelled(handle.id, reason.value, message, partial, False)
             with self._lock:
                 self._tell_parent(handle, outcome)
-                self._send_posts()
+                self._ws.send_posts()
         self._close(handle, OperationStatus.CANCELLED)
         error = JobCancelled(
             reason,
@@ -592,12 +931,9 @@ class Supervisor(WorkerSet):
         and a progress() starting now must see that the stream has ended.
         """
         with self._lock:
-            handle._status = status
-            handle.ended_at = handle.ended_at or time.time()
-            self._counts[status] += 1
-            handle._ended = True
-            feeds, handle._feeds = handle._feeds, None
-        for feed in feeds or ():
+            self._job_table.count_end(status)
+            feeds = handle._close(status)
+        for feed in feeds:
             feed.push(None)
 
     # -- cancelling (lock held) ---------------------------------------------------------------
@@ -611,11 +947,12 @@ class Supervisor(WorkerSet):
         now = time.monotonic()
         table = self._table
         for handle in handles:
-            if handle._cancel_reason is not None or handle.id not in self._jobs:
+            if handle._cancel_reason is not None or handle.id not in self._job_table.live:
                 continue
             count += 1
-            handle._cancel_reason = reason
-            handle._cancel_message = message or f"job {handle.id} was cancelled ({reason.value})"
+            handle._mark_cancelled(
+                reason, message or f"job {handle.id} was cancelled ({reason.value})"
+            )
             if handle._slot is None:
                 # Still in our queue: it never starts. Resolved right here.
                 self._retire(handle)
@@ -628,18 +965,18 @@ class Supervisor(WorkerSet):
                 if grace is None:
                     grace = self._cancel_grace
                 self._add_timer(now + grace, handle, FORCE)
-            if handle.id in self._children_of:
+            if self._job_table.has_children(handle.id):
                 resolved.extend(self._cascade(handle, f"was cancelled ({reason.value})"))
         for index in bells:
-            bell = self._workers[index].bell
+            bell = self._ws.procs[index].bell
             if bell is not None:
                 bell.ring()
-                self._workers[index].rung_at = now
+                self._ws.procs[index].rung_at = now
         return count, resolved
 
     def _cascade(self, parent: JobHandle[Any], what: str) -> list[JobHandle[Any]]:
         """Cancel every live descendant of ``parent`` with reason PARENT (lock held)."""
-        children = list(self._children_of.get(parent.id, ()))
+        children = self._job_table.children_of(parent.id)
         if not children:
             return []
         message = f"parent job {parent.id} ({parent.name or '-'}) {what}"
@@ -655,7 +992,7 @@ class Supervisor(WorkerSet):
         with self._lock:
             while self._timers and self._timers[0][0] <= now:
                 _, job, attempt, kind = heapq.heappop(self._timers)
-                handle = self._jobs.get(job)
+                handle = self._job_table.live.get(job)
                 if handle is None or handle._attempts != attempt:
                     continue
                 if kind == BACKSTOP:
@@ -666,7 +1003,7 @@ class Supervisor(WorkerSet):
                 backstops, CancelationReason.TIMEOUT, "the job ran past its timeout"
             )
             for handle in forced:
-                proc = self._workers[handle._worker]  # type: ignore[index]
+                proc = self._ws.procs[handle._worker]  # type: ignore[index]
                 if proc.alive and proc.process is not None and proc.forced_for is None:
                     if self._await_verdict(proc, handle, now):
                         continue
@@ -693,7 +1030,9 @@ class Supervisor(WorkerSet):
         spared: set[int] = set()
         with self._lock:
             proc.alive = False
-            handles = [self._jobs[job] for job in proc.inflight if job in self._jobs]
+            handles = [
+                self._job_table.live[job] for job in proc.inflight if job in self._job_table.live
+            ]
             blocker = self._blocker(proc, forced_for)
             blame = ""
             if blocker is not None:
@@ -703,7 +1042,7 @@ class Supervisor(WorkerSet):
                     f"{time.monotonic() - proc.blocked_since:.1f} s"
                 )
             for handle in handles:
-                handle._partial = load_partial(handle._checkpoint)
+                handle._set_partial(load_partial(handle._checkpoint))
                 if handle is blocker and handle._cancel_reason is None:
                     # Not run again: it would block the loop again.
                     self._retire(handle)
@@ -724,10 +1063,11 @@ class Supervisor(WorkerSet):
                     self._retire(handle)
                     if blocker is not None and handle is not blocker:
                         spared.add(handle.id)
-                        handle._cancel_message = (
+                        handle._mark_cancelled(
+                            handle._cancel_reason,
                             f"{handle._cancel_message}; its worker (pid {proc.pid}) was "
                             f"killed because {blame}, so its partial result is its last "
-                            "checkpoint"
+                            "checkpoint",
                         )
                     cancelled.append(handle)
                     cancelled += self._cascade(handle, f"was cancelled ({handle._cancel_reason})")
@@ -764,31 +1104,25 @@ class Supervisor(WorkerSet):
                 # Run it again from the start, on whichever worker is free first.
                 if handle._slot is not None and self._table is not None:
                     self._table.release(handle._slot)
-                handle._slot = None
-                handle._worker = None
-                handle._status = OperationStatus.PENDING
-                handle._attempts += 1  # the old attempt's timers no longer apply
-                handle._checkpoint = None
-                handle._partial = None
-                handle.started_at = None
-                self._queue.appendleft(handle)
+                handle._requeue()
+                self._job_table.queued.appendleft(handle)
             proc.inflight.clear()
-            self._bury(proc)
+            self._ws.bury(proc)
             # Replaced while the pool runs, and while jobs still wait for a worker
             # (during shutdown too: they must be able to finish): by a spare that is
             # already running if there is one, else by a new process.
-            needed = self._state == "running" or bool(self._queue)
-            if needed and self._take_spare(proc.index) is None:
+            needed = self._state == "running" or bool(self._job_table.queued)
+            if needed and self._ws.take_spare(proc.index) is None:
                 try:
-                    self._spawn(proc)
+                    self._ws.spawn(proc)
                 except Exception:
                     logger.exception("cancelpool: could not start a replacement worker")
-            if self._queue:
-                if any(p.alive for p in self._workers):
+            if self._job_table.queued:
+                if any(p.alive for p in self._ws.procs):
                     self._dispatch_queue()
                 else:
-                    stranded = [h for h in self._queue if h.id in self._jobs]
-                    self._queue.clear()
+                    stranded = [h for h in self._job_table.queued if h.id in self._job_table.live]
+                    self._job_table.queued.clear()
                     for handle in stranded:
                         self._retire(handle)
                         lost.append(
@@ -812,34 +1146,34 @@ class Supervisor(WorkerSet):
             self._set_failed(handle, error)
         if self._state == "closing":
             self._wake()
-        if self._spare_count:
+        if self._settings.spare_workers:
             # Last: starting a process takes milliseconds, and the jobs come first.
             with self._lock:
-                self._add_spares()
+                self._ws.add_spares()
 
     def _spare_died(self, spare: WorkerProc) -> None:
         """A spare exited (asked to at shutdown, or killed): forget it, start another."""
         with self._lock:
-            if spare not in self._spares:
+            if spare not in self._ws.spares:
                 return  # it replaced a worker meanwhile: its death is a worker's death
-            self._spares.remove(spare)
+            self._ws.spares.remove(spare)
             if spare.process is not None:
                 spare.process.join(0)
-            self._bury(spare)
-            self._add_spares()
+            self._ws.bury(spare)
+            self._ws.add_spares()
         if self._state == "closing":
             self._wake()
 
     def _fail_everything(self, why: PoolBroken) -> None:
         """Fail every job the pool holds with ``why`` (the supervisor cannot go on)."""
         with self._lock:
-            handles = list(self._jobs.values())
+            handles = list(self._job_table.live.values())
             for handle in handles:
                 try:
                     self._retire(handle)
                 except BaseException:
                     logger.exception("cancelpool: could not retire job %s", handle.id)
-            self._queue.clear()
+            self._job_table.queued.clear()
         for handle in handles:
             if handle.done():
                 continue
@@ -930,3 +1264,44 @@ def _rss(pid: int) -> int:
         return int(psutil.Process(pid).memory_info().rss)
     except psutil.Error:
         return 0
+
+
+# The supervisors of pools started and not yet stopped, for the interpreter's exit (a
+# running supervisor is held by its thread, so a dropped pool's one is still here).
+_live: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+# Set once the interpreter has begun to exit: no pool starts workers from then on.
+_interpreter_exiting = False
+
+
+def _exiting_on_ctrl_c() -> bool:
+    # The interpreter stores the exception that ended the main module before it exits.
+    return isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+
+
+def _stop_live_pools() -> None:
+    """At interpreter exit: let the jobs of the pools still running finish, as
+    ``concurrent.futures`` does, then stop their workers.
+
+    A pool created with ``cancel_at_exit=True``, or every pool when the program ends
+    because of Ctrl-C, cancels its jobs first (reason SIGNAL). Ctrl-C while we wait
+    cancels what is left and kills the workers.
+    """
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    for sup in list(_live):
+        try:
+            if sup._settings.cancel_at_exit or _exiting_on_ctrl_c():
+                sup.cancel_everything(CancelationReason.SIGNAL, "the interpreter is exiting")
+            try:
+                sup.shutdown(True, cancel_pending=False, cancel_running=False)
+            except KeyboardInterrupt:
+                sup.cancel_everything(CancelationReason.SIGNAL, "Ctrl-C at interpreter exit")
+                sup.terminate("the pool was terminated: Ctrl-C at interpreter exit")
+        except Exception:
+            traceback.print_exc()
+
+
+# Run by threading._shutdown(), before atexit's handlers and before the interpreter
+# stops other threads, as concurrent.futures.process does: so the supervisor thread can
+# still resolve the handles, and a submit() in an atexit handler finds the flag set.
+threading._register_atexit(_stop_live_pools)  # type: ignore[attr-defined]

@@ -31,7 +31,9 @@ from ._model import (
 )
 
 if TYPE_CHECKING:
-    from ._store import CancelOutcome, ServerInfo, Store
+    from ._protocol import Store
+    from ._records import NodeInfo
+    from ._store import CancelOutcome, ServerInfo
 
 #: How long a producer trusts its list of live servers (for the allow-list check and
 #: wake-ups) before reading it again. Longer saves a query per submit; shorter notices
@@ -87,7 +89,8 @@ class QueueStatistics:
 
 
 class Queue:
-    """A durable job queue in a SQLite file, drained by ``cancelpool serve`` processes.
+    """A durable job queue in a SQLite file or a PostgreSQL database, drained by
+    ``cancelpool serve`` processes (one machine, or several nodes on PostgreSQL).
 
     Every method commits before it returns, so jobs survive the death of any process.
     Safe to share between threads; open one per process.
@@ -95,7 +98,11 @@ class Queue:
     Args:
         path: the database file (default: ``$CANCELPOOL_DB`` or
             ``~/.local/state/cancelpool/queue.db``). Created (0600, in a 0700
-            directory) if missing.
+            directory) if missing. A ``postgresql://user:password@host/db`` URL selects
+            the PostgreSQL store (``pip install 'cancelpool[postgres]'``); its password
+            is never printed (``path`` and ``repr`` show the URL without it).
+        pg_schema: the PostgreSQL schema of the queue's tables (default:
+            ``$CANCELPOOL_PG_SCHEMA`` or ``cancelpool``); ignored for SQLite.
         create: with False, a path that holds no queue raises ``QueueFileError`` and
             nothing is created (what the read-only CLI verbs use).
 
@@ -105,13 +112,23 @@ class Queue:
             user or are writable by group or others (the message says how to fix it).
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True) -> None:
-        from ._store import Store, default_db_path
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        create: bool = True,
+        pg_schema: str | None = None,
+    ) -> None:
+        from ._protocol import open_store
+        from ._store import default_db_target
 
         # The raw text reaches the store: Path() would drop a trailing "/" that says
-        # "this is a directory".
-        self._store: Store = Store(path if path is not None else default_db_path(), create=create)
-        self.path = Path(path) if path is not None else default_db_path()
+        # "this is a directory", and the "//" of a URL.
+        target = path if path is not None else default_db_target()
+        self._store: Store = open_store(target, create=create, pg_schema=pg_schema)
+        self.path: Path | str = (
+            self._store.display if self._store.kind != "sqlite" else Path(target)
+        )
         self._servers: tuple[ServerInfo, ...] = ()
         self._servers_at = -SERVER_CACHE_SECONDS
         self._lock = threading.Lock()
@@ -150,15 +167,18 @@ class Queue:
             return self._servers
 
     def _wake(self, owners: Iterable[str] | None = None) -> None:
+        if self._store.kind != "sqlite":
+            return  # PostgreSQL: the store's write notified the nodes as it committed
         from ._liveness import poke_server
 
+        local: Any = self._store
         wanted = None if owners is None else set(owners)
         servers = self.live_servers()
         if wanted is not None and not wanted <= {info.id for info in servers}:
             servers = self.live_servers(refresh=True)  # a server newer than our cache
         for info in servers:
             if wanted is None or info.id in wanted:
-                poke_server(self._store.path, info.id)
+                poke_server(local.path, info.id)
 
     # -- producing ----------------------------------------------------------------------------
     def submit(
@@ -369,9 +389,12 @@ class Queue:
             return None
         servers = self.live_servers(refresh=True)
         allowing = [info for info in servers if task_allowed(job.task, info.allow)]
-        where = f"the queue {self._store.path}"
+        where = f"the queue {self._store.display}"
+        db_arg = (
+            shlex.quote(self._store.display) if self._store.kind == "sqlite" else "URL"
+        )
         start = (
-            f"start one: cancelpool serve --db {shlex.quote(str(self._store.path))} "
+            f"start one: cancelpool serve --db {db_arg} "
             f"--allow {shlex.quote(_module_of(job.task) + ':*')}"
         )
         if job.status is JobStatus.QUEUED:
@@ -394,6 +417,10 @@ class Queue:
             f"job {job_id} was running on server {job.owner}, which is no longer alive, and "
             f"no live server of {where} can take it over; {start}"
         )
+
+    def nodes(self) -> tuple[NodeInfo, ...]:
+        """The live nodes (servers): id, host, pid, label, running jobs, heartbeat age."""
+        return tuple(self._store.nodes())
 
     def statistics(self) -> QueueStatistics:
         """Jobs per status and the live servers."""

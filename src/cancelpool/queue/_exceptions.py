@@ -51,3 +51,8 @@ class QueueFileError(QueueError):
     SQLite database, a database of something else, or files and directories that are
     not private to the current user. The message says how to fix it.
     """
+
+
+class QueueUnavailable(QueueError, ConnectionError):
+    """The queue's database server cannot be reached now (it may come back: a node
+    keeps retrying, a client reports it). The message never holds a password."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
 import threading
 import time
@@ -31,6 +32,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -38,9 +40,9 @@ from .._core._exceptions import JobCancelled
 from .._pool._handle import JobHandle
 from .._pool._pool import CancelPool
 from .._pool._settings import DEFAULT_CANCEL_GRACE
-from ._exceptions import QueueFileError
+from ._exceptions import QueueFileError, QueueUnavailable
 from ._files import check_control_dir
-from ._liveness import poke_server, process_start_time, wake_path
+from ._liveness import process_start_time, wake_path
 from ._model import (
     FORCED_STOP,
     MAX_RESULT_BYTES,
@@ -49,7 +51,9 @@ from ._model import (
     encode_json_lossy,
 )
 from ._plain import is_plain_task, run_plain_task
-from ._store import ServerInfo, Store
+from ._protocol import Store, open_store
+from ._records import Outcome
+from ._store import ServerInfo
 from ._task import run_task
 
 #: How often the server looks at the database when nobody wakes it: the safety net for
@@ -65,6 +69,11 @@ HOUSEKEEPING_INTERVAL = 2.0
 #: Default jobs one server runs at once per worker process: claimed jobs are
 #: ``running`` in the database, so more means other servers find less to do.
 DEFAULT_JOBS_PER_WORKER = 16
+#: While the database is unreachable, the pause between tries.
+DB_RETRY_INTERVAL = 0.5
+#: Seconds without the database after which a node's lease must have expired
+#: (PostgreSQL: LEASE_SECONDS), so it stops its own copies of its jobs.
+LEASE_GIVE_UP = 10.0
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,13 @@ class Server:
     """One queue server. :meth:`run` blocks until SIGTERM/SIGINT (or :meth:`stop`)."""
 
     def __init__(
-        self, db: str | os.PathLike[str], options: ServerOptions, log: Callable[[str], None]
+        self,
+        db: str | os.PathLike[str],
+        options: ServerOptions,
+        log: Callable[[str], None],
+        *,
+        pg_schema: str | None = None,
+        node_name: str | None = None,
     ) -> None:
         if not options.allow:
             raise ValueError("a server needs at least one --allow pattern, e.g. 'myapp.tasks:*'")
@@ -95,8 +110,11 @@ class Server:
             raise ValueError("on_shutdown must be 'requeue' or 'cancel'")
         self.options = options
         self.log = log
-        self.store = Store(db)
         self.id = uuid.uuid4().hex[:12]
+        self.node_name = node_name
+        self.store: Store = open_store(
+            db, pg_schema=pg_schema, application_name=f"cancelpool-serve-{self.id}"
+        )
         self.concurrency = options.concurrency or options.workers * DEFAULT_JOBS_PER_WORKER
         self._running: dict[int, JobHandle[Any]] = {}
         self._cancel_sent: set[int] = set()
@@ -106,13 +124,25 @@ class Server:
         self._plain: dict[str, bool] = {}  # task -> is a plain function (looked at once)
         self._stop_signal: str | None = None
         self._signals = 0
-        check_control_dir(self.store.path, create=True)
-        self.wake_path = wake_path(self.store.path, self.id)
+        self.wake_path: Path | None = None
+        if self.store.kind == "sqlite":
+            local: Any = self.store
+            check_control_dir(local.path, create=True)
+            self.wake_path = wake_path(local.path, self.id)
+        self._stop_listener: Callable[[], None] | None = None
+        self._db_down_since: float | None = None
         self._rfd = self._wfd = -1
         self.stats = {"completed": 0, "failed": 0, "cancelled": 0, "released": 0}
 
     # -- wake-ups ---------------------------------------------------------------------------
     def _open_fifo(self) -> None:
+        if self.wake_path is None:
+            # PostgreSQL: a private pipe carries wake-ups from the NOTIFY listener
+            # thread, signal handlers and the pool's thread.
+            self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            listen = getattr(self.store, "listen")  # noqa: B009 - PostgreSQL store only
+            self._stop_listener = listen(self.id, self._poke)
+            return
         # mkfifo fails if anything exists at the path; the mode is then checked on the
         # descriptor we read from, so what clients see as our FIFO is the one we made.
         os.mkfifo(self.wake_path, 0o600)
@@ -127,10 +157,15 @@ class Server:
         self._wfd = os.open(self.wake_path, os.O_WRONLY | flags)
 
     def _close_fifo(self) -> None:
+        if self._stop_listener is not None:
+            self._stop_listener()
+            self._stop_listener = None
         for fd in (self._rfd, self._wfd):
             if fd >= 0:
                 os.close(fd)
         self._rfd = self._wfd = -1
+        if self.wake_path is None:
+            return
         try:
             os.unlink(self.wake_path)
         except FileNotFoundError:
@@ -212,18 +247,21 @@ class Server:
                         id=self.id,
                         pid=os.getpid(),
                         proc_start=process_start_time(os.getpid()),
-                        wake_path=str(self.wake_path),
+                        wake_path=str(self.wake_path or ""),
                         allow=options.allow,
                         workers=options.workers,
                         started_at=now,
                         heartbeat=now,
                         stopped_at=None,
                         stop_reason=None,
+                        host=socket.gethostname(),
+                        label=self.node_name,
                     )
                 )
                 self.log(
-                    f"serving {self.store.path} (server {self.id}, pid {os.getpid()}, "
-                    f"{options.workers} workers, allow {' '.join(options.allow)})"
+                    f"serving {self.store.display} (server {self.id}, pid {os.getpid()}, "
+                    + (f"node {self.node_name}, " if self.node_name else "")
+                    + f"{options.workers} workers, allow {' '.join(options.allow)})"
                 )
                 try:
                     self._serve(pool)
@@ -242,9 +280,18 @@ class Server:
         last_progress = 0.0
         next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
         while self._stop_signal is None:
-            self._record_done()
-            self._apply_cancels()
-            self._claim(pool)
+            try:
+                self._record_done()
+                self._apply_cancels()
+                self._claim(pool)
+                if self._db_down_since is not None:
+                    self.log("the queue database is back; claiming again")
+                    self._db_down_since = None
+                    next_housekeeping = time.monotonic()
+            except QueueUnavailable as exc:
+                self._database_down(exc)
+                self._wait(DB_RETRY_INTERVAL)
+                continue
             now = time.monotonic()
             if self._progress and now - last_progress >= PROGRESS_INTERVAL:
                 self._flush_progress()
@@ -259,8 +306,37 @@ class Server:
                 continue
             self._wait(timeout)
 
+    def _database_down(self, exc: QueueUnavailable) -> None:
+        # No claims while the database is away (the loop retries); once our lease
+        # must have expired, other nodes own our jobs: stop our copies of them.
+        now = time.monotonic()
+        if self._db_down_since is None:
+            self._db_down_since = now
+            self.log(f"{exc}; not claiming until it is back")
+        elif now - self._db_down_since >= LEASE_GIVE_UP and self._running:
+            self._give_up_jobs("the node lost the queue database, so its lease expired")
+
+    def _give_up_jobs(self, why: str) -> None:
+        for job_id, handle in list(self._running.items()):
+            if job_id not in self._cancel_sent:
+                self._cancel_sent.add(job_id)
+                handle.cancel(why)
+        self.log(f"{why}: cancelled {len(self._running)} local job(s); their rows are not ours")
+
     def _housekeeping(self) -> None:
-        self.store.heartbeat(self.id)
+        if not self.store.heartbeat(self.id):
+            if self._running:
+                self._give_up_jobs("the node's lease was lost (another node recovered its jobs)")
+            # heartbeat() revived the row: the node keeps serving, with none of its
+            # old claims (they were requeued or settled by the node that recovered them).
+            self.log("lease lost; this node stopped its jobs and keeps serving")
+        elif self._running:
+            # A claim that another node took over (our lease expired in a stall): stop
+            # our copy, whose finishing write the fence would drop anyway.
+            lost = set(self._running) - self.store.owned(self.id) - self._cancel_sent
+            for job_id in lost:
+                self._cancel_sent.add(job_id)
+                self._running[job_id].cancel("this node lost its claim on the job")
         recovered = self.store.recover(self.id, self.options.max_attempts)
         if any(recovered.values()):
             self.log(
@@ -296,7 +372,7 @@ class Server:
             except Exception as exc:
                 self.store.record_outcomes(
                     self.id,
-                    [{"id": job.id, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}],
+                    [Outcome(job.id, "failed", error=f"{type(exc).__name__}: {exc}")],
                 )
                 continue
             self._running[job.id] = handle
@@ -329,19 +405,19 @@ class Server:
             return
         if self._progress:
             self._flush_progress()  # a job's last report lands before its outcome
-        outcomes: list[dict[str, Any]] = []
+        outcomes: list[Outcome] = []
         released: list[tuple[int, str | None]] = []
         while self._done:
             job_id, handle = self._done.popleft()
             self._running.pop(job_id, None)
             self._cancel_sent.discard(job_id)
             outcome = _outcome(job_id, handle, self.options.cancel_grace)
-            if outcome.get("forced"):
-                self.log(f"job {job_id} ({handle.name or '-'}) {outcome['error']}")
-            if releasing and outcome["status"] == "cancelled":
-                released.append((job_id, outcome.get("partial_result")))
+            if outcome.forced:
+                self.log(f"job {job_id} ({handle.name or '-'}) {outcome.error}")
+            if releasing and outcome.status == "cancelled":
+                released.append((job_id, outcome.partial_result))
                 continue
-            self.stats[outcome["status"]] += 1
+            self.stats[outcome.status] += 1
             outcomes.append(outcome)
         if outcomes:
             cascade = self.store.record_outcomes(self.id, outcomes)
@@ -401,7 +477,10 @@ class Server:
         if stuck:  # no handle left unresolved by the pool: a safety net only
             self._release([(job_id, None) for job_id in stuck])
             self._running.clear()
-        self.store.unregister_server(self.id, why)
+        try:
+            self.store.unregister_server(self.id, why)
+        except QueueUnavailable as exc:
+            self.log(f"{exc}; its lease expires by itself")
         s = self.stats
         self.log(
             f"stopped: {s['completed']} completed, {s['failed']} failed, "
@@ -410,35 +489,35 @@ class Server:
         )
 
 
-def _outcome(job_id: int, handle: JobHandle[Any], cancel_grace: float) -> dict[str, Any]:
+def _outcome(job_id: int, handle: JobHandle[Any], cancel_grace: float) -> Outcome:
     exc = handle.exception(timeout=0)
     if exc is None:
-        return {"id": job_id, "status": "completed", "result": handle.result(timeout=0)}
+        return Outcome(job_id, "completed", result=handle.result(timeout=0))
     if isinstance(exc, JobCancelled):
         partial = exc.partial_result
-        outcome = {
-            "id": job_id,
-            "status": "cancelled",
-            "partial_result": None if partial is None else encode_json_lossy(partial),
-            "cancel_reason": exc.reason.value,
-            "cancel_message": exc.message,
-        }
-        if exc.forced:
-            outcome["forced"] = True
-            outcome["error"] = (
+        return Outcome(
+            job_id,
+            "cancelled",
+            partial_result=None if partial is None else encode_json_lossy(partial),
+            cancel_reason=exc.reason.value,
+            cancel_message=exc.message,
+            forced=exc.forced,
+            error=(
                 f"{FORCED_STOP}it ignored its cancellation for {cancel_grace:g} s, so its "
                 "worker process was killed; the partial result is its last checkpoint"
             )
-        return outcome
+            if exc.forced
+            else None,
+        )
     remote = getattr(exc.__cause__, "tb", None)
     partial = getattr(exc, "partial_result", None)  # WorkerCrashed keeps the last one
-    return {
-        "id": job_id,
-        "status": "failed",
-        "error": f"{type(exc).__name__}: {exc}",
-        "traceback": remote if isinstance(remote, str) else None,
-        "partial_result": None if partial is None else encode_json_lossy(partial),
-    }
+    return Outcome(
+        job_id,
+        "failed",
+        error=f"{type(exc).__name__}: {exc}",
+        traceback=remote if isinstance(remote, str) else None,
+        partial_result=None if partial is None else encode_json_lossy(partial),
+    )
 
 
 def stop_helper_processes() -> None:
@@ -465,10 +544,10 @@ def stop_helper_processes() -> None:
 
 
 def poke_servers(store: Store, owners: Sequence[str] | None = None, *, skip: str = "") -> None:
-    """Wake the live servers (all, or ``owners``) of ``store``: one byte in each FIFO."""
-    for info in store.servers(live_only=False):
-        if info.stopped_at is not None or info.id == skip:
-            continue
-        if owners is not None and info.id not in owners:
-            continue
-        poke_server(store.path, info.id)
+    """Wake the live servers (all, or ``owners``) of ``store`` but ``skip``."""
+    if owners is None:
+        store.wake(None)
+        return
+    wanted = [owner for owner in owners if owner != skip]
+    if wanted:
+        store.wake(wanted)

@@ -21,10 +21,11 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
+import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,10 @@ from typing import Any
 
 from ._exceptions import InvalidJob, JobNotFound, QueueFileError
 from ._files import check_db_files, check_queue_dir, directory_lock, resolve_db_path
-from ._liveness import remove_fifo, server_alive, valid_server_id, wake_path
+from ._liveness import poke_server, remove_fifo, server_alive, valid_server_id, wake_path
 from ._model import JobRecord, JobStatus, decode_json
+from ._records import ClaimedJob, NodeInfo, Outcome
+from ._states import where_source
 
 #: How long a writer waits for another process's transaction before giving up. Long
 #: enough to ride out a burst of commits from several servers; a real deadlock (none is
@@ -93,6 +96,15 @@ _COLUMNS = (
 )
 
 
+def default_db_target() -> str | Path:
+    """Like :func:`default_db_path`, but a ``postgresql://`` URL in ``$CANCELPOOL_DB``
+    stays text (a Path would fold its ``//``)."""
+    env = os.environ.get("CANCELPOOL_DB")
+    if env and env.startswith(("postgresql://", "postgres://")):
+        return env
+    return default_db_path()
+
+
 def default_db_path() -> Path:
     """``$CANCELPOOL_DB``, else ``$XDG_STATE_HOME/cancelpool/queue.db``
     (``~/.local/state/cancelpool/queue.db``)."""
@@ -117,6 +129,9 @@ class ServerInfo:
     heartbeat: float
     stopped_at: float | None
     stop_reason: str | None
+    host: str = ""
+    label: str | None = None
+    lease_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -133,23 +148,14 @@ class CancelOutcome:
         return len(self.cancelled) + len(self.requested)
 
 
-@dataclass(frozen=True)
-class ClaimedJob:
-    id: int
-    task: str
-    args: str
-    kwargs: str
-    name: str | None
-    timeout: float | None
-    parent: int | None
-
-
 def _name_matches(name: str | None, pattern: str) -> bool:
     return name is not None and fnmatch.fnmatchcase(name, pattern)
 
 
-class Store:
-    """One connection to a queue database. Thread-safe (a lock per call)."""
+class SQLiteStore:
+    """One connection to a SQLite queue file. Thread-safe (a lock per call)."""
+
+    kind = "sqlite"
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
         """Open the queue at ``path`` after checking its files (see ``_files``).
@@ -238,6 +244,48 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    @property
+    def display(self) -> str:
+        """The queue file's path, as printed."""
+        return str(self.path)
+
+    def wake(self, owners: Collection[str] | None = None) -> None:
+        """Write a byte to the FIFO of each live server (all, or ``owners``)."""
+        for info in self.servers(live_only=True):
+            if owners is None or info.id in owners:
+                poke_server(self.path, info.id)
+
+    def nodes(self) -> list[NodeInfo]:
+        """The live servers with their running-job counts."""
+        with self._lock:
+            running = dict(
+                self._conn.execute(
+                    "SELECT owner, COUNT(*) FROM jobs WHERE status = 'running' GROUP BY owner"
+                ).fetchall()
+            )
+        now = time.time()
+        host = socket.gethostname()
+        return [
+            NodeInfo(
+                info.id,
+                host,
+                info.pid,
+                None,
+                running.get(info.id, 0),
+                max(0.0, now - info.heartbeat),
+                info.workers,
+                info.allow,
+            )
+            for info in self.servers(live_only=True)
+        ]
+
+    def owned(self, owner: str) -> set[int]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id FROM jobs WHERE status = 'running' AND owner = ?", (owner,)
+            ).fetchall()
+        return {row[0] for row in rows}
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -485,9 +533,20 @@ class Store:
                 ),
             )
 
-    def heartbeat(self, server_id: str) -> None:
+    def heartbeat(self, server_id: str) -> bool:
         with self.transaction() as conn:
-            conn.execute("UPDATE servers SET heartbeat = ? WHERE id = ?", (time.time(), server_id))
+            cursor = conn.execute(
+                "UPDATE servers SET heartbeat = ? WHERE id = ? AND stopped_at IS NULL",
+                (time.time(), server_id),
+            )
+            if cursor.rowcount == 1:
+                return True
+            conn.execute(  # recovered as dead while alive: come back without old claims
+                "UPDATE servers SET stopped_at = NULL, stop_reason = NULL, heartbeat = ? "
+                "WHERE id = ? AND stop_reason = 'died'",
+                (time.time(), server_id),
+            )
+        return False
 
     def unregister_server(self, server_id: str, reason: str) -> None:
         with self.transaction() as conn:
@@ -556,34 +615,36 @@ class Store:
             ).fetchall()
         return [(row[0], row[1]) for row in rows]
 
-    def record_outcomes(self, owner: str, outcomes: Sequence[dict[str, Any]]) -> list[int]:
+    def record_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> list[int]:
         """Store finished jobs (one transaction). Returns the ids of cancelled jobs whose
         descendants must be cancelled too."""
         now = time.time()
         cascade: list[int] = []
         with self.transaction() as conn:
             for out in outcomes:
+                where, params = where_source(out.status)
                 cursor = conn.execute(
                     "UPDATE jobs SET status = ?, ended_at = ?, result = ?, error = ?, "
                     "traceback = ?, partial_result = COALESCE(?, partial_result), "
                     "cancel_reason = COALESCE(cancel_reason, ?), "
                     "cancel_message = COALESCE(cancel_message, ?) "
-                    "WHERE id = ? AND owner = ? AND status = 'running'",
+                    f"WHERE id = ? AND owner = ? AND {where}",
                     (
-                        out["status"],
+                        out.status,
                         now,
-                        out.get("result"),
-                        out.get("error"),
-                        out.get("traceback"),
-                        out.get("partial_result"),
-                        out.get("cancel_reason"),
-                        out.get("cancel_message"),
-                        out["id"],
+                        out.result,
+                        out.error,
+                        out.traceback,
+                        out.partial_result,
+                        out.cancel_reason,
+                        out.cancel_message,
+                        out.id,
                         owner,
+                        *params,
                     ),
                 )
-                if cursor.rowcount and out["status"] == "cancelled":
-                    cascade.append(out["id"])
+                if cursor.rowcount and out.status == "cancelled":
+                    cascade.append(out.id)
         return cascade
 
     def cascade_cancel(self, parents: Sequence[int]) -> CancelOutcome:
@@ -692,7 +753,7 @@ class Store:
                     "WHERE status = 'running' AND owner = ?",
                     (info.id,),
                 ).fetchall():
-                    if job["cancel_requested"]:
+                    if job["cancel_requested"]:  # a cancel requested meanwhile wins
                         new = "cancelled"
                     elif job["attempts"] < max_attempts:
                         new = "queued"
@@ -779,3 +840,7 @@ def _record(row: sqlite3.Row) -> JobRecord:
         return record
     note = f"damaged row: {'; '.join(damage)}"
     return dataclasses.replace(record, error=f"{note} ({record.error})" if record.error else note)
+
+
+#: The SQLite store under its former name.
+Store = SQLiteStore

@@ -1,0 +1,152 @@
+"""Small helpers the seed library offers next to ``Cancelable``.
+
+``with_timeout`` runs one awaitable under a deadline, ``ensure_cancelable`` narrows an
+injected parameter, ``cancelable_stream`` makes any async iterator cancellable, and the
+callback type aliases name what the callbacks receive.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import anyio
+
+from ._cancelable import Cancelable, ErrorCallback, ProgressCallback, StatusCallback
+from ._exceptions import CancelationError
+from ._sources import TimeoutSource
+from ._token import CancelationToken
+from ._validate import optional_seconds
+
+T = TypeVar("T")
+
+#: The seed library's names for the callback types (sync or async alike).
+ProgressCallbackType = ProgressCallback
+StatusCallbackType = StatusCallback
+ErrorCallbackType = ErrorCallback
+
+
+async def with_timeout(
+    timeout: float | timedelta,  # noqa: ASYNC109 - the seed library's signature
+    coro: Awaitable[T],
+    operation_id: str | None = None,
+    name: str | None = None,
+) -> T:
+    """Await ``coro`` in an operation cancelled after ``timeout`` seconds.
+
+    Example::
+
+        data = await with_timeout(5.0, fetch())
+
+    Raises:
+        TimeoutCancelation: the deadline passed; ``coro`` was cancelled at its
+            current await. A cancellation from outside propagates untouched.
+    """
+    if not inspect.isawaitable(coro):
+        raise TypeError(
+            f"with_timeout() takes an awaitable such as fetch(), not {type(coro).__name__}"
+        )
+    async with Cancelable.with_timeout(timeout, name=name, operation_id=operation_id):
+        return await coro
+    raise AssertionError("unreachable")  # pragma: no cover - the block never swallows
+
+
+def ensure_cancelable(cancelable: Cancelable | None) -> Cancelable:
+    """``cancelable`` itself, for a type checker: an injected parameter is never None.
+
+    Raises:
+        RuntimeError: ``cancelable`` is None (the function was not called through a
+            decorator that injects the operation).
+    """
+    if cancelable is None:
+        raise RuntimeError(
+            "the cancelable parameter is None: call the function through a decorator "
+            "that injects it (@cancelable), or pass an operation explicitly"
+        )
+    return cancelable
+
+
+async def cancelable_stream(
+    stream: AsyncIterable[T],
+    timeout: float | timedelta | None = None,  # noqa: ASYNC109 - the seed's signature
+    token: CancelationToken | None = None,
+    report_interval: int | None = None,
+    on_progress: Callable[[int, T], Any] | None = None,
+    buffer_partial: bool = False,
+    operation_id: str | None = None,
+    name: str | None = None,
+) -> AsyncIterator[T]:
+    """Iterate ``stream`` under a deadline for the whole stream and/or a token.
+
+    Example::
+
+        async for row in cancelable_stream(rows(), timeout=30, token=stop):
+            ...
+
+    Each wait for the next item runs in its own short operation (a cancel scope
+    never spans a ``yield``, which anyio and trio forbid), so the deadline and the
+    token interrupt a wait at once, while the consumer's own code between items is
+    never cancelled from under it.
+
+    Args:
+        stream: any async iterable.
+        timeout: seconds the whole stream may take.
+        token: stops the stream when cancelled.
+        report_interval: call ``on_progress(count, latest_item)`` every this many.
+        on_progress: sync or async callback for progress.
+        buffer_partial: keep the items read so far; a cancellation error's
+            ``partial_result`` is then ``{"count": n, "buffer": [...]}``.
+        operation_id: id of the operations made for the waits.
+        name: their name (default ``"stream"``).
+
+    Raises:
+        TimeoutCancelation: the deadline passed while waiting for an item.
+        ManualCancelation: the token was cancelled (checked before each item too).
+    """
+    seconds = optional_seconds(timeout, "timeout")
+    if report_interval is not None and (
+        isinstance(report_interval, bool)
+        or not isinstance(report_interval, int)
+        or report_interval <= 0
+    ):
+        raise ValueError(
+            f"report_interval must be a positive number of items, not {report_interval!r}"
+        )
+    if token is not None and not isinstance(token, CancelationToken):
+        raise TypeError(f"token must be a CancelationToken, not {type(token).__name__}")
+    if not hasattr(stream, "__aiter__"):
+        raise TypeError(f"cancelable_stream() takes an async iterable, not {type(stream).__name__}")
+    deadline = None if seconds is None else anyio.current_time() + seconds
+    iterator = stream.__aiter__()
+    buffer: list[T] = []
+    count = 0
+    label = name or "stream"
+    while True:
+        op = Cancelable(label, operation_id=operation_id)
+        if token is not None:
+            op.add_token(token)
+        if deadline is not None:
+            op.add_source(TimeoutSource(max(deadline - anyio.current_time(), 0.0)))
+        try:
+            async with op:
+                try:
+                    item = await iterator.__anext__()
+                except StopAsyncIteration:
+                    return
+        except CancelationError as exc:
+            if exc.context is not None:
+                exc.context.partial_result = {
+                    "count": count,
+                    "buffer": buffer if buffer_partial else None,
+                }
+            raise
+        count += 1
+        if buffer_partial:
+            buffer.append(item)
+        if on_progress is not None and report_interval and count % report_interval == 0:
+            result = on_progress(count, item)
+            if inspect.isawaitable(result):
+                await result
+        yield item

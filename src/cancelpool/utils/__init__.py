@@ -1,0 +1,5 @@
+"""Utilities at the paths the seed library uses (``cancelpool.utils.logging``)."""
+
+from __future__ import annotations
+
+__all__ = ()
