@@ -19,11 +19,29 @@ import psutil
 EXIT_BACKSTOP = 30.0
 
 
+# Processes a session fixture owns for the whole run (a PostgreSQL server): they and
+# their descendants are the fixture's, which stops them at the end of the session.
+_SESSION_HELPERS: set[int] = set()
+
+
+def session_helper(pid: int) -> None:
+    """Mark ``pid`` (and its descendants) as a session fixture's, not a test's leftover."""
+    _SESSION_HELPERS.add(pid)
+
+
 def helper_pids() -> set[int]:
-    """The fork server's and the resource tracker's pids, where they run."""
+    """The fork server's, the resource tracker's and the session fixtures' pids (with
+    their descendants), where they run."""
     forkserver_pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
     tracker_pid = getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None)
-    return {pid for pid in (forkserver_pid, tracker_pid) if pid is not None}
+    pids = {pid for pid in (forkserver_pid, tracker_pid) if pid is not None}
+    for pid in _SESSION_HELPERS:
+        try:
+            helper = psutil.Process(pid)
+            pids |= {pid, *(child.pid for child in helper.children(recursive=True))}
+        except psutil.NoSuchProcess:
+            continue
+    return pids
 
 
 def live_children(allowed: Iterable[int] = ()) -> list[psutil.Process]:

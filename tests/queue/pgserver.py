@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _leaks import session_helper
+
 PASSWORD = "s3cret-pw"  # trust auth ignores it; tests check it is never printed
 USER = "cancelpool"
 ENABLE = (
@@ -106,6 +108,7 @@ class PgServer:
             stderr=self._log,
             stdin=subprocess.DEVNULL,
         )
+        session_helper(self.proc.pid)  # the session's server, not a test's leftover
         import psycopg
 
         deadline = time.monotonic() + 60

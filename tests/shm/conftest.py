@@ -6,48 +6,20 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import psutil
 import pytest
 
+from _leaks import assert_no_leftovers, live_children
+from _leaks import dev_shm as dev_shm_entries
 from cancelpool.shm import TokenTable
-
-# multiprocessing's long-lived helpers (started once per test process) are not leaks.
-_MP_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
-
-
-def dev_shm_entries() -> set[str]:
-    """Names in /dev/shm, minus the POSIX semaphores multiprocessing creates and unlinks
-    at once (another test running in parallel may own one for a moment)."""
-    try:
-        names = os.listdir("/dev/shm")
-    except FileNotFoundError:  # pragma: no cover - no /dev/shm on this system
-        return set()
-    return {name for name in names if not name.startswith("sem.")}
-
-
-def leftover_children() -> list[psutil.Process]:
-    """Descendants of this process, except multiprocessing's helpers and zombies."""
-    leftovers = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                continue
-            cmdline = " ".join(child.cmdline())
-        except psutil.NoSuchProcess:
-            continue
-        if not any(helper in cmdline for helper in _MP_HELPERS):
-            leftovers.append(child)
-    return leftovers
 
 
 @pytest.fixture
 def no_leaks() -> Iterator[None]:
     """Assert that the test leaves no /dev/shm entry and no child process behind."""
     before = dev_shm_entries()
-    assert not leftover_children(), "a previous test left a child process behind"
+    assert not live_children(), "a previous test left a child process behind"
     yield
-    assert dev_shm_entries() - before == set()
-    assert leftover_children() == []
+    assert_no_leftovers(before)
 
 
 @pytest.fixture
