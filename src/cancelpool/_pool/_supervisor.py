@@ -34,10 +34,8 @@ import math
 import os
 import pickle
 import select
-import sys
 import threading
 import time
-import traceback
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -54,6 +52,7 @@ from .._core._exceptions import (
     WorkerKilled,
 )
 from ..shm import TableFull, TokenTable
+from . import _exit
 from . import _protocol as proto
 from ._handle import JobHandle
 from ._job_table import JobTable
@@ -151,7 +150,7 @@ class Supervisor:
                 return
             if self._state != "new":
                 raise self._closed_error()
-            if _interpreter_exiting:
+            if _exit.interpreter_exiting():
                 raise PoolClosed(
                     "the interpreter is shutting down: this CancelPool starts no workers now"
                 )
@@ -171,7 +170,7 @@ class Supervisor:
                 target=self._supervise, name="cancelpool-supervisor", daemon=True
             )
             self._thread.start()
-            _live.add(self)
+            _exit.live.add(self)
 
     def shutdown(self, wait: bool, *, cancel_pending: bool, cancel_running: bool) -> None:
         """Stop accepting jobs; cancel some if asked; with ``wait``, join the thread."""
@@ -369,7 +368,7 @@ class Supervisor:
                 self._close_resources()
                 if self._state != "broken":
                     self._state = "closed"
-            _live.discard(self)
+            _exit.live.discard(self)
 
     def _loop(self) -> None:
         stop_deadline: float | None = None
@@ -1264,44 +1263,3 @@ def _rss(pid: int) -> int:
         return int(psutil.Process(pid).memory_info().rss)
     except psutil.Error:
         return 0
-
-
-# The supervisors of pools started and not yet stopped, for the interpreter's exit (a
-# running supervisor is held by its thread, so a dropped pool's one is still here).
-_live: weakref.WeakSet[Supervisor] = weakref.WeakSet()
-# Set once the interpreter has begun to exit: no pool starts workers from then on.
-_interpreter_exiting = False
-
-
-def _exiting_on_ctrl_c() -> bool:
-    # The interpreter stores the exception that ended the main module before it exits.
-    return isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
-
-
-def _stop_live_pools() -> None:
-    """At interpreter exit: let the jobs of the pools still running finish, as
-    ``concurrent.futures`` does, then stop their workers.
-
-    A pool created with ``cancel_at_exit=True``, or every pool when the program ends
-    because of Ctrl-C, cancels its jobs first (reason SIGNAL). Ctrl-C while we wait
-    cancels what is left and kills the workers.
-    """
-    global _interpreter_exiting
-    _interpreter_exiting = True
-    for sup in list(_live):
-        try:
-            if sup._settings.cancel_at_exit or _exiting_on_ctrl_c():
-                sup.cancel_everything(CancelationReason.SIGNAL, "the interpreter is exiting")
-            try:
-                sup.shutdown(True, cancel_pending=False, cancel_running=False)
-            except KeyboardInterrupt:
-                sup.cancel_everything(CancelationReason.SIGNAL, "Ctrl-C at interpreter exit")
-                sup.terminate("the pool was terminated: Ctrl-C at interpreter exit")
-        except Exception:
-            traceback.print_exc()
-
-
-# Run by threading._shutdown(), before atexit's handlers and before the interpreter
-# stops other threads, as concurrent.futures.process does: so the supervisor thread can
-# still resolve the handles, and a submit() in an atexit handler finds the flag set.
-threading._register_atexit(_stop_live_pools)  # type: ignore[attr-defined]

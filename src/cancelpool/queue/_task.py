@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .._core._cancelable import current_operation
+from .._core._validate import is_async_callable
 from ._exceptions import InvalidJob, QueueFileError, TaskNotAllowed
 from ._model import MAX_RESULT_BYTES, encode_json
 from ._taskref import parse_task_ref, ref_allowed
@@ -121,7 +122,7 @@ async def run_task(task: str, args: list[Any], kwargs: dict[str, Any], allow: Se
     runs in a thread and should poll ``current_operation().token.check()``.
     """
     fn = load_task(task, allow)
-    if inspect.iscoroutinefunction(fn):
+    if is_async_callable(fn):  # the one test of "is this async" (core, pool, queue)
         result = await fn(*args, **kwargs)
     else:
         op = current_operation()
