@@ -130,7 +130,7 @@ def replacement(
         pool.submit(_jobs.started_at).result(BACKSTOP)  # a spare learns this one too
         for _ in range(runs):
             deadline = time.monotonic() + BACKSTOP
-            while len(pool._spares) < spares and time.monotonic() < deadline:
+            while pool.statistics().spares < spares and time.monotonic() < deadline:
                 time.sleep(0.005)  # the spare is started in the background
             # Measurement pacing, not synchronization: deaths come this far apart.
             time.sleep(settle)

@@ -276,6 +276,14 @@ def cli() -> None:
     metavar="LABEL",
     help="A label for this node in `cancelpool nodes` (its id is fresh per process).",
 )
+@click.option(
+    "--http",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve the dashboard and HTTP API (cancelpool web) from this server too, on "
+    "HOST:PORT (needs cancelpool[web]; the token comes from $CANCELPOOL_WEB_TOKEN or is "
+    "printed).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Log nothing but errors.")
 def serve(
     db: Path | str | None,
@@ -288,6 +296,7 @@ def serve(
     grace: float,
     cancel_grace: float,
     node_name: str | None,
+    http: str | None,
     quiet: bool,
 ) -> None:
     """Run queued jobs in a CancelPool until SIGTERM or Ctrl-C.
@@ -327,6 +336,8 @@ def serve(
                 f"{time.strftime('%H:%M:%S')} cancelpool serve: {visible(message)}", err=True
             )
 
+    if http is not None:
+        _check_http(http)
     options = ServerOptions(
         allow=allow,
         workers=workers or os.cpu_count() or 1,
@@ -344,9 +355,56 @@ def serve(
         raise click.ClickException(str(exc)) from None
     except QueueError as exc:
         raise click.ClickException(str(exc)) from None
-    code = server.run()
+    with _dashboard(db or default_db_target(), http):
+        code = server.run()
     stop_helper_processes()  # its fork server too is gone when serve's exit is seen
     sys.exit(code)
+
+
+def _check_http(bind: str) -> None:
+    """``serve --http``'s address and extra, checked before the server starts anything."""
+    try:
+        from .web import WebError, parse_bind
+    except ImportError as exc:
+        raise click.ClickException(
+            f"serve --http needs the web extra: pip install 'cancelpool[web]' ({exc})"
+        ) from None
+    try:
+        parse_bind(bind)
+    except WebError as exc:
+        raise BadInput(f"--http: {exc}") from None
+
+
+@contextmanager
+def _dashboard(db: Path | str, bind: str | None) -> Iterator[None]:
+    """``serve --http``: the dashboard in a thread of the server, for as long as it runs.
+    Its address is logged even with --quiet: a generated token is the only way in."""
+    if bind is None:
+        yield
+        return
+    try:
+        from .web import WebError, start_dashboard
+    except ImportError as exc:
+        raise click.ClickException(
+            f"serve --http needs the web extra: pip install 'cancelpool[web]' ({exc})"
+        ) from None
+    with open_queue(db, create=False) as queue:
+        try:
+            token = os.environ.get("CANCELPOOL_WEB_TOKEN")
+            dashboard = start_dashboard(queue, bind, token)
+        except WebError as exc:
+            raise BadInput(f"--http: {exc}") from None
+        from .queue._format import visible
+
+        # A token the user chose is not echoed; a generated one is the only way in.
+        shown = dashboard.url + (f"?token={dashboard.token}" if token is None else "")
+        click.echo(
+            f"{time.strftime('%H:%M:%S')} cancelpool serve: dashboard {visible(shown)}", err=True
+        )
+        try:
+            yield
+        finally:
+            dashboard.stop()
 
 
 # -- submit ----------------------------------------------------------------------------------

@@ -30,3 +30,5 @@ class PoolStatistics:
     cancelled: int
     failed: int
     workers: tuple[WorkerStatistics, ...]
+    #: Standby worker processes started and ready to replace a worker (``spare_workers``).
+    spares: int = 0

@@ -290,6 +290,7 @@ class Supervisor:
                     )
                     for p in self._ws.procs
                 ),
+                spares=sum(1 for p in self._ws.spares if p.alive),
             )
 
     def cancel_job(
