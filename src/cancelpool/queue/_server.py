@@ -288,17 +288,17 @@ class Server:
                     self.log("the queue database is back; claiming again")
                     self._db_down_since = None
                     next_housekeeping = time.monotonic()
-            except QueueUnavailable as exc:
+                now = time.monotonic()
+                if self._progress and now - last_progress >= PROGRESS_INTERVAL:
+                    self._flush_progress()
+                    last_progress = now
+                if now >= next_housekeeping:
+                    self._housekeeping()
+                    next_housekeeping = now + HOUSEKEEPING_INTERVAL
+            except QueueUnavailable as exc:  # heartbeat and progress too: never crash
                 self._database_down(exc)
                 self._wait(DB_RETRY_INTERVAL)
                 continue
-            now = time.monotonic()
-            if self._progress and now - last_progress >= PROGRESS_INTERVAL:
-                self._flush_progress()
-                last_progress = now
-            if now >= next_housekeeping:
-                self._housekeeping()
-                next_housekeeping = now + HOUSEKEEPING_INTERVAL
             timeout = min(POLL_INTERVAL, next_housekeeping - now)
             if self._progress:
                 timeout = min(timeout, last_progress + PROGRESS_INTERVAL - now)
