@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import pytest
 
-from _handshake import Gate
+from _handshake import BACKSTOP, Gate
 from cancelpool import CancelationReason, CancelPool, JobCancelled, OperationStatus, PoolClosed
 
 from . import _jobs
@@ -84,3 +86,41 @@ async def test_a_cancelled_scope_around_await_cancels_the_job(
     assert scope.cancelled_caught
     with pytest.raises(JobCancelled):
         await handle
+
+
+# -- asyncio.wrap_future of a cancelled job ------------------------------------------------
+def test_wrap_future_of_a_cancelled_job_raises_job_cancelled(
+    shared_pool: CancelPool, gate: Gate
+) -> None:
+    async def main() -> None:
+        before = shared_pool.submit(_jobs.hold, gate.path, "before", partial="p1")
+        await asyncio.to_thread(gate.wait, 1)
+        wrapped = asyncio.wrap_future(before)  # wrapped while the job still runs
+        assert before.cancel("while wrapped") is True
+        with pytest.raises(JobCancelled) as info:
+            await wrapped
+        assert info.value.partial_result == "p1"
+
+        after = shared_pool.submit(_jobs.hold, gate.path, "after")
+        await asyncio.to_thread(gate.wait, 1)
+        after.cancel("before wrapping")
+        await asyncio.to_thread(after.exception, BACKSTOP)
+        with pytest.raises(JobCancelled):
+            await asyncio.wrap_future(after)
+
+        # A TaskGroup sees the job's error, not its own cancellation.
+        async def await_wrapped() -> None:
+            await asyncio.wrap_future(after)
+
+        with pytest.raises(ExceptionGroup) as group:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(await_wrapped())
+        # (A cancelled Future would have cancelled the task instead: no error at all.)
+        assert group.group_contains(JobCancelled)
+
+        for handle in (before, after):
+            assert handle.cancelled() is False
+            assert handle.done() is True
+            assert handle.status is OperationStatus.CANCELLED
+
+    asyncio.run(main())

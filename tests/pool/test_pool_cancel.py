@@ -352,3 +352,21 @@ def test_supervisor_backstop_stops_a_job_whose_loop_is_blocked() -> None:
         assert exc.reason is TIMEOUT
         assert exc.forced is True
         assert pool.submit(_jobs.add, 1, 1).result(BACKSTOP) == 2  # a new worker
+
+
+# -- a retried attempt gets its own timeout ------------------------------------------------
+def test_a_retried_attempt_is_not_cut_short_by_the_first_attempts_timeout(
+    pool: CancelPool, tmp_path: Path
+) -> None:
+    marker = tmp_path / "first-attempt"
+    # Attempt 1 dies at ~1.5 s; its supervisor backstop (2.0 s + margin) falls inside
+    # attempt 2, which needs ~1.5 s of its own 2.0 s.
+    handle = pool.submit(_jobs.die_once_then_finish, str(marker), 1.5, timeout=2.0, retries=1)
+    assert handle.result(BACKSTOP) == "second attempt"
+    assert handle.status is OperationStatus.COMPLETED
+    first_start = float(marker.read_text())
+    second_start = float(Path(f"{marker}.again").read_text())
+    assert second_start > first_start
+    # started_at is the second attempt's: it reached the supervisor after that start.
+    assert handle.started_at is not None
+    assert handle.started_at >= second_start

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from _handshake import BACKSTOP
+from _handshake import BACKSTOP, Gate
 from cancelpool import (
     CancelationReason,
     CancelPool,
@@ -19,9 +19,15 @@ from cancelpool import (
     OperationStatus,
     PoolClosed,
     PoolError,
+    TimeoutCancelation,
 )
 
 from . import _jobs
+
+# Seconds within which something that should happen "at once" must have happened. Far
+# below BACKSTOP, so that an outcome that only arrives through a backstop (or never)
+# fails the test; still generous against a loaded machine.
+PROMPT = 10.0
 
 
 @pytest.fixture
@@ -198,3 +204,47 @@ def test_a_result_that_cannot_be_pickled_fails_that_job(still_usable: CancelPool
     assert f"the result of job {handle.id} (lock) cannot be pickled" in str(exc)
     assert "return picklable data" in str(exc)
     assert handle.status is OperationStatus.FAILED
+
+
+# -- a child result that cannot be unpickled in the parent's worker ------------------------
+def test_a_child_result_that_cannot_be_unpickled_fails_the_await_promptly(
+    pool: CancelPool,
+) -> None:
+    parent = pool.submit(_jobs.await_unreadable_child)
+    outcome = parent.result(PROMPT)  # well before any backstop: no hang
+    assert outcome.startswith("RuntimeError")
+    assert "could not be read in this worker" in outcome
+    assert "refuses to be unpickled" in outcome
+    [child] = [h for h in pool.jobs() if h.parent is parent]
+    assert child.status is OperationStatus.FAILED
+
+
+# -- an inner timeout the job does not catch ----------------------------------------------
+def test_an_escaping_inner_timeout_fails_the_job(shared_pool: CancelPool) -> None:
+    handle = shared_pool.submit(_jobs.inner_timeout_escapes, 0.05)
+    exc = handle.exception(BACKSTOP)
+    assert isinstance(exc, TimeoutCancelation)
+    assert isinstance(exc, TimeoutError)
+    assert not isinstance(exc, JobCancelled)
+    assert handle.status is OperationStatus.FAILED
+
+
+# -- a parent from another pool ----------------------------------------------------------
+def test_a_parent_from_another_pool_is_refused(pool: CancelPool, gate: Gate) -> None:
+    parent = pool.submit(_jobs.hold, gate.path, "parent")
+    [arrival] = gate.wait(1)
+    with CancelPool(workers=1) as other:
+        assert other.submit(_jobs.add, 1, 1).result(BACKSTOP) == 2
+        before = other.statistics()
+        with pytest.raises(ValueError, match="another CancelPool"):
+            other.submit(_jobs.add, 2, 2, parent=parent)
+        assert other.statistics() == before
+        assert [h.id for h in other.jobs() if h.status is not OperationStatus.COMPLETED] == []
+    unstarted = CancelPool(workers=1)
+    with pytest.raises(ValueError, match="another CancelPool"):
+        unstarted.submit(_jobs.add, 2, 2, parent=parent)
+    assert all(w.pid is None for w in unstarted.statistics().workers)  # never started
+    unstarted.shutdown()
+    assert pool.jobs() == [parent]  # no child was registered with the parent's pool
+    gate.release(arrival)
+    assert parent.result(BACKSTOP) == "released"

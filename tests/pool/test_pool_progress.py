@@ -6,10 +6,17 @@ import logging
 import threading
 from typing import Any
 
+import anyio
 import pytest
 
 from _handshake import BACKSTOP, Gate
-from cancelpool import CancelPool, JobCancelled, OperationStatus, ProgressEvent
+from cancelpool import (
+    CancelPool,
+    JobCancelled,
+    JobHandle,
+    OperationStatus,
+    ProgressEvent,
+)
 
 from . import _jobs
 
@@ -129,3 +136,30 @@ def test_a_plain_function_reports_progress_from_its_thread(shared_pool: CancelPo
     # after submit may miss the first reports, never reorder them.
     assert seen
     assert seen == [f"sync {i}" for i in range(30 - len(seen), 30)]
+
+
+# -- progress() started as the job finishes -----------------------------------------------
+@pytest.mark.anyio
+async def test_progress_started_as_a_job_finishes_never_hangs(
+    shared_pool: CancelPool, backstop: float
+) -> None:
+    async def follow(handle: JobHandle[int], i: int) -> None:
+        seen = [event async for event in handle.progress()]
+        assert len(seen) <= i % 3
+        # The first iteration ended as the job's progress ended, typically before the
+        # handle resolves: a second one starts right at the job's end, and ends at once.
+        assert [event async for event in handle.progress()] == []
+        assert await handle == i
+
+    def submit(i: int) -> JobHandle[int]:
+        return shared_pool.submit(_jobs.report_and_return, i % 3, i)
+
+    with anyio.fail_after(backstop):  # backstop against the old hang
+        for i in range(100):  # iteration starts at once after submit
+            await follow(submit(i), i)
+        batch = [submit(i) for i in range(100)]
+        for i, handle in enumerate(batch):  # before, as and after each job ends
+            await follow(handle, i)
+        async with anyio.create_task_group() as tg:  # many at once
+            for i in range(100):
+                tg.start_soon(follow, submit(i), i)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import os
 
 import pytest
@@ -212,3 +213,24 @@ def test_map_job_timeout_bounds_each_job(shared_pool: CancelPool) -> None:
     with pytest.raises(JobCancelled) as info:
         list(shared_pool.map(_jobs.nap, [BACKSTOP], job_timeout=0.1))
     assert info.value.reason == "timeout"
+
+
+# -- callables other than module-level functions are pickled per submit --------------------
+def test_a_stateful_callable_is_pickled_anew_per_submit(pool: CancelPool) -> None:
+    job = _jobs.Stateful("one")
+    first = pool.submit(job, "!")
+    job.value = "two"
+    second = pool.submit(job, "?")
+    assert first.result(BACKSTOP) == "one!"
+    assert second.result(BACKSTOP) == "two?"
+
+
+def test_partials_do_not_grow_the_function_cache(pool: CancelPool) -> None:
+    assert pool.submit(_jobs.add, 0, 0).result(BACKSTOP) == 0
+    cached = len(pool._fn_cache)
+    # Kept alive, so that a weak-keyed cache could not lose them before we look.
+    partials = [functools.partial(_jobs.add, i) for i in range(2000)]
+    handles = [pool.submit(p, 1) for p in partials]
+    assert len(pool._fn_cache) == cached
+    assert [h.result(BACKSTOP) for h in handles] == [i + 1 for i in range(2000)]
+    assert len(pool._fn_cache) == cached

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psutil
 import pytest
 
-from _handshake import BACKSTOP, Gate
+from _handshake import BACKSTOP, Gate, start_running
 from cancelpool import (
     CancelPool,
     JobCancelled,
@@ -22,6 +24,14 @@ from cancelpool import (
 )
 
 from . import _jobs
+
+# Seconds within which something that should happen "at once" must have happened. Far
+# below BACKSTOP, so that an outcome that only arrives through a backstop (or never)
+# fails the test; still generous against a loaded machine.
+PROMPT = 10.0
+# File descriptors held open before a pool starts: more than select() can watch.
+MANY_FDS = 1100
+
 
 START_METHODS = [
     pytest.param(
@@ -148,3 +158,92 @@ def test_workers_exit_when_the_supervisor_process_is_killed(gate: Gate, tmp_path
             supervisor.wait(BACKSTOP)
         assert supervisor.stdin is not None
         supervisor.stdin.close()
+
+
+# -- fds above 1023 -------------------------------------------------------------------------
+def test_a_pool_works_with_more_than_1024_fds_open(gate: Gate) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = MANY_FDS + 512  # ours, plus the pool's pipes, sockets and pytest's own
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below {needed}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    fds: list[int] = []
+    try:
+        while len(fds) < MANY_FDS:
+            fds.extend(os.pipe())
+        with CancelPool(workers=2) as pool:
+            assert pool.submit(_jobs.add, 1, 2).result(BACKSTOP) == 3
+            # The scenario really happened: the supervisor watches fds above 1023.
+            assert pool._sup._wakeup.fd > 1024
+            held = start_running(pool, gate, "held", partial="half")
+            assert held.cancel("fds") is True
+            with pytest.raises(JobCancelled) as info:
+                held.result(BACKSTOP)
+            assert info.value.partial_result == "half"
+            assert pool.submit(_jobs.add_sync, 2, 3).result(BACKSTOP) == 5
+    finally:
+        for fd in fds:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# -- shutdown while the only worker dies with a job queued ---------------------------------
+def test_shutdown_does_not_hang_when_the_only_worker_dies_with_a_job_queued(gate: Gate) -> None:
+    pool = CancelPool(workers=1, concurrency=1)
+    a = pool.submit(_jobs.exit_at_gate, gate.path, "a")
+    [arrival] = gate.wait(1)
+    b = pool.submit(_jobs.where)  # queued: the one worker runs A and takes one job
+    assert b.status is OperationStatus.PENDING
+    pool.shutdown(wait=False)  # closing from here on: no new worker "while running"
+    gate.release(arrival)  # A ends its worker; B still waits for one
+    closer = threading.Thread(target=pool.shutdown, kwargs={"wait": True}, daemon=True)
+    closer.start()
+    closer.join(BACKSTOP)  # backstop against the old hang
+    assert not closer.is_alive(), f"shutdown(wait=True) still blocked after {BACKSTOP}s"
+    assert isinstance(a.exception(0), WorkerCrashed)
+    assert b.result(0)["pid"] != arrival.pid  # a replacement worker ran it
+
+
+# -- a queued sync job does not hold up async jobs behind it ------------------------------
+def test_a_queued_sync_job_does_not_block_an_async_job_behind_it(
+    pool: CancelPool, gate: Gate
+) -> None:
+    long_jobs = [pool.submit(_jobs.hold, gate.path, f"long-{i}") for i in range(2)]
+    arrivals = gate.wait(2)
+    assert len({a.pid for a in arrivals}) == 2  # both workers are busy
+    sync_job = pool.submit(_jobs.add_sync, 1, 2)  # needs an idle worker: waits
+    quick = pool.submit(_jobs.add, 3, 4)
+    assert quick.result(PROMPT) == 7
+    assert sync_job.status is OperationStatus.PENDING
+    assert all(not h.done() for h in long_jobs)  # the gate still holds them
+    gate.release()
+    assert [h.result(BACKSTOP) for h in long_jobs] == ["released", "released"]
+    assert sync_job.result(BACKSTOP) == 3
+
+
+# -- child request ids on a replacement worker --------------------------------------------
+def test_children_of_a_job_on_a_replacement_worker_get_their_own_results(gate: Gate) -> None:
+    # A long grace: the orphan below ignores its cancellation until the test lets it go,
+    # and must not be force-stopped (with its worker) meanwhile.
+    with CancelPool(workers=2, cancel_grace=BACKSTOP) as pool:
+        first = pool.submit(_jobs.parent_of_shielded, gate.path, "one", 2)
+        a = {arrival.tag: arrival for arrival in gate.wait(3)}
+        dead_pid = a["parent-one"].pid
+        orphans = [arrival for tag, arrival in a.items() if tag.startswith("one-")]
+        survivors = [arrival for arrival in orphans if arrival.pid != dead_pid]
+        assert survivors, "a child of the first parent runs on the other worker"
+        os.kill(dead_pid, signal.SIGKILL)
+        assert isinstance(first.exception(BACKSTOP), WorkerCrashed)
+
+        second = pool.submit(_jobs.parent_of_shielded, gate.path, "two", 2)
+        b = {arrival.tag: arrival for arrival in gate.wait(3)}
+        replacement = b["parent-two"].pid
+        assert replacement not in (dead_pid, survivors[0].pid)  # the new worker
+        # The orphans end now, while the second parent's children (request ids 1 and 2
+        # in the new process, as the dead one's were) are still waiting.
+        gate.release(*orphans)
+        for handle in [h for h in pool.jobs() if h.parent is first]:
+            handle.exception(BACKSTOP)  # its outcome has been dealt with by now
+        gate.release(b["two-0"], b["two-1"])
+        assert second.result(BACKSTOP) == ["two-0", "two-1"]
