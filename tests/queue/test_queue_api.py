@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 from qhelpers import DEMO
@@ -39,6 +40,10 @@ def test_submit_get_list(queue: Queue) -> None:
         {"task": "no colon"},
         {"task": "mod:fn", "name": "a b"},
         {"task": "mod:fn", "timeout": 0},
+        {"task": "mod:fn", "timeout": True},
+        {"task": "mod:fn", "timeout": float("nan")},
+        {"task": "mod:fn", "timeout": 366 * 24 * 3600},
+        {"task": "mod:fn", "timeout": timedelta(seconds=-1)},
         {"task": "mod:fn", "priority": 1.5},
         {"task": "mod:fn", "parent": 0},
         {"task": "mod:fn", "args": (object(),)},
@@ -52,6 +57,18 @@ def test_invalid_submit_raises_and_writes_nothing(queue: Queue, kwargs: dict) ->
     with pytest.raises(InvalidJob):
         queue.submit(task, *args, **kwargs)
     assert queue.list() == []
+
+
+def test_timeouts_follow_the_rule_of_every_layer(queue: Queue) -> None:
+    # The same rule as CancelPool.submit and Cancelable: numbers or timedeltas; the
+    # queue adds its maximum (a stored deadline of centuries is a typo).
+    job = queue.get(queue.submit(f"{DEMO}:add", 1, timeout=timedelta(minutes=2)))
+    assert job is not None
+    assert job.timeout == 120.0
+    with pytest.raises(InvalidJob, match="timeout must be at most 31536000 seconds"):
+        queue.submit(f"{DEMO}:add", 1, timeout=timedelta(days=400))
+    with pytest.raises(InvalidJob, match="timeout must be a number of seconds or a timedelta"):
+        queue.submit(f"{DEMO}:add", 1, timeout="10")
 
 
 def test_cancel_queued_jobs_and_their_children(queue: Queue) -> None:

@@ -24,17 +24,21 @@ from typing import Any
 __all__ = ("count", "is_async_callable", "name", "optional_count", "optional_seconds", "seconds")
 
 
-def seconds(value: float | timedelta, what: str, *, positive: bool = False) -> float:
+def seconds(
+    value: float | timedelta, what: str, *, positive: bool = False, maximum: float | None = None
+) -> float:
     """``value`` as a float of seconds, or raise.
 
     Args:
         value: an int, a float or a timedelta.
         what: the parameter's name, for the message.
         positive: refuse zero too (for intervals; a deadline of 0 is valid).
+        maximum: refuse more than this many seconds (a value that is stored, where a
+            far-off deadline is more likely a typo than a wish).
 
     Raises:
         TypeError: not a number or a timedelta (a bool is refused: ``True`` is no time).
-        ValueError: NaN, infinite, negative, or zero where ``positive``.
+        ValueError: NaN, infinite, negative, zero where ``positive``, or above ``maximum``.
     """
     if isinstance(value, timedelta):
         result = value.total_seconds()
@@ -45,6 +49,8 @@ def seconds(value: float | timedelta, what: str, *, positive: bool = False) -> f
     if math.isnan(result) or math.isinf(result) or result < 0 or (positive and result == 0):
         bound = "> 0" if positive else ">= 0"
         raise ValueError(f"{what} must be a finite number of seconds {bound}, not {value!r}")
+    if maximum is not None and result > maximum:
+        raise ValueError(f"{what} must be at most {maximum:.0f} seconds, not {value!r}")
     return result
 
 

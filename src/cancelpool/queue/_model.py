@@ -13,10 +13,12 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, cast
 
 import msgspec
 
+from .._core import _validate
 from ._exceptions import InvalidJob
 from ._taskref import check_allow_pattern as check_allow_pattern
 from ._taskref import parse_task_ref
@@ -187,27 +189,19 @@ def check_seconds(
     allow_zero: bool = True,
     allow_none: bool = True,
 ) -> float | None:
-    """Return ``value`` as finite float seconds (>= 0, or > 0 without ``allow_zero``),
-    at most :data:`MAX_SECONDS`; None passes when ``allow_none``.
+    """Return ``value`` (a number or a timedelta) as float seconds, >= 0 (> 0 without
+    ``allow_zero``) and at most :data:`MAX_SECONDS`; None passes when ``allow_none``.
 
-    The one rule for every timeout, grace and wait of the queue and the CLI."""
+    The rule of every layer (``_core._validate.seconds``), with the queue's maximum
+    and its error: every timeout, grace and wait of the queue and the CLI."""
     if value is None and allow_none:
         return None
-    bound = ">= 0" if allow_zero else "> 0"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidJob(f"{what} must be a number of seconds {bound}, not {value!r}")
-    if (
-        math.isnan(value)
-        or math.isinf(value)
-        or value < 0
-        or (value == 0 and not allow_zero)
-        or value > MAX_SECONDS
-    ):
-        raise InvalidJob(
-            f"{what} must be a finite number of seconds {bound} and at most "
-            f"{MAX_SECONDS:.0f} (a year), not {value!r}"
-        )
-    return float(value)
+    try:
+        # Any value may come in: the rule itself refuses what is no time.
+        seconds = cast("float | timedelta", value)
+        return _validate.seconds(seconds, what, positive=not allow_zero, maximum=MAX_SECONDS)
+    except (TypeError, ValueError) as exc:
+        raise InvalidJob(str(exc)) from None
 
 
 def check_limit(limit: object) -> int | None:
@@ -221,10 +215,6 @@ def check_limit(limit: object) -> int | None:
 
 def check_timeout(timeout: object) -> float | None:
     """Return ``timeout`` as a float of seconds > 0, or None."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise InvalidJob(f"timeout must be a number of seconds, not {timeout!r}")
     return check_seconds(timeout, "timeout", allow_zero=False)
 
 
