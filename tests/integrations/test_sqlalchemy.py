@@ -113,3 +113,37 @@ async def test_stream_chunks_stop_on_cancel(engine: AsyncEngine) -> None:
     with pytest.raises(ValueError, match="chunk_size"):
         async with CancelableAsyncSession(engine) as session:
             await session.execute_chunked(insert(events), [], chunk_size=0)
+
+
+@pytest.mark.anyio
+async def test_a_cancel_during_a_chunk_leaves_the_database_writable(
+    engine: AsyncEngine,
+) -> None:
+    # The cancel lands while the driver call for the second chunk is in flight (the
+    # hook runs just before it): the chunk finishes, the next check stops the work,
+    # and the rollback leaves no lock behind for the next writer.
+    from sqlalchemy import event
+
+    op = Cancelable()
+    calls = 0
+
+    def cancel_on_second_chunk(*_: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            op.cancel_sync(message="mid-chunk")
+
+    event.listen(engine.sync_engine, "before_cursor_execute", cancel_on_second_chunk)
+    try:
+        with pytest.raises(ManualCancelation, match="mid-chunk"):
+            async with op, CancelableAsyncSession(engine) as session:
+                rows = ({"name": f"row{i}"} for i in range(100))
+                await session.execute_chunked(insert(events), rows, chunk_size=10)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", cancel_on_second_chunk)
+    assert calls == 2  # the second chunk was sent, no third
+    assert checked_out(engine) == 0
+    async with CancelableAsyncSession(engine) as session:
+        await session.execute(insert(events), [{"name": "next writer"}])
+        await session.commit()
+    assert await count(engine) == 1

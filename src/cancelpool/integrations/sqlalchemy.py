@@ -11,7 +11,11 @@ Example::
 A cancellation (the operation's own error or the backend's cancelled exception)
 leaving the session's ``async with`` rolls the transaction back and closes the
 session in a shielded scope, so the connection is back in the pool before the
-cancellation goes on; nothing half-written is committed.
+cancellation goes on; nothing half-written is committed. The chunked methods never
+let a cancellation interrupt a driver call (each chunk is bounded work): a call cut
+off half way keeps running in the driver, and SQLAlchemy discards that connection
+with its transaction, and its locks, possibly still open. A plain ``execute()`` of
+your own can be cut off by a deadline like any await; keep long writes chunked.
 
 Requires ``pip install cancelpool[sqlalchemy]`` and an async driver (aiosqlite,
 asyncpg, psycopg).
@@ -71,6 +75,15 @@ class CancelableAsyncSession(AsyncSession):
         if op is not None:
             await op.check_cancelation()
 
+    async def _send(self, statement: Executable, chunk: list[Mapping[str, Any]]) -> None:
+        # Shielded: a cancellation that lands while the driver runs a chunk waits
+        # for the chunk (bounded work) and is raised at the next check. Interrupting
+        # the await would not stop the driver's thread; SQLAlchemy would discard a
+        # connection still holding its transaction's locks, and the next writer
+        # would find the database locked.
+        with anyio.CancelScope(shield=True):
+            await self.execute(statement, chunk)
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -98,9 +111,11 @@ class CancelableAsyncSession(AsyncSession):
     ) -> int:
         """Execute ``statement`` for ``rows`` (executemany), ``chunk_size`` at a time.
 
-        Cancellation is checked before each chunk (a checkpoint); a cancelled
-        operation stops there, and leaving the session's block rolls the earlier
-        chunks back. Does not commit. Returns the number of rows sent.
+        Cancellation is checked before each chunk and after the last (a
+        checkpoint); a cancellation that arrives while a chunk is being executed
+        lets that chunk finish and stops at the next check. Leaving the session's
+        block then rolls every chunk sent back. Does not commit. Returns the
+        number of rows sent.
         """
         size = _chunk_size(chunk_size)
         sent = 0
@@ -109,13 +124,14 @@ class CancelableAsyncSession(AsyncSession):
             chunk.append(row)
             if len(chunk) == size:
                 await self._check()
-                await self.execute(statement, chunk)
+                await self._send(statement, chunk)
                 sent += len(chunk)
                 chunk = []
         if chunk:
             await self._check()
-            await self.execute(statement, chunk)
+            await self._send(statement, chunk)
             sent += len(chunk)
+        await self._check()
         return sent
 
     async def stream_chunks(
@@ -128,20 +144,19 @@ class CancelableAsyncSession(AsyncSession):
         """The rows of ``statement`` in lists of up to ``chunk_size``, fetched as
         they are read (a server-side cursor where the driver has one).
 
-        Cancellation is checked before each chunk is fetched; the cursor is closed
-        when the iteration ends, early or not. A cancellation that interrupts a
-        fetch (a deadline passing during it) is handled as SQLAlchemy handles any
-        interrupted call: the connection is discarded, not reused.
+        Cancellation is checked before each chunk is fetched; a cancellation that
+        arrives during a fetch lets that fetch finish (bounded work) and stops at
+        the next check. The cursor is closed when the iteration ends, early or not.
         """
         size = _chunk_size(chunk_size)
         result = await self.stream(statement, params)
         try:
             while True:
-                # Checked before the fetch, not after: a cancellation that lands
-                # between chunks never interrupts a fetch half way (which makes
-                # SQLAlchemy throw the connection away).
+                # Checked before each fetch, and the fetch itself shielded: a
+                # cancellation never interrupts a driver call half way.
                 await self._check()
-                partition = await result.fetchmany(size)
+                with anyio.CancelScope(shield=True):  # as in _send
+                    partition = await result.fetchmany(size)
                 if not partition:
                     return
                 yield partition
