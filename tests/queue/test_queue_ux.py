@@ -45,10 +45,10 @@ def test_a_cancel_reason_is_said_once(cli, queue) -> None:
 
 def test_a_parent_shows_its_own_progress_not_its_childs(cli, queue, start_server, tmp_path) -> None:
     start_server(allow=ALLOW)
-    release = tmp_path / "release"
+    release, release_child = tmp_path / "release", tmp_path / "release_child"
     parent = queue.submit(f"{TASKS}:checkpoint_then_wait", str(release))
     wait_progress(queue, parent)
-    child = queue.submit(f"{MORE}:progress_then_wait", str(release), parent=parent)
+    child = queue.submit(f"{MORE}:progress_then_wait", str(release_child), parent=parent)
     wait_progress(queue, child)
     # The child's report reaches the parent's pool handle too (bubbling); the server
     # stores each job's own, in the same batch.
@@ -57,8 +57,11 @@ def test_a_parent_shows_its_own_progress_not_its_childs(cli, queue, start_server
     assert job.progress == {"done": 1, "total": 2, "partial_result": {"stage": 1}}
     assert _row(cli, parent)[5] == "50%"
     assert _row(cli, child)[5] == "25%"
-    release.touch()
+    # The child first: a parent that ends cancels its live children (they never
+    # outlive it), so released together the child could end cancelled.
+    release_child.touch()
     wait_status(queue, child, "completed")
+    release.touch()
     wait_status(queue, parent, "completed")
 
 
