@@ -340,12 +340,29 @@ def test_cli_needs_an_existing_queue(tmp_path: Any) -> None:
     assert not missing.parent.exists()
 
 
+def first_counts(lines: Iterator[str], *, queued: int) -> None:
+    """Read the feed until its counts show ``queued`` queued jobs."""
+    for line in lines:
+        if line.startswith("data: ") and json.loads(line[6:])["stats"].get("queued") == queued:
+            return
+
+
+def test_a_feed_opened_later_starts_with_the_counts(web: str, queue: Queue) -> None:
+    for n in range(2):
+        queue.submit("webtasks:steps", name=f"waiting_{n}")
+    with httpx.Client(base_url=web, headers=AUTH, trust_env=False, timeout=5.0) as client:
+        with client.stream("GET", "/api/events") as early:
+            first_counts(early.iter_lines(), queued=2)  # the hub has polled and published
+        # Nothing changes now: a feed that waited for a change would time out here.
+        with client.stream("GET", "/api/events") as late:
+            first_counts(late.iter_lines(), queued=2)
+
+
 def test_events_show_a_queued_job_cancelled_elsewhere(client: httpx.Client, queue: Queue) -> None:
     ids = [queue.submit("webtasks:steps", name=f"waiting_{n}") for n in range(3)]
     with client.stream("GET", "/api/events") as stream:
         lines = stream.iter_lines()
-        first = next(line for line in lines if line.startswith("data: "))
-        assert json.loads(first[6:])["stats"]["queued"] == 3
+        first_counts(lines, queued=3)  # the last poll's counts, then the next poll's
         queue.cancel(ids[1])  # not through the dashboard: its polls must notice
         deadline = time.monotonic() + BACKSTOP
         while True:

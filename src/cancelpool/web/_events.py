@@ -103,11 +103,15 @@ class EventHub:
 
     @contextmanager
     def subscribe(self) -> Iterator[MemoryObjectReceiveStream[dict[str, Any]]]:
-        """A stream of ``{"jobs": [...], "stats": {...}}`` messages; it ends when the hub
-        stops or the subscriber falls too far behind."""
+        """A stream of ``{"jobs": [...], "stats": {...}}`` messages, starting with the
+        counts as last polled; it ends when the hub stops or the subscriber falls too far
+        behind."""
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](SUBSCRIBER_BUFFER)
         with self._lock:
             self._subscribers.add(send)
+            if self._counts:  # the counts as of the last poll, at once: a feed that
+                # opens after the jobs were seen would otherwise wait for a change
+                send.send_nowait({"jobs": [], "stats": dict(self._counts)})
         try:
             with receive:
                 yield receive
