@@ -9,7 +9,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import click
 import psutil
 import pytest
 from click.testing import CliRunner
@@ -139,3 +141,25 @@ def test_demo_runs_and_leaves_nothing_behind(tmp_path: Path) -> None:
         if any(str(tmp_path) in part for part in proc.info["cmdline"] or ()):
             leftovers.append(proc)
     assert leftovers == []
+
+
+@pytest.mark.parametrize("kind", [click.UsageError, click.ClickException], ids=["usage", "error"])
+def test_an_error_message_is_shown_escaped(
+    kind: type[click.ClickException], monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """Whatever text an error carries (a task name, a value from the database) reaches
+    the terminal escaped: main() renders click's message, then makes it visible."""
+    import cancelpool.cli as cli_module
+
+    def fail(*_args: Any, **_kwargs: Any) -> None:
+        raise kind("bad \x1b]0;PWNED\x07 value \u202eevil")
+
+    monkeypatch.setattr(cli_module.cli, "main", fail)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_module.main()
+    assert exit_info.value.code == (2 if kind is click.UsageError else 1)
+    err = capsys.readouterr().err
+    assert "Error: bad " in err
+    assert "\x1b" not in err
+    assert "\x07" not in err
+    assert "\u202e" not in err

@@ -15,6 +15,7 @@ Every human-readable line passes job-provided text through ``queue._format.visib
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -911,8 +912,9 @@ def main() -> None:
     try:
         cli.main(prog_name="cancelpool", standalone_mode=False)
     except click.ClickException as exc:
-        exc.message = visible_lines(exc.message)
-        exc.show()
+        shown = io.StringIO()  # click's own wording (and usage hint), made visible
+        exc.show(file=shown)
+        sys.stderr.write(visible_lines(shown.getvalue()))
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("Aborted!", err=True)
