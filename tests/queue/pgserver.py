@@ -2,7 +2,9 @@
 binaries in a fresh temporary directory, listening on 127.0.0.1 only, removed at the end.
 
 initdb and postgres refuse to run as root; as root they run as the ``postgres`` user
-(``runuser``) in a directory chowned to it. Nothing is shared with other runs: a free
+(``Popen(user=...)``, so that the process the tests hold and signal *is* the server,
+not a ``runuser`` in front of it that may not pass the signal on) in a directory
+chowned to it. Nothing is shared with other runs: a free
 port, a fresh data directory, a socket directory of its own.
 """
 
@@ -57,16 +59,16 @@ class PgServer:
         self.sock.mkdir()
         self.port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self._as: list[str] = []
+        self._as: dict[str, Any] = {}
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
             shutil.chown(self.sock, "postgres", "postgres")
-            self._as = ["runuser", "-u", "postgres", "--"]
+            self._as = {"user": "postgres", "group": "postgres", "extra_groups": []}
         self._count = 0
         self._log: Any = None
 
     def _run(self, *cmd: str) -> None:
-        subprocess.run([*self._as, *cmd], check=True, capture_output=True, timeout=120)
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120, cwd=self.root, **self._as)
 
     def start(self) -> None:
         if not self.data.exists():
@@ -85,7 +87,6 @@ class PgServer:
         self._log = open(self.root / "log.txt", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [
-                *self._as,
                 str(self.bindir / "postgres"),
                 "-D",
                 str(self.data),
@@ -107,6 +108,8 @@ class PgServer:
             stdout=subprocess.DEVNULL,
             stderr=self._log,
             stdin=subprocess.DEVNULL,
+            cwd=self.root,
+            **self._as,
         )
         session_helper(self.proc.pid)  # the session's server, not a test's leftover
         import psycopg
