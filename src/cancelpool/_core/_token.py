@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Generator
 from datetime import UTC, datetime
 from typing import Any
@@ -105,7 +106,7 @@ class CancelationToken:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._id: str | None = None
-        self._cancelled_at: datetime | None = None
+        self._cancelled_at: float | None = None
         self._cancelled = False
         self._reason: CancelationReason | None = None
         self._message: str | None = None
@@ -143,7 +144,8 @@ class CancelationToken:
     @property
     def cancelled_at(self) -> datetime | None:
         """When the token was cancelled (UTC), or None."""
-        return self._cancelled_at
+        at = self._cancelled_at
+        return None if at is None else datetime.fromtimestamp(at, UTC)
 
     def is_cancelation_requested(self) -> bool:
         """Same as :attr:`is_cancelled` (the seed library's non-raising check)."""
@@ -171,6 +173,8 @@ class CancelationToken:
         callbacks = self._raise_flag(reason, message)
         if callbacks is None:
             return False
+        if not callbacks:
+            return True
         msg = CancelNotice(self._message or "", self)
         for cb, _ in callbacks:
             try:
@@ -201,6 +205,8 @@ class CancelationToken:
         return True
 
     def _run_callbacks_sync(self, callbacks: list[tuple[TokenCallback, LoopHandle | None]]) -> None:
+        if not callbacks:
+            return  # the common case, on the path of every cancellation: no notice made
         msg = CancelNotice(self._message or "", self)
         for cb, handle in callbacks:
             try:
@@ -243,7 +249,7 @@ class CancelationToken:
         """Record the cancellation (called with the lock held). Subclasses extend it."""
         self._reason = reason
         self._message = message or f"token cancelled ({reason.value})"
-        self._cancelled_at = datetime.now(UTC)
+        self._cancelled_at = time.time()  # a datetime only when asked for
         self._cancelled = True
 
     # -- observing ---------------------------------------------------------------------
