@@ -23,7 +23,7 @@ from cancelpool import (
     WorkerCrashed,
     WorkerLost,
 )
-from cancelpool._pool._supervisor import MEMORY_CHECK_INTERVAL
+from cancelpool._pool._worker_set import MEMORY_CHECK_INTERVAL
 
 from . import _jobs
 from ._util import descendants, is_gone

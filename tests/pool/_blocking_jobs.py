@@ -12,6 +12,13 @@ import anyio
 from _handshake import BACKSTOP
 from cancelpool import current_operation
 
+#: Seconds of pure computing between two looks at the socket. Well above the
+#: interpreter's switch interval (5 ms): a job that releases the GIL every few
+#: microseconds (a tight loop of system calls) starves every other thread of its
+#: process, the worker's watchdog included (CPython's GIL convoy, a known limit said in
+#: docs/pool.md); this spinner stands for a job that computes.
+COMPUTE_ROUND = 0.02
+
 
 def _compute_until_go(sock: socket.socket) -> str:
     """CPU work with no await, until "go" arrives: the frame the watchdog's stack must
@@ -19,7 +26,9 @@ def _compute_until_go(sock: socket.socket) -> str:
     sock.setblocking(False)
     deadline = time.monotonic() + BACKSTOP
     while time.monotonic() < deadline:
-        sum(range(20_000))
+        round_ends = time.monotonic() + COMPUTE_ROUND
+        while time.monotonic() < round_ends:
+            sum(range(2_000))
         try:
             if sock.recv(1) in (b"g", b""):
                 return "released"

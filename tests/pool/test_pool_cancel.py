@@ -56,6 +56,8 @@ def test_cancel_a_running_job(shared_pool: CancelPool, gate: Gate, fn: Any) -> N
     assert not handle.cancelled()
     assert handle.status is OperationStatus.CANCELLED
     assert handle.partial_result == {"pages": [1, 2, 3]}
+    assert handle.cancel_reason is MANUAL
+    assert handle.cancel_message == "the user pressed stop"
     context = handle.context
     assert context.cancel_reason is MANUAL
     assert context.cancel_message == "the user pressed stop"
@@ -81,6 +83,8 @@ def test_cancel_a_finished_job_returns_false(shared_pool: CancelPool) -> None:
     assert handle.cancel() is False
     assert shared_pool.cancel(handle) is False
     assert handle.status is OperationStatus.COMPLETED
+    assert handle.cancel_reason is None
+    assert handle.cancel_message is None
     assert handle.result() == 2
 
 

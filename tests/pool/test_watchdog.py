@@ -112,11 +112,6 @@ def test_a_job_computing_without_awaiting_is_reported_with_its_stack(
         assert pool.submit(_jobs.add, 2, 3).result(BACKSTOP) == 5
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open race (issue 9 item 4): on an idle machine the watchdog's report of a block "
-    "found by an unheard cancel does not reach the supervisor before the forced stop",
-)
 @pytest.mark.parametrize("method", START_METHODS)
 def test_a_forced_stop_blames_the_blocker_and_bystanders_keep_their_partials(
     gate: Gate, log: LogWatch, method: str
@@ -162,11 +157,6 @@ def test_a_forced_stop_blames_the_blocker_and_bystanders_keep_their_partials(
         assert (stats.cancelled, stats.failed) == (1, 2)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open race (issue 9 item 4): on an idle machine the watchdog's report of a block "
-    "found by an unheard cancel does not reach the supervisor before the forced stop",
-)
 def test_a_blocker_whose_own_cancellation_is_ignored_is_force_stopped(
     gate: Gate, log: LogWatch
 ) -> None:
@@ -185,11 +175,6 @@ def test_a_blocker_whose_own_cancellation_is_ignored_is_force_stopped(
         assert lost.partial_result == {"other": 3}
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open race (issue 9 item 4): on an idle machine the watchdog's report of a block "
-    "found by an unheard cancel does not reach the supervisor before the forced stop",
-)
 def test_a_retried_bystander_runs_again_and_the_blocker_does_not(gate: Gate, log: LogWatch) -> None:
     with CancelPool(workers=1, cancel_grace=GRACE, loop_block_threshold=60) as pool:
         polite = start_running(pool, gate, "polite")
@@ -234,11 +219,6 @@ def test_without_a_watchdog_a_forced_stop_blames_the_job_it_stops(gate: Gate) ->
         assert spinner.blocked_stack is None
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open race (issue 9 item 4): on an idle machine the watchdog's report of a block "
-    "found by an unheard cancel does not reach the supervisor before the forced stop",
-)
 def test_a_block_in_a_task_the_job_started_is_reported_without_a_job(
     gate: Gate, log: LogWatch
 ) -> None:

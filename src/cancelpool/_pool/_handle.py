@@ -18,7 +18,6 @@ from .._core._enums import CancelationReason, OperationStatus
 from .._core._loop import LoopHandle
 
 if TYPE_CHECKING:
-    from ..shm import SlotRef
     from ._supervisor import Supervisor
 
 logger = logging.getLogger("cancelpool")
@@ -98,10 +97,6 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         *,
         retries: int = 0,
         cancel_grace: float | None = None,
-        fn: bytes = b"",
-        args: bytes = b"",
-        is_async: bool = True,
-        remote: tuple[int, int, int] | None = None,
     ) -> None:
         # The fields of Future.__init__, but with the pool's shared condition instead
         # of a new threading.Condition per job (a third of the cost of a submit).
@@ -128,17 +123,7 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         self._cancel_message: str | None = None
         self.retries = retries
         self.cancel_grace = cancel_grace
-        self._worker: int | None = None
-        self._slot: SlotRef | None = None
-        # The job as the workers get it.
-        self._fn = fn
-        self._args = args
-        self._is_async = is_async
-        self._remote = remote  # a child job: its parent's worker index, pid, request
-        self._checkpoint: bytes | None = None
-        self._attempts = 1
         self._ended = False  # no more progress: the feeds are closed
-        self._told_parent = False  # the parent job's worker has its outcome
         self.submitted_at = time.time()
         self.started_at: float | None = None
         self.ended_at: float | None = None
@@ -148,7 +133,8 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
 
     # -- the supervisor's side (its thread, or a caller's thread under the pool's lock) --------
     # The only writers of a handle's state: the supervisor calls these, nobody else
-    # sets a handle's fields or Future's own.
+    # sets a handle's fields or Future's own. What the supervisor keeps of a job for
+    # itself (slot, worker, attempt, the pickled job) is in its JobRecord, not here.
     def _set_running(self) -> None:
         """The worker reported the job started (again, for a retried job)."""
         self._status = OperationStatus.RUNNING
@@ -156,24 +142,15 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         if self._state == _PENDING:  # Future's transition once, not again on a retry
             self.set_running_or_notify_cancel()
 
-    def _placed(self, slot: SlotRef, worker: int) -> None:
-        """The job was sent to worker ``worker`` with token slot ``slot``."""
-        self._slot = slot
-        self._worker = worker
-
     def _requeue(self) -> None:
-        """Its worker died: back to the queue for a new attempt, from the start."""
-        self._slot = None
-        self._worker = None
+        """Its worker died: queued again for a new attempt, from the start."""
         self._status = OperationStatus.PENDING
-        self._attempts += 1  # the old attempt's timers no longer apply
-        self._checkpoint = None
         self._partial = None
         self.started_at = None
 
-    def _set_checkpoint(self, partial: bytes | None) -> None:
-        """The last partial result the job checkpointed (pickled)."""
-        self._checkpoint = partial
+    def _belongs_to(self, owner: object) -> bool:
+        """Whether ``owner`` (a supervisor) made this handle."""
+        return self._owner is owner
 
     def _set_partial(self, partial: Any) -> None:
         """The partial result its outcome will carry."""
@@ -187,13 +164,6 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         """Record why the job is (being) cancelled."""
         self._cancel_reason = reason
         self._cancel_message = message
-
-    def _claim_parent_notice(self) -> bool:
-        """True once: whether the parent job's worker is still to hear the outcome."""
-        if self._remote is None or self._told_parent:
-            return False
-        self._told_parent = True
-        return True
 
     def _stamp_end(self) -> None:
         """The time the outcome arrived (before it is unpickled)."""
@@ -218,6 +188,16 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
     def partial_result(self) -> Any:
         """The partial result a cancelled job recorded, else None."""
         return self._partial
+
+    @property
+    def cancel_reason(self) -> CancelationReason | None:
+        """Why the job is (being) cancelled, once it is; else None."""
+        return self._cancel_reason
+
+    @property
+    def cancel_message(self) -> str | None:
+        """The message of its cancellation, once it is cancelled; else None."""
+        return self._cancel_message
 
     @property
     def context(self) -> OperationContext:

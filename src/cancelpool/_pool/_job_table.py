@@ -1,4 +1,9 @@
-"""``JobTable``: the jobs of one pool, as the supervisor keeps them.
+"""``JobRecord`` and ``JobTable``: the jobs of one pool, as the supervisor keeps them.
+
+A job is two objects, as in ``concurrent.futures`` (a ``Future`` and the executor's
+work item): its :class:`JobHandle`, the caller's view, written only through the
+handle's own methods; and its :class:`JobRecord`, the supervisor's own (what the
+workers are sent, where it runs, which attempt, its family), which no caller sees.
 
 Live jobs by id, the queue of those waiting for a worker, the recent history, each
 job's live children, the child jobs by the worker request that made them, and the
@@ -11,10 +16,81 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core._enums import OperationStatus
 from ._handle import JobHandle
+
+if TYPE_CHECKING:
+    from ..shm import SlotRef
+
+
+class JobRecord:
+    """The supervisor's side of one job (read and written under the pool's lock)."""
+
+    __slots__ = (
+        "args",
+        "attempts",
+        "checkpoint",
+        "fn",
+        "handle",
+        "id",
+        "is_async",
+        "parent",
+        "remote",
+        "slot",
+        "told_parent",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        handle: JobHandle[Any],
+        parent: JobRecord | None,
+        fn: bytes,
+        args: bytes,
+        is_async: bool,
+        remote: tuple[int, int, int] | None,
+    ) -> None:
+        self.handle = handle
+        self.id = handle.id
+        #: The parent job's record (a child job), kept after the parent ends.
+        self.parent = parent
+        #: The job as the workers get it: pickled function and arguments.
+        self.fn = fn
+        self.args = args
+        self.is_async = is_async
+        #: A child job: its parent's worker index, pid and request number.
+        self.remote = remote
+        #: Its token slot and worker index while placed on a worker, else None.
+        self.slot: SlotRef | None = None
+        self.worker: int | None = None
+        #: Which run this is (1, then 2 after a retry): a timer of an older one is stale.
+        self.attempts = 1
+        #: The last partial result the job checkpointed (pickled).
+        self.checkpoint: bytes | None = None
+        #: The parent job's worker has been told how this one ended.
+        self.told_parent = False
+
+    def placed(self, slot: SlotRef, worker: int) -> None:
+        """The job was sent to worker ``worker`` with token slot ``slot``."""
+        self.slot = slot
+        self.worker = worker
+
+    def requeue(self) -> None:
+        """Its worker died: back to the queue for a new attempt, from the start."""
+        self.slot = None
+        self.worker = None
+        self.attempts += 1  # the old attempt's timers no longer apply
+        self.checkpoint = None
+        self.handle._requeue()
+
+    def claim_parent_notice(self) -> bool:
+        """True once: whether the parent job's worker is still to hear the outcome."""
+        if self.remote is None or self.told_parent:
+            return False
+        self.told_parent = True
+        return True
 
 
 class JobTable:
@@ -26,12 +102,12 @@ class JobTable:
 
     def __init__(self, history: int) -> None:
         #: Live jobs by id: registered and not yet retired (queued or in a worker).
-        self.live: dict[int, JobHandle[Any]] = {}
+        self.live: dict[int, JobRecord] = {}
         #: Jobs waiting for a worker, in order (the dispatcher takes from the left).
-        self.queued: deque[JobHandle[Any]] = deque()
+        self.queued: deque[JobRecord] = deque()
         self._history: deque[JobHandle[Any]] = deque(maxlen=history)
-        self._children: dict[int, list[JobHandle[Any]]] = {}
-        self._requests: dict[tuple[int, int, int], JobHandle[Any]] = {}
+        self._children: dict[int, list[JobRecord]] = {}
+        self._requests: dict[tuple[int, int, int], JobRecord] = {}
         self._ids = itertools.count(1)
         self.submitted = 0
         self._ended = {
@@ -45,36 +121,36 @@ class JobTable:
         """A new job id (ids are never reused within a pool)."""
         return next(self._ids)
 
-    def register(self, handle: JobHandle[Any]) -> None:
+    def register(self, job: JobRecord) -> None:
         """Count a new job as live (and, for a child job, as its worker's request)."""
-        self.live[handle.id] = handle
+        self.live[job.id] = job
         self.submitted += 1
-        if handle._remote is not None:
-            self._requests[handle._remote] = handle
+        if job.remote is not None:
+            self._requests[job.remote] = job
 
-    def adopt(self, parent: JobHandle[Any], child: JobHandle[Any]) -> None:
+    def adopt(self, parent: JobRecord, child: JobRecord) -> None:
         """Record ``child`` as a live child of ``parent`` (cancelled when it ends)."""
         self._children.setdefault(parent.id, []).append(child)
 
-    def retire(self, handle: JobHandle[Any]) -> bool:
+    def retire(self, job: JobRecord) -> bool:
         """Forget a live job: unlink it from its family, move it to the history.
 
         Returns True when no live job is left.
         """
-        self.live.pop(handle.id, None)
-        parent = handle.parent
+        self.live.pop(job.id, None)
+        parent = job.parent
         if parent is not None:
             siblings = self._children.get(parent.id)
             if siblings is not None:
                 try:
-                    siblings.remove(handle)
+                    siblings.remove(job)
                 except ValueError:
                     pass
                 if not siblings:
                     del self._children[parent.id]
-        if handle._remote is not None:
-            self._requests.pop(handle._remote, None)
-        self._history.append(handle)
+        if job.remote is not None:
+            self._requests.pop(job.remote, None)
+        self._history.append(job.handle)
         return not self.live
 
     def count_end(self, status: OperationStatus) -> None:
@@ -86,26 +162,32 @@ class JobTable:
         """Whether job ``job_id`` has live children."""
         return job_id in self._children
 
-    def children_of(self, job_id: int) -> list[JobHandle[Any]]:
+    def children_of(self, job_id: int) -> list[JobRecord]:
         """The live children of job ``job_id`` (a copy)."""
         return list(self._children.get(job_id, ()))
 
-    def by_request(self, key: tuple[int, int, int]) -> JobHandle[Any] | None:
+    def by_request(self, key: tuple[int, int, int]) -> JobRecord | None:
         """The child job a worker asked for: (worker index, pid, request number)."""
         return self._requests.get(key)
 
     def find(self, job_id: int) -> JobHandle[Any] | None:
         """A live job, or a finished one still in the history, by id."""
-        handle = self.live.get(job_id)
-        if handle is None:
+        job = self.live.get(job_id)
+        if job is None:
             for old in self._history:
                 if old.id == job_id:
                     return old
-        return handle
+            return None
+        return job.handle
+
+    def of(self, handle: JobHandle[Any]) -> JobRecord | None:
+        """The record of a live job, from its handle."""
+        job = self.live.get(handle.id)
+        return job if job is not None and job.handle is handle else None
 
     def every(self) -> list[JobHandle[Any]]:
         """The finished jobs still in the history, then the live ones."""
-        return list(self._history) + list(self.live.values())
+        return list(self._history) + [job.handle for job in self.live.values()]
 
     def select(
         self,
@@ -113,21 +195,23 @@ class JobTable:
         status: OperationStatus | None = None,
         *,
         queued_only: bool = False,
-    ) -> list[JobHandle[Any]]:
+    ) -> list[JobRecord]:
         """Live jobs not already being cancelled, whose name ``match`` accepts and whose
         status is ``status`` (None: any); only the queued ones with ``queued_only``."""
         return [
-            handle
-            for handle in self.live.values()
-            if handle._cancel_reason is None
+            job
+            for job in self.live.values()
+            if (handle := job.handle).cancel_reason is None
             and (match is None or (handle.name is not None and match(handle.name)))
-            and (status is None or handle._status is status)
-            and (not queued_only or handle._slot is None)
+            and (status is None or handle.status is status)
+            and (not queued_only or job.slot is None)
         ]
 
     def counters(self) -> tuple[int, int, int, int, int]:
         """(submitted, running, completed, cancelled, failed)."""
-        running = sum(1 for h in self.live.values() if h._status is OperationStatus.RUNNING)
+        running = sum(
+            1 for job in self.live.values() if job.handle.status is OperationStatus.RUNNING
+        )
         ended = self._ended
         return (
             self.submitted,

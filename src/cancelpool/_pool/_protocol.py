@@ -165,8 +165,11 @@ class LoopResumed(msgspec.Struct, tag=18, array_like=True, frozen=True):
 
 
 class BellHeard(msgspec.Struct, tag=19, array_like=True, frozen=True):
-    """The worker's loop drained its doorbell: the cancellations rung so far reached
-    it (sent only with a watchdog: a forced stop then knows the loop is not blocked)."""
+    """The worker's loop drained its doorbell: ``count`` rings in all since the worker
+    started (sent only with a watchdog: a forced stop then knows whether the loop
+    heard the ring that cancelled its job; see ``_loop_state``)."""
+
+    count: int
 
 
 ToWorker = Run | Stop | Warm | ChildAccepted | ChildRefused | ChildOutcome | ChildProgress

@@ -107,6 +107,7 @@ class Worker:
         self.loop_block_threshold = loop_block_threshold
         self.watchdog: LoopWatchdog | None = None
         self.bell_heard = False  # a BellHeard is owed to the supervisor
+        self.rings_heard = 0  # doorbell rings drained since this process started
         self.reader = proto.FrameReader()
         self.stopping = False
         self.finished: asyncio.Event | None = None
@@ -441,8 +442,9 @@ class Worker:
 
     # -- doorbell --------------------------------------------------------------------------
     def _on_bell(self) -> None:
-        self.bell.drain()
+        rings = self.bell.drain()
         if self.watchdog is not None:
+            self.rings_heard += rings
             self.watchdog.heard_bell()
             # Said with the next frame (or at the next heartbeat): a write of its own
             # would delay the cancellation it is about.
@@ -472,7 +474,7 @@ class Worker:
             self.pending[:0] = started
         if self.bell_heard:
             self.bell_heard = False
-            self.pending.append(_BELL_HEARD)
+            self.pending.append(proto.BellHeard(self.rings_heard))
         if not self.pending:
             return
         data = _frame(self.pending)
@@ -506,9 +508,6 @@ class Worker:
             if not self.write_buffer:
                 assert self.loop is not None
                 self.loop.remove_writer(self.out_fd)
-
-
-_BELL_HEARD = proto.BellHeard()
 
 
 def _frame(messages: list[Any]) -> bytes:

@@ -18,9 +18,12 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ..shm import Doorbell, TokenTable
 from . import _protocol as proto
 from . import _worker_process
+from ._loop_state import LoopState
 from ._wakeup import Wakeup
 
 if TYPE_CHECKING:
@@ -32,6 +35,12 @@ logger = logging.getLogger("cancelpool")
 
 #: How long shutdown waits for a worker to exit after asking it to, before killing it.
 WORKER_EXIT_GRACE = 5.0
+#: Minimum seconds between two RSS readings of one worker (``max_memory_per_worker``):
+#: a reading costs tens of microseconds, so not after every job.
+MEMORY_CHECK_INTERVAL = 0.2
+#: Bytes asked for per read of a worker's outbox: a pipe's capacity. os.read allocates
+#: the whole size before it shrinks the result, so a larger ask costs every small read.
+_READ_SIZE = 1 << 16
 
 
 class WorkerProc:
@@ -59,15 +68,8 @@ class WorkerProc:
         self.retiring = False
         self.exclusive = False
         self.forced_for: int | None = None
-        # The watchdog's report while this worker's loop is blocked (None otherwise),
-        # and when (monotonic) the block began.
-        self.blocked: proto.LoopBlocked | None = None
-        self.blocked_since = 0.0
-        # When (monotonic) the supervisor last rang this worker's doorbell, and last
-        # heard that its loop drained it; jobs whose forced stop waited for a verdict.
-        self.rung_at = 0.0
-        self.heard_at = 0.0
-        self.verdicts: set[int] = set()
+        # What the supervisor knows of this process's event loop (a new one per process).
+        self.loop = LoopState()
 
     def accepts(self, concurrency: int, max_tasks: int | None) -> bool:
         """Whether new jobs may be sent to this worker now."""
@@ -102,6 +104,7 @@ class WorkerSet:
         self._use_uvloop = settings.use_uvloop
         self._concurrency = settings.concurrency
         self._max_tasks = settings.max_tasks_per_child
+        self._max_memory = settings.max_memory_per_worker
         self._lock = lock
         self._wakeup = wakeup
         self._running = running  # whether the pool still runs: spares start only then
@@ -168,9 +171,7 @@ class WorkerSet:
         proc.retiring = False
         proc.exclusive = False
         proc.forced_for = None
-        proc.blocked = None
-        proc.rung_at = proc.heard_at = 0.0
-        proc.verdicts = set()
+        proc.loop = LoopState()
 
     def bury(self, proc: WorkerProc) -> None:
         """Release everything of a worker process that has exited."""
@@ -243,6 +244,16 @@ class WorkerSet:
             self.post(spare, proto.Warm([function]))
         self.send_posts()
 
+    def kill_now(self, *, forced: bool = False) -> None:
+        """Kill every live worker and spare (lock held), without waiting; their deaths
+        are handled as they come. ``forced``: as a forced stop that blames no job
+        (``terminate()``)."""
+        for proc in (*self.procs, *self.spares):
+            if proc.alive and proc.process is not None and proc.process.exitcode is None:
+                if forced:
+                    proc.forced_for = proc.forced_for or 0
+                proc.process.kill()
+
     def kill_all(self) -> None:
         for proc in self.spares:
             if proc.process is not None and proc.process.exitcode is None:
@@ -260,6 +271,53 @@ class WorkerSet:
                 process.kill()
             process.join(WORKER_EXIT_GRACE)
             self.bury(proc)
+
+    # -- reading from workers ----------------------------------------------------------------
+    def read(self, proc: WorkerProc) -> list[Any]:
+        """The messages a worker has written since the last read (without blocking).
+
+        A worker that writes nonsense cannot be trusted with its jobs: it is killed,
+        and its death is handled like a crash (its jobs fail, or run again).
+        """
+        chunks = []
+        while True:
+            try:
+                data = os.read(proc.out_fd, _READ_SIZE)
+            except OSError:  # BlockingIOError included: nothing more for now
+                break
+            if not data:
+                break
+            chunks.append(data)
+            if len(data) < _READ_SIZE:
+                break
+        messages: list[Any] = []
+        if not chunks:
+            return messages
+        try:
+            for payload in proc.reader.feed(b"".join(chunks)):
+                messages.extend(proto.from_worker_decoder.decode(payload))
+        except (ValueError, msgspec.DecodeError):
+            logger.exception("cancelpool: garbled data from worker %s; killing it", proc.pid)
+            if proc.process is not None:
+                proc.process.kill()
+        return messages
+
+    def jobs_ended(self, proc: WorkerProc, count: int) -> None:
+        """``count`` jobs of ``proc`` ended (lock held): a worker past
+        ``max_tasks_per_child`` or ``max_memory_per_worker`` is retired, asked to stop
+        once its last job ends (its death then starts a replacement)."""
+        proc.tasks += count
+        if self._max_tasks is not None and proc.tasks >= self._max_tasks:
+            proc.retiring = True
+        if self._max_memory is not None and proc.pid is not None:
+            now = time.monotonic()
+            if now - proc.memory_checked >= MEMORY_CHECK_INTERVAL:
+                proc.memory_checked = now
+                if _rss(proc.pid) > self._max_memory:
+                    proc.retiring = True
+        if proc.retiring and not proc.inflight and not proc.stop_sent:
+            proc.stop_sent = True
+            self.post(proc, proto.Stop())
 
     # -- writing to workers ------------------------------------------------------------------
     def write(self, proc: WorkerProc, data: bytes) -> None:
@@ -318,3 +376,12 @@ class WorkerSet:
             if best is None or len(proc.inflight) < len(best.inflight):
                 best = proc
         return best
+
+
+def _rss(pid: int) -> int:
+    import psutil
+
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return 0

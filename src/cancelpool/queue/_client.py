@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -187,7 +188,7 @@ class Queue:
         /,
         *args: Any,
         name: str | None = None,
-        timeout: float | None = None,
+        timeout: float | timedelta | None = None,
         priority: int = 0,
         parent: int | None = None,
         **kwargs: Any,
@@ -197,7 +198,8 @@ class Queue:
         Args:
             task: import path ``package.module:function`` of an async or plain function.
             name: a label for ``cancel_all(name_pattern=...)`` (letters, digits, ``_.:@/+=,-``).
-            timeout: seconds the job may run once started; then it is cancelled.
+            timeout: seconds (or a timedelta, at most a year) the job may run once
+                started; then it is cancelled.
             priority: higher runs first; equal priorities run in submission order.
             parent: id of a parent job: cancelling it cancels this one too.
 
@@ -219,7 +221,7 @@ class Queue:
         args: list[Any],
         kwargs: dict[str, Any],
         name: str | None,
-        timeout: float | None,
+        timeout: float | timedelta | None,
         priority: int,
         parent: int | None,
     ) -> int:
@@ -390,9 +392,7 @@ class Queue:
         servers = self.live_servers(refresh=True)
         allowing = [info for info in servers if task_allowed(job.task, info.allow)]
         where = f"the queue {self._store.display}"
-        db_arg = (
-            shlex.quote(self._store.display) if self._store.kind == "sqlite" else "URL"
-        )
+        db_arg = shlex.quote(self._store.display) if self._store.kind == "sqlite" else "URL"
         start = (
             f"start one: cancelpool serve --db {db_arg} "
             f"--allow {shlex.quote(_module_of(job.task) + ':*')}"

@@ -1,0 +1,149 @@
+"""Resolving handles: the one place a job's outcome is written to its handle.
+
+Called by the supervisor outside the pool's lock (a done callback or an unpickled
+result runs the job's own code, which may take as long as it likes or raise anything),
+and by caller threads for jobs cancelled while still queued. Before a handle resolves,
+the end is counted and its ``progress()`` streams are closed (under the lock); a job
+that another job submitted tells that parent's worker how it ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .._core._enums import CancelationReason, OperationStatus
+from .._core._exceptions import JobCancelled, PoolError
+from . import _protocol as proto
+from ._payload import dump_error, dump_partial, load_error, load_partial, rewrap
+
+if TYPE_CHECKING:
+    from ._job_table import JobRecord, JobTable
+    from ._worker_set import WorkerSet
+
+logger = logging.getLogger("cancelpool")
+
+
+class Resolver:
+    """Writes outcomes to handles: completed, failed or cancelled."""
+
+    def __init__(self, lock: threading.RLock, jobs: JobTable, workers: WorkerSet) -> None:
+        self._lock = lock
+        self._jobs = jobs
+        self._workers = workers
+
+    def finished(self, job: JobRecord, message: Any) -> None:
+        """Resolve a job from the worker's last word on it (``Done``, ``Failed`` or
+        ``Cancelled``); whatever goes wrong doing it fails that job only.
+
+        Unpickling a result runs the job's code (``__setstate__``, ``__reduce__``) in
+        this thread, and a done callback may raise anything: a ``SystemExit`` there
+        must not kill the supervisor and leave the handle unresolved for ever.
+        """
+        try:
+            self._finished(job, message)
+        except BaseException as exc:
+            if job.handle.done():  # resolved; a done callback raised
+                logger.exception("cancelpool: a done callback of job %s failed", job.id)
+                return
+            error = PoolError(f"job {job.id} ended, but its outcome could not be read: {exc!r}")
+            error.__cause__ = exc
+            try:
+                self.failed(job, error)
+            except BaseException:
+                logger.exception("cancelpool: a done callback of job %s failed", job.id)
+
+    def _finished(self, job: JobRecord, message: Any) -> None:
+        handle = job.handle
+        handle._stamp_end()
+        kind = type(message)
+        if kind is proto.Done:
+            try:
+                result = pickle.loads(message.result)
+            except BaseException as exc:  # SystemExit from a __setstate__ included
+                error = rewrap(exc, f"the result of job {job.id} could not be unpickled: {exc!r}")
+                self.failed(job, error)
+                return
+            self._close(job, OperationStatus.COMPLETED)
+            handle.set_result(result)
+        elif kind is proto.Failed:
+            self.failed(job, load_error(message.error, message.traceback, job.id))
+        else:
+            handle._set_partial(load_partial(message.partial))
+            reason = CancelationReason(message.reason)
+            if handle.cancel_reason is None or reason is not handle.cancel_reason:
+                handle._mark_cancelled(reason, message.message)
+            self.cancelled(job)
+
+    def failed(self, job: JobRecord, error: BaseException) -> None:
+        """Resolve a job with ``error``."""
+        if job.remote is not None and not job.told_parent:
+            outcome = proto.Failed(job.id, dump_error(error), "")
+            with self._lock:
+                self.tell_parent(job, outcome)
+                self._workers.send_posts()
+        self._close(job, OperationStatus.FAILED)
+        job.handle.set_exception(error)
+
+    def cancelled(self, job: JobRecord, *, forced: bool = False) -> None:
+        """Resolve a job with :class:`JobCancelled` (its reason, message and partial
+        result as marked on the handle); ``forced``: its worker was killed to end it."""
+        handle = job.handle
+        reason = handle.cancel_reason or CancelationReason.MANUAL
+        message = handle.cancel_message or f"job {job.id} was cancelled ({reason.value})"
+        if job.remote is not None and not job.told_parent:
+            partial = dump_partial(handle.partial_result)
+            outcome = proto.Cancelled(job.id, reason.value, message, partial, False)
+            with self._lock:
+                self.tell_parent(job, outcome)
+                self._workers.send_posts()
+        self._close(job, OperationStatus.CANCELLED)
+        error = JobCancelled(
+            reason,
+            message,
+            None,
+            job_id=str(job.id),
+            partial_result=handle.partial_result,
+            forced=forced,
+        )
+        handle.set_exception(error)
+
+    def broken(self, job: JobRecord, error: BaseException) -> None:
+        """Resolve a job of a pool that cannot go on; never raises."""
+        handle = job.handle
+        if handle.done():
+            return
+        try:
+            self._close(job, OperationStatus.FAILED)
+        except BaseException:
+            pass
+        if not handle.done():
+            try:
+                handle.set_exception(error)
+            except BaseException:  # a done callback: the handle is resolved anyway
+                logger.exception("cancelpool: a done callback of job %s failed", job.id)
+
+    def tell_parent(self, job: JobRecord, outcome: Any) -> None:
+        """If a job submitted this one, post it the outcome (lock held), once."""
+        remote = job.remote
+        if remote is None or not job.claim_parent_notice():
+            return
+        target = self._workers.procs[remote[0]]
+        # Only to the very process that asked: a replacement worker in the same place
+        # counts its requests from 1 again.
+        if target.alive and target.pid == remote[1]:
+            self._workers.post(target, proto.ChildOutcome(remote[2], outcome))
+
+    def _close(self, job: JobRecord, status: OperationStatus) -> None:
+        """Record how a job ended and end its progress() streams (before it resolves).
+
+        Under the lock: caller threads resolve queued jobs too, counters must add up,
+        and a progress() starting now must see that the stream has ended.
+        """
+        with self._lock:
+            self._jobs.count_end(status)
+            feeds = job.handle._close(status)
+        for feed in feeds:
+            feed.push(None)
