@@ -19,17 +19,18 @@ sys.path.insert(0, str(HERE))
 
 import _ours  # noqa: E402 - after the path is set
 
-THRESHOLDS = {"on": None, "off": "none", "slow": 10.0}
+# The loop_block_threshold each mode builds pools with; "on" keeps the default.
+THRESHOLDS: dict[str, float | None] = {"off": None, "slow": 10.0}
+MODES = ("on", *THRESHOLDS)
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in THRESHOLDS:
+    if len(sys.argv) < 2 or sys.argv[1] not in MODES:
         raise SystemExit("usage: ab_watchdog.py on|off|slow [bench_pool.py options]")
     mode = sys.argv.pop(1)
-    if mode != "on":
-        threshold = None if mode == "off" else THRESHOLDS[mode]
+    if mode in THRESHOLDS:
         _ours.CancelPool = functools.partial(  # type: ignore[misc]
-            _ours.CancelPool, loop_block_threshold=threshold
+            _ours.CancelPool, loop_block_threshold=THRESHOLDS[mode]
         )
     sys.argv[0] = str(HERE / "bench_pool.py")
     runpy.run_path(str(HERE / "bench_pool.py"), run_name="__main__")

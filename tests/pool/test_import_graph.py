@@ -90,3 +90,49 @@ def test_the_worker_side_imports_nothing_of_the_caller_side() -> None:
         reached.add(module)
         todo.extend(graph.get(module, ()))
     assert not reached & CALLER_SIDE, sorted(reached & CALLER_SIDE)
+
+
+def _handle_fields() -> set[str]:
+    """The private fields a JobHandle sets in ``__init__`` (Future's among them)."""
+    tree = ast.parse((PACKAGE / "_pool" / "_handle.py").read_text())
+    handle = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "JobHandle")
+    init = next(n for n in handle.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    fields: set[str] = set()
+    for node in ast.walk(init):
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            if (
+                isinstance(target, ast.Attribute)
+                and isinstance(target.value, ast.Name)
+                and target.value.id == "self"
+                and target.attr.startswith("_")
+            ):
+                fields.add(target.attr)
+    return fields
+
+
+def test_no_module_reads_a_handles_private_fields() -> None:
+    # A JobHandle is the caller's Future: the supervisor changes it only through the
+    # methods it declares for that (as an executor calls Future.set_result), never by
+    # reaching into its fields or Future's.
+    fields = _handle_fields()
+    assert {"_state", "_condition", "_owner", "_partial"} <= fields, sorted(fields)
+    # Every module that holds handles: the caller's side of the pool, the queue's
+    # server and client, the dashboard and the CLI.
+    holders = [PACKAGE / (module.replace(".", "/") + ".py") for module in CALLER_SIDE]
+    holders += [*PACKAGE.glob("queue/*.py"), *PACKAGE.glob("web/*.py"), PACKAGE / "cli.py"]
+    reaches: list[str] = []
+    for path in sorted(holders):
+        if path == PACKAGE / "_pool" / "_handle.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in fields
+                and not (isinstance(node.value, ast.Name) and node.value.id in {"self", "cls"})
+            ):
+                where = path.relative_to(PACKAGE)
+                reaches.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
+    assert not reaches, "\n".join(reaches)

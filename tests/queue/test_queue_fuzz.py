@@ -148,12 +148,19 @@ def run_cli(
     )
 
 
+# ESC, BEL, CSI, and the right-to-left override that reorders what follows it.
+TERMINAL_CONTROLS = {"\x1b", "\x07", "\x9b", "\u202e"}
+
+
 def check_run(db: Path, argv: list[str], allowed: set[int], stdin: str | None = None) -> int:
     before = _dump(db)
     out = run_cli(db, argv, stdin)
     err = out.stderr.decode(errors="replace")
     assert out.returncode in allowed, (argv, out.returncode, err)
     assert "Traceback" not in err, (argv, err)
+    # What a submitter typed is echoed escaped: no terminal control reaches the screen.
+    shown = err + out.stdout.decode(errors="replace")
+    assert not set(shown) & TERMINAL_CONTROLS, (argv, shown)
     if out.returncode in (1, 2, 3):
         assert "Error: " in err, (argv, err)  # a sentence, not silence
     if out.returncode != 0:  # an error, or result's report of a job that did not complete
