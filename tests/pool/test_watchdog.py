@@ -10,7 +10,9 @@ the other bystanders end with ``WorkerKilled`` naming the blocker, partial resul
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 
@@ -18,6 +20,8 @@ import pytest
 
 from _handshake import BACKSTOP, Gate, start_running
 from cancelpool import CancelPool, JobCancelled, WorkerKilled, WorkerLost
+from cancelpool._pool import _protocol as proto
+from cancelpool._pool._watchdog import LoopWatchdog
 
 from . import _blocking_jobs, _jobs
 from .test_pool_workers import START_METHODS
@@ -82,10 +86,12 @@ def _blocked_log(job: int) -> Callable[[str], bool]:
     return lambda message: f"job {job} " in message and "has blocked the event loop" in message
 
 
+# asyncio's loop is watched around its selector, uvloop's by a heartbeat timer.
+@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
 def test_a_job_computing_without_awaiting_is_reported_with_its_stack(
-    gate: Gate, log: LogWatch
+    gate: Gate, log: LogWatch, use_uvloop: bool
 ) -> None:
-    with CancelPool(workers=1, loop_block_threshold=0.2) as pool:
+    with CancelPool(workers=1, loop_block_threshold=0.2, use_uvloop=use_uvloop) as pool:
         spinner = pool.submit(_blocking_jobs.spin_until_released, gate.path)
         [arrival] = gate.wait(1)
         message = log.wait_for(_blocked_log(spinner.id), "the spinner's block")
@@ -235,3 +241,43 @@ def test_a_block_in_a_task_the_job_started_is_reported_without_a_job(
         gate.release(arrival)
         assert job.result(BACKSTOP) == "released"
         assert job.blocked_stack is None
+
+
+def test_an_idle_asyncio_loop_is_not_blocked_and_gets_no_timer() -> None:
+    # An asyncio loop's turns are counted around its selector: the watchdog adds no
+    # timer (a periodic one makes the loop's other timers late), and a loop waiting
+    # for events far longer than the threshold is idle, not blocked. Then a real block
+    # of the loop thread is reported, and its end.
+    sent: list[object] = []
+    reported = threading.Event()
+
+    def send(message: object) -> None:
+        sent.append(message)
+        if isinstance(message, proto.LoopResumed):
+            reported.set()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        bell, ring = os.pipe()
+        dog = LoopWatchdog(loop, 0.05, bell, lambda task: None, main.__code__, send)
+        try:
+            dog.start()
+            assert not loop._scheduled  # type: ignore[attr-defined]
+            idle = loop.create_future()
+            # Idle for 10 thresholds: no event, no turn, no report.
+            timer = threading.Timer(0.5, loop.call_soon_threadsafe, (idle.set_result, None))
+            timer.start()
+            turns = dog.turns
+            await idle
+            assert dog.turns - turns <= 2, "the loop turned while it had nothing to do"
+            assert sent == []
+            threading.Event().wait(0.3)  # the loop thread blocked, as a job's CPU work
+            await loop.run_in_executor(None, reported.wait, BACKSTOP)
+        finally:
+            dog.stop()
+            os.close(bell)
+            os.close(ring)
+
+    asyncio.run(main())
+    assert [type(m) for m in sent] == [proto.LoopBlocked, proto.LoopResumed]
+    assert sent[0].job is None  # the loop ran no job's task

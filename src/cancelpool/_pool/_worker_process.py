@@ -107,6 +107,7 @@ class Worker:
         self.loop_block_threshold = loop_block_threshold
         self.watchdog: LoopWatchdog | None = None
         self.bell_heard = False  # a BellHeard is owed to the supervisor
+        self.bell_timer_armed = False  # _say_bell_heard is due
         self.rings_heard = 0  # doorbell rings drained since this process started
         self.reader = proto.FrameReader()
         self.stopping = False
@@ -139,7 +140,6 @@ class Worker:
                 self._job_of_task,
                 Worker._run.__code__,
                 self.send_now,
-                self._on_beat,
             )
             self.watchdog.start()
         await self.finished.wait()
@@ -387,11 +387,12 @@ class Worker:
             assert self.loop is not None
             self.loop.call_soon_threadsafe(self._send, message)
 
-    def _on_beat(self) -> None:
-        if self.bell_heard and not self.flush_scheduled:
-            self.flush_scheduled = True
-            assert self.loop is not None
-            self.loop.call_soon(self._flush)
+    def _say_bell_heard(self) -> None:
+        # A ring's BellHeard that no frame has carried yet: sent on its own, a step
+        # after the ring (the cancellation it is about has had its turns by then).
+        self.bell_timer_armed = False
+        if self.bell_heard:
+            self._flush()
 
     def _job_of_task(self, task: asyncio.Task[Any] | None) -> int | None:
         """The job whose own task ``task`` is (called from the watchdog thread; the
@@ -446,9 +447,14 @@ class Worker:
         if self.watchdog is not None:
             self.rings_heard += rings
             self.watchdog.heard_bell()
-            # Said with the next frame (or at the next heartbeat): a write of its own
-            # would delay the cancellation it is about.
+            # Said with the next frame (or a step later, alone): a write of its own
+            # now would delay the cancellation it is about. A one-shot timer, armed by
+            # a ring only: a periodic one would make the loop's timers late.
             self.bell_heard = True
+            if not self.bell_timer_armed:
+                self.bell_timer_armed = True
+                assert self.loop is not None
+                self.loop.call_later(self.watchdog.step, self._say_bell_heard)
         for job in list(self.jobs.values()):
             job.token.sync_from_table()
 
