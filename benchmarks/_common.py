@@ -47,6 +47,9 @@ SECTIONS = (
     "timeout",  # timeout lateness
     "cancel_all",  # cancel_all(name_pattern) over 10,000 live jobs (cancelpool only)
     "progress",  # progress events per second (cancelpool only)
+    "scaling",  # throughput with each worker count of --workers (cancelpool, mp.Pool)
+    "cancel_all_growth",  # cancel_all cost per job at 1k, 10k, 100k live jobs
+    "memory",  # caller memory per queued job, 100k queued (cancelpool, PPE)
 )
 FAMILIES = ("peers", "cancelpool")
 
@@ -309,6 +312,7 @@ class BenchArgs:
     quick: bool = False
     json: Path | None = None
     only: frozenset[str] = field(default_factory=frozenset)
+    workers: tuple[int, ...] = (1, 2, 4, 8)
 
     def count(self, full: int, quick: int) -> int:
         """*full* normally, *quick* under ``--quick``."""
@@ -339,12 +343,24 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "") -> Benc
         metavar="NAME,...",
         help=f"sections {', '.join(SECTIONS)} and/or families {', '.join(FAMILIES)}",
     )
+    parser.add_argument(
+        "--workers",
+        default="1,2,4,8",
+        metavar="N,...",
+        help="worker counts of the scaling section (the other sections use 2)",
+    )
     ns = parser.parse_args(argv)
     only = frozenset(name.strip() for name in ns.only.split(",") if name.strip())
     unknown = only - set(SECTIONS) - set(FAMILIES)
     if unknown:
         parser.error(f"--only: unknown name(s) {', '.join(sorted(unknown))}")
-    return BenchArgs(quick=ns.quick, json=ns.json, only=only)
+    try:
+        workers = tuple(int(part) for part in ns.workers.split(",") if part.strip())
+    except ValueError:
+        workers = ()
+    if not workers or min(workers) < 1:
+        parser.error(f"--workers: a comma-separated list of counts >= 1, not {ns.workers!r}")
+    return BenchArgs(quick=ns.quick, json=ns.json, only=only, workers=workers)
 
 
 def require_shared_clock() -> None:
@@ -456,11 +472,14 @@ def run_meta(args: BenchArgs, seconds: float) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[dist] = None
     return {
+        "command": " ".join(["python", "benchmarks/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "quick": args.quick,
         "only": sorted(args.only),
+        "workers": list(args.workers),
         "seconds": round(seconds, 2),
         "versions": versions,
     }

@@ -469,10 +469,14 @@ def _stop_forkserver(was_running: bool) -> None:
         server._stop()
 
 
+def forkserver_running() -> bool:
+    """Whether multiprocessing's fork server runs already (then it is not ours to stop)."""
+    return getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None) is not None
+
+
 def rows(args: BenchArgs) -> list[Row]:
     """cancelpool's rows (see the module docstring)."""
-    server = multiprocessing.forkserver._forkserver
-    forkserver_was_running = getattr(server, "_forkserver_pid", None) is not None
+    forkserver_was_running = forkserver_running()
     out: list[Row] = []
     try:
         with tempfile.TemporaryDirectory(prefix="cancelpool-bench-") as tmp_name:

@@ -1,12 +1,14 @@
 """cancelpool against its peers and the physical floors, in one run, as one table.
 
     python benchmarks/bench_pool.py [--quick] [--json out.json] [--only NAME,...]
+                                    [--workers 1,2,4,8]
 
 Rows come from three places, in this order:
     floors      ``_floors.floor_rows(args)``   pipe / add_reader / CancelScope wake-ups
     peers       ``_peers.peer_rows(args)``     ProcessPoolExecutor, mp.Pool, loky, pebble,
                                                aiomultiprocess, anyio.to_process
     cancelpool  ``_ours.rows(args)``           written by the pool engineer; optional
+    growth      ``_growth.*_rows(args)``       workers, live jobs, queued jobs
 
 Each row may name a reference row of the same run; the table prints the ratio and
 checks the row's target (``_common.OURS`` lists cancelpool's). See benchmarks/README.md.
@@ -42,6 +44,27 @@ def cancelpool_rows(args: BenchArgs) -> list[Row]:
     # there pickle as ``_ours.fn`` and resolve in spawned workers too.
     ours = importlib.import_module("_ours")
     return list(ours.rows(args))
+
+
+def growth_rows(args: BenchArgs) -> list[Row]:
+    """How the costs grow (``_growth.py``): workers, live jobs, queued jobs."""
+    growth = importlib.import_module("_growth")
+    ours = importlib.import_module("_ours")
+    rows: list[Row] = []
+    was_running = ours.forkserver_running()
+    try:
+        for section, fn in (
+            ("scaling", growth.scaling_rows),
+            ("cancel_all_growth", growth.cancel_all_growth_rows),
+            ("memory", growth.memory_rows),
+        ):
+            if args.wants(section):
+                t0 = time.monotonic()
+                rows += fn(args)
+                print(f"  {section}: {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        ours._stop_forkserver(was_running)
+    return rows
 
 
 def _stop_resource_trackers() -> None:
@@ -86,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += peer_rows(args)
     if args.wants_family("cancelpool"):
         rows += cancelpool_rows(args)
+        rows += growth_rows(args)
     seconds = time.monotonic() - t0
 
     table = Table(rows)
