@@ -346,36 +346,41 @@ def _timeout_rows(args: BenchArgs, variant: str, use_uvloop: bool) -> list[Row]:
 # -------------------------------------------------------------------------- cancel_all
 
 
+def cancel_all_round(pool: CancelPool, n: int) -> tuple[float, float, tuple[float, float]]:
+    """Start ``n`` cancel_probe jobs (all must run at once), ``cancel_all`` them by
+    pattern; milliseconds until every handle resolved, until ``cancel_all()`` returned,
+    and when the first and the last job saw the cancellation."""
+    handles = [pool.submit(_jobs.cancel_probe, 100.0, name=f"user_{i % 100}_job") for i in range(n)]
+    all_done = _AllDone(handles)
+    deadline = time.monotonic() + _BACKSTOP_S * max(1, n // 10_000)
+    while pool.statistics().running < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"cancel_all: only {pool.statistics().running}/{n} ran")
+        time.sleep(0.01)
+    time.sleep(0.05)  # every job is in its await, every worker idle
+    t0 = now_ns()
+    count = pool.cancel_all(name_pattern="user_*")
+    t_call = now_ns()
+    t1 = all_done.wait("cancel_all")
+    if count != n:
+        raise RuntimeError(f"cancel_all: {count} of {n} jobs cancelled")
+    errors = [h.exception() for h in handles]
+    if not all(isinstance(e, JobCancelled) for e in errors):
+        raise RuntimeError("cancel_all: a handle did not end in JobCancelled")
+    seen = [e.partial_result - t0 for e in errors]  # type: ignore[union-attr]
+    return (t1 - t0) / 1e6, (t_call - t0) / 1e6, (min(seen) / 1e6, max(seen) / 1e6)
+
+
 def _cancel_all_rows(args: BenchArgs) -> list[Row]:
     times: list[float] = []
     call_ms: list[float] = []
     seen_ms: list[tuple[float, float]] = []
-    n = _CANCEL_ALL_JOBS
     with _pool(False, concurrency=_CANCEL_ALL_CONCURRENCY) as pool:
         for _ in range(args.count(3, 1)):
-            handles = [
-                pool.submit(_jobs.cancel_probe, 100.0, name=f"user_{i % 100}_job") for i in range(n)
-            ]
-            all_done = _AllDone(handles)
-            deadline = time.monotonic() + _BACKSTOP_S
-            while pool.statistics().running < n:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"cancel_all: only {pool.statistics().running}/{n} ran")
-                time.sleep(0.01)
-            time.sleep(0.05)  # every job is in its await, every worker idle
-            t0 = now_ns()
-            count = pool.cancel_all(name_pattern="user_*")
-            t_call = now_ns()
-            t1 = all_done.wait("cancel_all")
-            if count != n:
-                raise RuntimeError(f"cancel_all: {count} of {n} jobs cancelled")
-            errors = [h.exception() for h in handles]
-            if not all(isinstance(e, JobCancelled) for e in errors):
-                raise RuntimeError("cancel_all: a handle did not end in JobCancelled")
-            seen = [e.partial_result - t0 for e in errors]  # type: ignore[union-attr]
-            seen_ms.append((min(seen) / 1e6, max(seen) / 1e6))
-            times.append((t1 - t0) / 1e6)
-            call_ms.append((t_call - t0) / 1e6)
+            total, call, seen = cancel_all_round(pool, _CANCEL_ALL_JOBS)
+            times.append(total)
+            call_ms.append(call)
+            seen_ms.append(seen)
     rounds = ", ".join(f"{t:.0f}" for t in times)
     seen_txt = ", ".join(f"{a:.0f}-{b:.0f}" for a, b in seen_ms)
     calls = ", ".join(f"{c:.0f}" for c in call_ms)

@@ -830,15 +830,21 @@ class Cancelable:
             (OperationRegistry._instance or OperationRegistry.get_instance())._finish(self)
         if self._hooks:
             await self._run_hooks(event)
-        if pending is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
-            raise pending
-        if error is not None:
-            # A cancellation from an enclosing scope outranks ours: if one is pending,
-            # it leaves here untouched instead of our error.
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            raise error from (None if swallowed else exc)
-        if replaced is not None:
-            raise replaced
+        try:
+            if pending is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+                raise pending
+            if error is not None:
+                # A cancellation from an enclosing scope outranks ours: if one is
+                # pending, it leaves here untouched instead of our error.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                raise error from (None if swallowed else exc)
+            if replaced is not None:
+                raise replaced
+        finally:
+            # What leaves here must not stay in this frame's locals: its traceback holds
+            # the frame, a reference cycle per cancelled operation that only the cyclic
+            # GC frees (a cancel_all over 100k jobs spent seconds in full collections).
+            del pending, error, replaced, exc
         return False
 
     # -- reasons ---------------------------------------------------------------------------
