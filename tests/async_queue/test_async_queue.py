@@ -179,6 +179,8 @@ async def test_errors_are_the_queues(db: Any) -> None:
             await aq.list("no-such-status")
         with pytest.raises(InvalidJob):
             aq.watch(0)
+        with pytest.raises(InvalidJob, match="interval"):
+            aq.watch(1, interval=0)
         with pytest.raises(JobNotFound):
             async for _ in aq.watch(10**9):
                 pass

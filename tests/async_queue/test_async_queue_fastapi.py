@@ -126,6 +126,9 @@ async def test_an_invalid_argument_is_a_clean_error_response(db: Any) -> None:
 
         async with serve(app) as port:
             client = await send_request(port, "/bad")
-            body = await read_response(client)
+            try:
+                body = await read_response(client)
+            finally:
+                await client.aclose()
         assert b"refused" in body
         assert await aq.list() == []

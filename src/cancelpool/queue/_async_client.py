@@ -51,7 +51,7 @@ from ._client import (
     Queue,
     QueueStatistics,
 )
-from ._exceptions import JobNotFinished, JobNotFound, NoLiveServer, QueueError
+from ._exceptions import InvalidJob, JobNotFinished, JobNotFound, NoLiveServer, QueueError
 from ._model import JobRecord, JobStatus, check_job_id, check_pattern, check_seconds
 
 if TYPE_CHECKING:
@@ -349,14 +349,17 @@ class AsyncQueue:
         is a plain async iterator (no async generator to finalize): cancelling or
         leaving the loop leaves nothing behind.
 
-        Raises (from the first iteration):
-            JobNotFound: an id is unknown.
+        Raises:
+            InvalidJob: a bad id, pattern or interval (at once).
+            JobNotFound: an id is unknown (from the first iteration).
         """
         ids = tuple(check_job_id(job_id) for job_id in job_ids)
         if name_pattern is not None:
             check_pattern(name_pattern)
-        interval = check_seconds(interval, "interval") or 0.0
-        return _Watch(self, ids, name_pattern, interval)
+        seconds = check_seconds(interval, "interval")
+        if not seconds:
+            raise InvalidJob(f"interval must be seconds > 0, not {interval!r}")
+        return _Watch(self, ids, name_pattern, seconds)
 
 
 class _Watch:
