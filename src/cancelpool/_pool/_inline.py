@@ -344,7 +344,10 @@ class InlineSupervisor:
         cancel_grace: float | None,
     ) -> JobHandle[Any]:
         """Register a job (already pickled and validated) and queue it."""
-        job = self._new_job(fn, args, is_async, name, timeout, metadata, parent, cancel_grace)
+        # retries: kept on the handle; no worker dies here to use them.
+        job = self._new_job(
+            fn, args, is_async, name, timeout, metadata, parent, cancel_grace, retries=retries
+        )
         self._call_in_loop(self._dispatch)
         return job.handle
 
@@ -359,6 +362,7 @@ class InlineSupervisor:
         parent: JobHandle[Any] | None,
         cancel_grace: float | None,
         request: int | None = None,
+        retries: int = 0,
     ) -> _Job:
         with self._lock:
             if self._state != "running":
@@ -366,7 +370,14 @@ class InlineSupervisor:
             # The handle needs of its owner only _results, _lock and cancel_job.
             owner = cast("Supervisor", self)
             handle: JobHandle[Any] = JobHandle(
-                owner, next(self._ids), name, timeout, metadata, parent, cancel_grace=cancel_grace
+                owner,
+                next(self._ids),
+                name,
+                timeout,
+                metadata,
+                parent,
+                retries=retries,
+                cancel_grace=cancel_grace,
             )
             parent_job = None if parent is None else self._live.get(parent.id)
             slots = 1 if is_async else self._settings.concurrency
