@@ -15,7 +15,7 @@ INIT = Path(cancelpool.__file__)
 # The double-l spellings some seed documents use, and the objects they must name.
 # Names loaded on first use by the package's __getattr__ (they pull in sqlite3), and the
 # public module they live in.
-LAZY = {"Queue": "cancelpool.queue"}
+LAZY = {"AsyncQueue": "cancelpool", "Queue": "cancelpool.queue"}
 
 DOUBLE_L_ALIASES = {
     "Cancellable": "Cancelable",

@@ -77,6 +77,10 @@ def __getattr__(name: str) -> object:
         from .queue import Queue
 
         return Queue
+    if name == "AsyncQueue":
+        from .queue._async_client import AsyncQueue
+
+        return AsyncQueue
     raise AttributeError(f"module 'cancelpool' has no attribute {name!r}")
 
 
@@ -90,6 +94,7 @@ __all__ = (
     "AllOfSource",
     "AnyOfSource",
     "AnyioBridge",
+    "AsyncQueue",
     "BridgeStatistics",
     "CancelNotice",
     "CancelPool",

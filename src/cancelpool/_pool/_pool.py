@@ -22,7 +22,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .._core import _validate
 from .._core._enums import CancelationReason, OperationStatus
@@ -100,6 +100,12 @@ class CancelPool(concurrent.futures.Executor):
             ``statistics().workers[i].blocked_by``, ``handle.blocked_stack``. A
             forced stop on that worker then blames the blocker (see
             :class:`WorkerKilled`). None turns the watchdog off.
+        inline: the test mode: run the jobs in this process, in one event-loop thread,
+            with the same semantics (pickled arguments, cancellation, timeouts,
+            progress, partial results, ``current_operation()``, ``current_pool()``)
+            and no worker process (see ``cancelpool._pool._inline`` for the few
+            differences: nothing process-related applies, and a job that ignores its
+            cancellation is resolved as forced but cannot be killed).
 
     Use it as a context manager (``with`` or ``async with``) or call
     :meth:`shutdown`. Leaving the block because of an exception cancels every job
@@ -129,6 +135,7 @@ class CancelPool(concurrent.futures.Executor):
         map_read_ahead: int | None = None,
         cancel_at_exit: bool = False,
         loop_block_threshold: float | None = DEFAULT_LOOP_BLOCK_THRESHOLD,
+        inline: bool = False,
     ) -> None:
         settings = self._settings = PoolSettings.build(
             workers=workers,
@@ -149,13 +156,21 @@ class CancelPool(concurrent.futures.Executor):
             cancel_at_exit=cancel_at_exit,
             loop_block_threshold=loop_block_threshold,
         )
+        if not isinstance(inline, bool):
+            raise TypeError(f"inline must be True or False, not {inline!r}")
         if settings.start_method == "forkserver":
             # Imported once in the fork server, so that every worker (a replacement
             # too) starts with them: anyio's asyncio backend alone takes ~20 ms to import.
             settings.context.set_forkserver_preload([_worker_process.__name__, *_WORKER_PRELOAD])
         # Everything that runs the pool lives in the supervisor, which holds only a
         # weak reference back: a pool dropped without shutdown() is shut down.
-        self._sup = Supervisor(settings, self)
+        if inline:
+            from ._inline import InlineSupervisor
+
+            # The test mode: the same interface, the jobs run in this process.
+            self._sup = cast(Supervisor, InlineSupervisor(settings, self))
+        else:
+            self._sup = Supervisor(settings, self)
         self._fn_cache: weakref.WeakKeyDictionary[Any, tuple[bytes, bool]] = (
             weakref.WeakKeyDictionary()
         )
