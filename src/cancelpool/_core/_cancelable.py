@@ -91,6 +91,16 @@ _sync_reports_lock = threading.Lock()
 _current: ContextVar[Cancelable | None] = ContextVar("cancelpool_current_operation", default=None)
 
 
+def timeout_name(timeout: float | timedelta) -> str:
+    """The seed library's name for an unnamed operation with a timeout.
+
+    Its seconds as Python prints them: ``timeout_5s`` for ``5``, ``timeout_5.0s`` for
+    ``5.0`` or ``timedelta(seconds=5)`` (a program may match on these names).
+    """
+    value = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+    return f"timeout_{value}s"
+
+
 def current_operation() -> Cancelable | None:
     """The innermost :class:`Cancelable` active in this task (or thread), or None.
 
@@ -349,20 +359,30 @@ class Cancelable:
         """An operation cancelled with reason TIMEOUT after ``timeout`` seconds.
 
         The deadline is the cancel scope's own: no background task, no polling.
+        Unnamed, it is called ``timeout_<seconds>s`` (``timeout_5s``,
+        ``timeout_0.5s``), as the seed library names it.
         """
-        return cls(name, **kwargs).add_source(TimeoutSource(timeout))
+        source = TimeoutSource(timeout)
+        return cls(name or timeout_name(timeout), **kwargs).add_source(source)
 
     @classmethod
     def with_token(
         cls, token: CancelationToken, name: str | None = None, **kwargs: Any
     ) -> Cancelable:
-        """An operation cancelled when ``token`` is, from any thread, with its reason."""
-        return cls(name, **kwargs).add_token(token)
+        """An operation cancelled when ``token`` is, from any thread, with its reason.
+
+        Unnamed, it is called ``token_based`` (the seed library's default).
+        """
+        return cls(name or "token_based", **kwargs).add_token(token)
 
     @classmethod
     def with_signal(cls, *signals: int, name: str | None = None, **kwargs: Any) -> Cancelable:
-        """An operation cancelled with reason SIGNAL when one of ``signals`` arrives."""
-        return cls(name, **kwargs).add_source(SignalSource(*signals))
+        """An operation cancelled with reason SIGNAL when one of ``signals`` arrives.
+
+        Unnamed, it is called ``signal_based`` (the seed library's default).
+        """
+        source = SignalSource(*signals)
+        return cls(name or "signal_based", **kwargs).add_source(source)
 
     @classmethod
     def with_condition(
@@ -373,9 +393,12 @@ class Cancelable:
         name: str | None = None,
         **kwargs: Any,
     ) -> Cancelable:
-        """An operation cancelled with reason CONDITION once ``condition()`` is true."""
+        """An operation cancelled with reason CONDITION once ``condition()`` is true.
+
+        Unnamed, it is called ``condition_based`` (the seed library's default).
+        """
         source = ConditionSource(condition, check_interval, condition_name)
-        return cls(name, **kwargs).add_source(source)
+        return cls(name or "condition_based", **kwargs).add_source(source)
 
     def add_source(self, source: CancelationSource) -> Cancelable:
         """Cancel this operation when ``source`` fires; returns ``self``.

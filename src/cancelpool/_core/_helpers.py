@@ -14,7 +14,13 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ._cancelable import Cancelable, ErrorCallback, ProgressCallback, StatusCallback
+from ._cancelable import (
+    Cancelable,
+    ErrorCallback,
+    ProgressCallback,
+    StatusCallback,
+    timeout_name,
+)
 from ._exceptions import CancelationError
 from ._sources import TimeoutSource
 from ._token import CancelationToken
@@ -99,7 +105,10 @@ async def cancelable_stream(
         buffer_partial: keep the items read so far; a cancellation error's
             ``partial_result`` is then ``{"count": n, "buffer": [...]}``.
         operation_id: id of the operations made for the waits.
-        name: their name (default ``"stream"``).
+        name: their name. The seed library's defaults: ``stream_timeout`` with a
+            timeout, ``stream_token`` with a token, ``stream`` with neither; with both
+            it combines the two, so the name is ``combined_<name>`` (``name``
+            defaulting to ``timeout_<seconds>s``).
 
     Raises:
         TimeoutCancelation: the deadline passed while waiting for an item.
@@ -122,7 +131,7 @@ async def cancelable_stream(
     iterator = stream.__aiter__()
     buffer: list[T] = []
     count = 0
-    label = name or "stream"
+    label = _stream_name(name, timeout, token)
     while True:
         op = Cancelable(label, operation_id=operation_id)
         if token is not None:
@@ -150,3 +159,16 @@ async def cancelable_stream(
             if inspect.isawaitable(result):
                 await result
         yield item
+
+
+def _stream_name(
+    name: str | None, timeout: float | timedelta | None, token: CancelationToken | None
+) -> str:
+    # As the seed library names the operation it makes for a stream.
+    if timeout is not None and token is not None:
+        return f"combined_{name or timeout_name(timeout)}"
+    if name:
+        return name
+    if timeout is not None:
+        return "stream_timeout"
+    return "stream" if token is None else "stream_token"
