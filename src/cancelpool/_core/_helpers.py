@@ -14,14 +14,9 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ._cancelable import (
-    Cancelable,
-    ErrorCallback,
-    ProgressCallback,
-    StatusCallback,
-    timeout_name,
-)
+from ._cancelable import Cancelable, timeout_name
 from ._exceptions import CancelationError
+from ._hooks import ErrorCallback, ProgressCallback, StatusCallback
 from ._sources import TimeoutSource
 from ._token import CancelationToken
 from ._validate import optional_seconds
