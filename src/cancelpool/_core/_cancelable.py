@@ -75,10 +75,10 @@ from ._sources import (
     ConditionFn,
     ConditionSource,
     SignalSource,
-    TimeoutSource,
 )
 from ._token import CancelationToken, split_args
 from ._triggers import Triggers
+from ._validate import seconds
 
 logger = logging.getLogger("cancelpool")
 
@@ -175,7 +175,7 @@ class Cancelable:
         self._reason: CancelationReason | None = None
         self._message: str | None = None
         self._token: OperationToken | None = None
-        self._children: list[Cancelable] = []
+        self._children: list[Cancelable] | None = None  # made by the first child
         self._progress: ProgressRelay | None = None
         self._hooks: Hooks | None = None
         self._nested = False
@@ -199,8 +199,10 @@ class Cancelable:
         Unnamed, it is called ``timeout_<seconds>s`` (``timeout_5s``,
         ``timeout_0.5s``), as the seed library names it.
         """
-        source = TimeoutSource(timeout)
-        return cls(name or timeout_name(timeout), **kwargs).add_source(source)
+        op = cls(name or timeout_name(timeout), **kwargs)
+        # What add_source(TimeoutSource(timeout)) does, without the source object.
+        op._own_triggers().timeout = seconds(timeout, "timeout")
+        return op
 
     @classmethod
     def with_token(
@@ -423,13 +425,13 @@ class Cancelable:
     def tokens(self) -> tuple[CancelationToken, ...]:
         """The tokens this operation watches (:meth:`add_token`), in order."""
         triggers = self._triggers
-        return () if triggers is None else tuple(triggers.tokens)
+        return () if triggers is None else triggers.tokens
 
     @property
     def sources(self) -> tuple[CancelationSource, ...]:
         """The sources this operation watches, other than its timeout, in order."""
         triggers = self._triggers
-        return () if triggers is None else tuple(triggers.sources)
+        return () if triggers is None else triggers.sources
 
     @property
     def timeout(self) -> float | None:
@@ -555,7 +557,7 @@ class Cancelable:
         own_token = self._token
         if own_token is not None and not own_token._cancelled:
             self._arm_token_deadline(own_token)
-        if triggers is not None:
+        if triggers is not None and (triggers.tokens or triggers.sources):
             triggers.listen(self._on_token, self._on_source)
             if triggers.sources and triggers.uses_seed_protocol:
                 await triggers.start_seed_sources(scope, self._on_seed_source)
@@ -576,15 +578,10 @@ class Cancelable:
             if parent_scope is not None and parent_scope.deadline < scope.deadline:
                 scope.deadline = parent_scope.deadline
                 self._mono_deadline = parent._mono_deadline
-        parent._children.append(self)
-
-    def _leave(self) -> None:
-        parent = self._parent
-        if parent is not None:
-            try:
-                parent._children.remove(self)
-            except ValueError:
-                pass
+        if parent._children is None:
+            parent._children = [self]
+        else:
+            parent._children.append(self)
 
     async def __aexit__(
         self,
@@ -612,7 +609,7 @@ class Cancelable:
             except anyio.get_cancelled_exc_class() as cancelled:
                 exc, exc_type, tb = cancelled, type(cancelled), cancelled.__traceback__
         self._done = True
-        if triggers is not None:
+        if triggers is not None and (triggers.tokens or triggers.sources):
             triggers.unlisten(self._on_token, self._on_source)
         replaced: BaseException | None = None
         try:
@@ -627,9 +624,16 @@ class Cancelable:
         if self._ctx_reset is not None:
             current_var.reset(self._ctx_reset)
             self._ctx_reset = None
-        self._leave()
+        parent = self._parent
+        if parent is not None and parent._children:
+            try:
+                parent._children.remove(self)
+            except ValueError:
+                pass
         # An outside cancellation that lands while the monitors close: let out last.
-        pending = None if triggers is None else await triggers.close_monitors()
+        pending = None
+        if triggers is not None and triggers.monitors is not None:
+            pending = await triggers.close_monitors()
         self._task = None
         self.context.end_time = time.time()
         error, event = self._outcome(scope, exc, swallowed)
@@ -765,8 +769,9 @@ class Cancelable:
         assert self._reason is not None
         if self._token is not None:
             self._token.mirror(self._reason, self._message)
-        for child in list(self._children):
-            child._parent_cancelled(self)
+        if self._children:
+            for child in list(self._children):
+                child._parent_cancelled(self)
 
     def _parent_cancelled(self, parent: Cancelable) -> None:
         reason, message = self._parent_message(parent)

@@ -33,39 +33,46 @@ SourceListener = Callable[[CancelationSource], None]
 class Triggers:
     """What can cancel one operation; the operation owns one once it has any."""
 
-    __slots__ = ("_monitors", "sources", "timeout", "tokens")
+    __slots__ = ("monitors", "sources", "timeout", "tokens")
 
     def __init__(self) -> None:
         #: The operation's own timeout in seconds (the earliest given), or None. It
         #: becomes the cancel scope's deadline: no task, no polling.
         self.timeout: float | None = None
+        # Tuples: most operations have one or two of each, added before entry, and
+        # an empty tuple costs no allocation.
         #: Sources other than a bare timeout, in the order added.
-        self.sources: list[CancelationSource] = []
+        self.sources: tuple[CancelationSource, ...] = ()
         #: Watched tokens, in the order added.
-        self.tokens: list[CancelationToken] = []
-        self._monitors: anyio.abc.TaskGroup | None = None
+        self.tokens: tuple[CancelationToken, ...] = ()
+        #: The task group the sources' monitors run in while the operation runs.
+        self.monitors: anyio.abc.TaskGroup | None = None
 
     def add_source(self, source: CancelationSource) -> None:
         if type(source) is TimeoutSource:
             if self.timeout is None or source.timeout < self.timeout:
                 self.timeout = source.timeout
         else:
-            self.sources.append(source)
+            self.sources = (*self.sources, source)
 
     def add_token(self, token: CancelationToken) -> None:
-        self.tokens.append(token)
+        self.tokens = (*self.tokens, token)
 
     @classmethod
     def combined(cls, parts: Iterable[Triggers | None]) -> Triggers:
         """The triggers of a combination of operations (the module's one rule)."""
         new = cls()
+        sources: list[CancelationSource] = []
+        tokens: list[CancelationToken] = []
         for part in parts:
             if part is None:
                 continue
             if part.timeout is not None and (new.timeout is None or part.timeout < new.timeout):
                 new.timeout = part.timeout
-            new.sources.extend(source.fresh_copy() for source in part.sources)
-            new.tokens.extend(token for token in part.tokens if token not in new.tokens)
+            sources.extend(source.fresh_copy() for source in part.sources)
+            tokens.extend(token for token in part.tokens if token not in tokens)
+        new.sources = tuple(sources)
+        new.tokens = tuple(tokens)
         return new
 
     @property
@@ -92,15 +99,15 @@ class Triggers:
         the scopes unwind in order.
         """
         if any(source.needs_monitor for source in self.sources):
-            self._monitors = anyio.create_task_group()
-            await self._monitors.__aenter__()
+            self.monitors = anyio.create_task_group()
+            await self.monitors.__aenter__()
 
     def listen(self, on_token: TokenListener, on_source: SourceListener) -> None:
         """Start the monitors and call back when a token or a source fires (at once for
         one that already has)."""
         for token in self.tokens:
             token.add_listener(on_token)
-        monitors = self._monitors
+        monitors = self.monitors
         for source in self.sources:
             if monitors is not None and source.needs_monitor:
                 monitors.start_soon(source.run)
@@ -135,8 +142,9 @@ class Triggers:
             source.remove_listener(on_source)
 
     async def close_monitors(self) -> BaseException | None:
-        """Stop the monitors; returns an outside cancellation that landed meanwhile."""
-        monitors, self._monitors = self._monitors, None
+        """Stop the monitors (if :attr:`monitors` runs); returns an outside
+        cancellation that landed meanwhile."""
+        monitors, self.monitors = self.monitors, None
         if monitors is None:
             return None
         # Shielded: an outside cancellation must not interrupt the monitors' clean-up;
