@@ -8,7 +8,8 @@
   within a time window;
 * :class:`CancelationScenario`: a script of delays and cancellations played against
   an operation, with checks on its progress and final status;
-* :func:`create_slow_stream`, :func:`run_with_timeout_test`.
+* :func:`create_slow_stream`, :func:`run_with_timeout_test`,
+  :func:`sample_async_operation`.
 
 Import it explicitly (``from cancelpool.testing import ...``): ``import cancelpool``
 does not load it.
@@ -44,6 +45,7 @@ __all__ = (
     "assert_cancellation_within",
     "create_slow_stream",
     "run_with_timeout_test",
+    "sample_async_operation",
 )
 
 
@@ -272,6 +274,28 @@ async def run_with_timeout_test(
             ) from None
         return
     raise AssertionError("expected a timeout, but the operation completed")
+
+
+async def sample_async_operation(
+    duration: float = 1.0, cancelable: Cancelable | None = None
+) -> str:
+    """A stand-in operation for tests: ``duration`` seconds in two halves, reporting
+    "Operation started", "Operation 50% complete" and "Operation completed" to
+    ``cancelable`` when given; returns ``"success"``.
+
+    Each half is an ``anyio.sleep``, so a cancellation stops it there.
+    """
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not duration >= 0:
+        raise ValueError(f"duration must be a number of seconds >= 0, not {duration!r}")
+    if cancelable is not None:
+        await cancelable.report_progress("Operation started")
+    await anyio.sleep(duration / 2)
+    if cancelable is not None:
+        await cancelable.report_progress("Operation 50% complete")
+    await anyio.sleep(duration / 2)
+    if cancelable is not None:
+        await cancelable.report_progress("Operation completed")
+    return "success"
 
 
 class CancelationScenario:

@@ -18,6 +18,7 @@ from cancelpool import (
     CancelationReason,
     ManualCancelation,
     OperationStatus,
+    TimeoutCancelation,
     current_operation,
 )
 from cancelpool.testing import (
@@ -30,6 +31,7 @@ from cancelpool.testing import (
     assert_cancellation_within,
     create_slow_stream,
     run_with_timeout_test,
+    sample_async_operation,
 )
 
 FOREVER = 3600
@@ -205,6 +207,23 @@ def test_scenario_refuses_bad_steps() -> None:
         CancelationScenario(3)  # type: ignore[arg-type]
     assert scenario.steps == []
     assert scenario.assertions == []
+
+
+@pytest.mark.anyio
+async def test_sample_async_operation_and_record_event() -> None:
+    recorder = OperationRecorder()
+    async with recorder.attach_to_cancelable(Cancelable(name="sample")) as op:
+        assert await sample_async_operation(0, op) == "success"
+    messages = [e["data"]["message"] for e in recorder.get_events_by_type("progress")]
+    assert messages == ["Operation started", "Operation 50% complete", "Operation completed"]
+    await recorder.record_event("x", "custom", {"k": 1})
+    [event] = recorder.get_events_for_operation("x")
+    assert (event["event_type"], event["data"]) == ("custom", {"k": 1})
+    with anyio.fail_after(BACKSTOP), pytest.raises(TimeoutCancelation):
+        async with Cancelable.with_timeout(0.01):
+            await sample_async_operation(FOREVER)
+    with pytest.raises(ValueError, match="duration"):
+        await sample_async_operation(-1)
 
 
 def test_import_cancelpool_does_not_load_testing() -> None:
