@@ -555,7 +555,7 @@ class Cancelable:
         elif parent is not None and parent.is_cancelled:
             self._parent_cancelled(parent)
         own_token = self._token
-        if own_token is not None and not own_token._cancelled:
+        if own_token is not None and not own_token.raised:
             self._arm_token_deadline(own_token)
         if triggers is not None and (triggers.tokens or triggers.sources):
             triggers.listen(self._on_token, self._on_source)

@@ -57,6 +57,11 @@ class OperationToken(CancelationToken):
         self._deadline_message = message
         self._on_deadline = on_passed
 
+    @property
+    def raised(self) -> bool:
+        """Whether the flag is up already (no clock or watched token is read)."""
+        return self._cancelled
+
     def mirror(self, reason: CancelationReason, message: str | None) -> None:
         """Raise the flag because the operation is cancelled (its listeners run)."""
         self._raise_flag(reason, message)
