@@ -315,10 +315,17 @@ async def test_seed_positional_orders_and_sync_twins() -> None:
     assert other.context.cancel_reason is CancelationReason.TIMEOUT
     names = [ctx.name for ctx in registry.get_history_sync(status=OperationStatus.CANCELLED)]
     assert names == ["late", "user_7_b"]
-    late = registry.get_history_sync(limit=1)[0]
-    assert late.end_time is not None
-    since = datetime.fromtimestamp(late.end_time, UTC)
-    assert [ctx.name for ctx in sync.get_history(None, None, since)][-1] == "user_7_b"
-    assert await registry.get_history(since=late.end_time + 3600) == []
+    first, *_, last = registry.get_history_sync()
+    assert first.end_time is not None
+    assert last.end_time is not None
+    # A datetime rounds to microseconds: a millisecond of margin keeps the first one.
+    since = datetime.fromtimestamp(first.end_time - 0.001, UTC)
+    assert [ctx.name for ctx in sync.get_history(None, None, since)] == [
+        "late",
+        "user_42_a",
+        "root",
+        "user_7_b",
+    ]
+    assert await registry.get_history(since=last.end_time + 3600) == []
     with pytest.raises(TypeError, match="since"):
         registry.get_history_sync(since="yesterday")  # type: ignore[arg-type]

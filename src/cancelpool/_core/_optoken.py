@@ -63,8 +63,14 @@ class OperationToken(CancelationToken):
         return self._cancelled
 
     def mirror(self, reason: CancelationReason, message: str | None) -> None:
-        """Raise the flag because the operation is cancelled (its listeners run)."""
-        self._raise_flag(reason, message)
+        """Raise the flag because the operation is cancelled: its listeners run, and
+        the callbacks registered on it (sync ones here, async ones on their loop)."""
+        self._flag(reason, message)
+
+    def _flag(self, reason: CancelationReason, message: str | None) -> None:
+        callbacks = self._raise_flag(reason, message)
+        if callbacks:
+            self._run_callbacks_sync(callbacks)
 
     @property
     def is_cancelled(self) -> bool:
@@ -76,10 +82,10 @@ class OperationToken(CancelationToken):
             if on_passed is not None and not on_passed():
                 self._deadline = None
                 return False
-            self._raise_flag(self._deadline_reason, self._deadline_message)
+            self._flag(self._deadline_reason, self._deadline_message)
             return True
         found = self._poll()
         if found is None:
             return False
-        self._raise_flag(*found)
+        self._flag(*found)
         return True
