@@ -259,7 +259,7 @@ async def test_token_cancelled_before_start_cancels_at_entry() -> None:
 async def test_combine_is_cancelled_by_any_member() -> None:
     token = CancelationToken()
     combined = Cancelable.with_timeout(FOREVER, name="a").combine(Cancelable.with_token(token))
-    assert combined.name == "a"
+    assert combined.name == "combined_a"  # the seed library's name
     with anyio.fail_after(BACKSTOP), pytest.raises(ManualCancelation):
         async with combined:
             token.cancel_sync("via token")
@@ -281,6 +281,36 @@ async def test_combine_keeps_earliest_timeout_and_conditions() -> None:
         async with combined:
             state["stop"] = True
             await anyio.sleep(FOREVER)
+
+
+@pytest.mark.anyio
+async def test_combine_follows_one_rule_shared_tokens_fresh_sources_no_observers() -> None:
+    token = CancelationToken()
+    state = {"stop": False}
+    seen: list[str] = []
+    first = Cancelable.with_condition(lambda: state["stop"], 0.001, name="first", metadata={"u": 1})
+    first.on_progress(lambda *_: seen.append("progress")).on_cancel(lambda _: seen.append("hook"))
+    second = Cancelable.with_token(token)
+    combined = first.combine(second, name="both", operation_id="op-1", register=True)
+    assert (combined.name, combined.operation_id) == ("both", "op-1")
+    assert combined.context.metadata == {
+        "sources": [first.operation_id, second.operation_id],
+        "combined": True,
+    }
+    assert combined.tokens == (token,)  # shared
+    [condition] = combined.sources
+    assert condition is not first.sources[0]  # a fresh copy
+    assert combined.progress_callbacks == ()
+    async with Cancelable(name="outer") as outer:
+        with anyio.fail_after(BACKSTOP), pytest.raises(ConditionCancelation):
+            async with combined:
+                assert combined.parent is outer  # the current operation, as any new one
+                await combined.report_progress("not relayed to first's callbacks")
+                state["stop"] = True
+                await anyio.sleep(FOREVER)
+    assert seen == []  # the templates' observers are not carried
+    assert not first.sources[0].triggered  # the template's own source never ran
+    assert first.context.status is OperationStatus.PENDING
 
 
 # -------------------------------------------------------------- outside cancellation
@@ -1194,7 +1224,7 @@ def test_non_numeric_timeouts_fail_at_call_site(bad: Any) -> None:
 def test_timeout_validation_property(value: float) -> None:
     if math.isfinite(value) and value >= 0:
         op = Cancelable.with_timeout(value)
-        assert op._timeout == value
+        assert op.timeout == value
     else:
         with pytest.raises(ValueError, match="timeout must be a finite number"):
             Cancelable.with_timeout(value)
@@ -1203,7 +1233,7 @@ def test_timeout_validation_property(value: float) -> None:
 @given(st.timedeltas())
 def test_timedelta_validation_property(value: timedelta) -> None:
     if value.total_seconds() >= 0:
-        assert Cancelable.with_timeout(value)._timeout == value.total_seconds()
+        assert Cancelable.with_timeout(value).timeout == value.total_seconds()
     else:
         with pytest.raises(ValueError, match="timeout"):
             Cancelable.with_timeout(value)
@@ -1234,7 +1264,7 @@ def test_uncatchable_signal_fails_at_call_site(sig: int) -> None:
 
 def test_no_signal_means_sigint_and_sigterm() -> None:
     # As the seed library: SignalSource() listens for the usual stop signals.
-    [source] = Cancelable.with_signal()._sources
+    [source] = Cancelable.with_signal().sources
     assert isinstance(source, SignalSource)
     assert source.signals == (signal.SIGINT, signal.SIGTERM)
 

@@ -424,22 +424,28 @@ async def test_combine_enforces_conditions_afresh_on_every_call() -> None:
 
 
 @pytest.mark.anyio
-async def test_combine_takes_the_earliest_timeout_callbacks_and_metadata() -> None:
+async def test_combine_takes_the_earliest_timeout_and_no_observers() -> None:
+    # The same rule as Cancelable.combine: what cancels is taken, what observes is not.
     reports: list[str] = []
     first = Cancelable.with_timeout(LONG, name="first", metadata={"user": 42})
     first.on_progress(lambda op_id, message, meta: reports.append(message))
+    first.on_cancel(lambda ctx: reports.append("hook"))
     second = Cancelable.with_timeout(SHORT)
 
     @cancelable_combine(first, second)
     async def work(cancelable: Cancelable) -> None:
-        assert cancelable.context.name == "first"
-        assert cancelable.context.metadata == {"user": 42}
+        assert cancelable.context.name == "work"  # the function's name, as the seed
+        assert cancelable.context.metadata == {
+            "sources": [first.operation_id, second.operation_id],
+            "combined": True,
+        }
+        assert cancelable.timeout == SHORT
         await cancelable.report_progress("halfway")
         await anyio.sleep_forever()
 
     with pytest.raises(TimeoutCancelation):
         await work()
-    assert reports == ["halfway"]
+    assert reports == []
 
 
 def test_combine_refuses_bad_templates() -> None:

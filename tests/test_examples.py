@@ -69,6 +69,13 @@ EXPECTED = {
         "resumed from 524288 (HTTP 206)",
         "complete and intact: True",
     ],
+    "integration_logging.py": [
+        "stopped: operation 'nightly-export' timed out after 0.05s",
+        "logged: nightly-export cancelled, reason timeout",
+        "logged ERROR: cancelpool: cancel callback",
+        "with its traceback: True",
+        "Logging example complete.",
+    ],
     "integration_sqlalchemy.py": [
         "import stopped: operation 'import' timed out after 0.2s",
         "rows committed: 0; connections checked out: 0",

@@ -13,6 +13,7 @@ import dataclasses
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import anyio
 import anyio.lowlevel
@@ -212,9 +213,10 @@ async def test_cleanup_completed() -> None:
             await anyio.sleep(FOREVER)
     # Nothing ended more than an hour ago.
     assert await registry.cleanup_completed(older_than=3600) == 0
-    assert await registry.cleanup_completed(keep_failed=True) == 2
+    # Failed operations are kept unless asked (the seed library's default).
+    assert await registry.cleanup_completed() == 2
     assert [ctx.name for ctx in await registry.get_history()] == ["broken"]
-    assert await registry.cleanup_completed() == 1
+    assert await registry.cleanup_completed(keep_failed=False) == 1
     assert await registry.get_history() == []
 
 
@@ -277,3 +279,53 @@ async def test_bad_name_pattern_fails_at_call_site() -> None:
         await registry.list_operations(name_pattern=42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="glob string"):
         ThreadSafeRegistry().cancel_all(name_pattern=["a"])  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_seed_positional_orders_and_sync_twins() -> None:
+    registry = OperationRegistry.get_instance()
+    sync = ThreadSafeRegistry.get_instance()
+    with pytest.raises(TimeoutCancelation):
+        async with Cancelable.with_timeout(0, name="late", register=True):
+            await anyio.sleep(FOREVER)
+    async with Cancelable(name="root", register=True) as root:
+        async with Cancelable(name="user_42_a", register=True) as child:
+            # The seed's order: status, parent_id, name_pattern.
+            [ctx] = await registry.list_operations(OperationStatus.RUNNING, root.context.id)
+            assert ctx is child.context
+            assert registry.list_operations_sync(None, root.context.id) == [child.context]
+            assert sync.list_operations(None, None, "user_42_*") == [child.context]
+            assert registry.get_operation_sync(child.context.id) is child
+            assert registry.get_statistics_sync().running_operations == 2
+            # cancel_operation(id, reason, message), and the documents' (id, message).
+            assert sync.cancel_operation(child.context.id, "user requested") is True
+            assert child.context.cancel_message == "user requested"
+            assert child.context.cancel_reason is CancelationReason.MANUAL
+        assert registry.cancel_operation_sync(root.context.id, CancelationReason.SIGNAL, "s")
+        assert root.context.cancel_reason is CancelationReason.SIGNAL
+    # cancel_all(status, reason, message); a first string is cancelpool's glob.
+    with pytest.raises(TimeoutCancelation, match=r"^t$"):
+        async with Cancelable(name="user_7_b", register=True) as other:
+            assert registry.cancel_all_sync("user_42_*") == 0
+            assert await registry.cancel_all(OperationStatus.COMPLETED) == 0
+            with pytest.raises(TypeError, match="OperationStatus"):
+                registry.cancel_all_sync(42)  # type: ignore[arg-type]
+            assert sync.cancel_all(OperationStatus.RUNNING, CancelationReason.TIMEOUT, "t") == 1
+            await anyio.lowlevel.checkpoint()
+    assert other.context.cancel_reason is CancelationReason.TIMEOUT
+    names = [ctx.name for ctx in registry.get_history_sync(status=OperationStatus.CANCELLED)]
+    assert names == ["late", "user_7_b"]
+    first, *_, last = registry.get_history_sync()
+    assert first.end_time is not None
+    assert last.end_time is not None
+    # A datetime rounds to microseconds: a millisecond of margin keeps the first one.
+    since = datetime.fromtimestamp(first.end_time - 0.001, UTC)
+    assert [ctx.name for ctx in sync.get_history(None, None, since)] == [
+        "late",
+        "user_42_a",
+        "root",
+        "user_7_b",
+    ]
+    assert await registry.get_history(since=last.end_time + 3600) == []
+    with pytest.raises(TypeError, match="since"):
+        registry.get_history_sync(since="yesterday")  # type: ignore[arg-type]

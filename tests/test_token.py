@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import anyio
@@ -434,3 +435,36 @@ def test_cancel_sync_is_thread_safe_exactly_once(
     assert results.count(True) == 1
     assert len(calls) == 1
     assert calls == [token.message]
+
+
+@pytest.mark.anyio
+async def test_an_operations_token_runs_its_callbacks_when_the_operation_is_cancelled() -> None:
+    calls: list[str] = []
+    ran = anyio.Event()
+
+    async def async_cb(message: str) -> None:
+        calls.append(f"async: {message}")
+        ran.set()
+
+    with pytest.raises(ManualCancelation):
+        async with Cancelable(name="op") as op:
+            op.token.register_callback(lambda message: calls.append(f"sync: {message}"))
+            op.token.register_callback(async_cb)
+            op.cancel_sync("stop")
+            await anyio.sleep(FOREVER)
+    with anyio.fail_after(BACKSTOP):
+        await ran.wait()
+    assert calls == ["sync: stop", "async: stop"]
+
+
+@pytest.mark.anyio
+async def test_an_operations_token_runs_its_callbacks_when_it_sees_the_deadline() -> None:
+    calls: list[str] = []
+    with pytest.raises(TimeoutCancelation):
+        async with Cancelable.with_timeout(0.01, name="op") as op:
+            op.token.register_callback(calls.append)
+            backstop = time.monotonic() + BACKSTOP
+            while not op.token.is_cancelled:  # read from the clock, no await
+                assert time.monotonic() < backstop
+            assert calls == ["operation 'op' timed out after 0.01s"]
+            await anyio.sleep(FOREVER)

@@ -6,7 +6,10 @@
   cancellation and errors, with assertions on them;
 * :func:`assert_cancelation_within`: a block that fails unless its token is cancelled
   within a time window;
-* :func:`create_slow_stream`, :func:`run_with_timeout_test`.
+* :class:`CancelationScenario`: a script of delays and cancellations played against
+  an operation, with checks on its progress and final status;
+* :func:`create_slow_stream`, :func:`run_with_timeout_test`,
+  :func:`sample_async_operation`.
 
 Import it explicitly (``from cancelpool.testing import ...``): ``import cancelpool``
 does not load it.
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -26,12 +29,15 @@ import anyio
 from ._core._cancelable import Cancelable
 from ._core._context import OperationContext
 from ._core._enums import CancelationReason, OperationStatus
+from ._core._exceptions import CancelationError
 from ._core._loop import LoopHandle
 from ._core._token import CancelationToken, split_args
 
 T = TypeVar("T")
 
 __all__ = (
+    "CancelationScenario",
+    "CancellationScenario",
     "MockCancelationToken",
     "MockCancellationToken",
     "OperationRecorder",
@@ -39,6 +45,7 @@ __all__ = (
     "assert_cancellation_within",
     "create_slow_stream",
     "run_with_timeout_test",
+    "sample_async_operation",
 )
 
 
@@ -269,6 +276,171 @@ async def run_with_timeout_test(
     raise AssertionError("expected a timeout, but the operation completed")
 
 
+async def sample_async_operation(
+    duration: float = 1.0, cancelable: Cancelable | None = None
+) -> str:
+    """A stand-in operation for tests: ``duration`` seconds in two halves, reporting
+    "Operation started", "Operation 50% complete" and "Operation completed" to
+    ``cancelable`` when given; returns ``"success"``.
+
+    Each half is an ``anyio.sleep``, so a cancellation stops it there.
+    """
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not duration >= 0:
+        raise ValueError(f"duration must be a number of seconds >= 0, not {duration!r}")
+    if cancelable is not None:
+        await cancelable.report_progress("Operation started")
+    await anyio.sleep(duration / 2)
+    if cancelable is not None:
+        await cancelable.report_progress("Operation 50% complete")
+    await anyio.sleep(duration / 2)
+    if cancelable is not None:
+        await cancelable.report_progress("Operation completed")
+    return "success"
+
+
+class CancelationScenario:
+    """A script played against one operation: delays and cancellations, then checks.
+
+    Example::
+
+        async def job() -> None:
+            op = current_operation()
+            await op.report_progress("started")
+            await anyio.sleep(60)
+
+        recorder = await (
+            CancelationScenario("stop early")
+            .add_cancelation(CancelationReason.MANUAL, "enough")
+            .add_progress_check("started")
+            .add_status_check(OperationStatus.CANCELLED)
+            .run(job)
+        )
+
+    :meth:`run` opens an operation named ``scenario_<name>`` watching a
+    :class:`MockCancelationToken`, with an :class:`OperationRecorder` attached, and
+    awaits ``operation(*args, **kwargs)`` inside it (the operation reaches it through
+    :func:`~cancelpool.current_operation`). Meanwhile the steps run in order in a task
+    of their own: a delay sleeps, a cancellation cancels the token. The operation's
+    own cancellation by the scenario is expected and not raised; a cancellation from
+    outside, or any other error, propagates. Once the operation has ended and every
+    step has run, the checks are made in the order they were added.
+    """
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"a scenario's name is a string, not {type(name).__name__}")
+        self.name = name
+        #: The steps, in order: ``{"type": "delay", "duration": s}`` or
+        #: ``{"type": "cancel", "reason": ..., "message": ...}``.
+        self.steps: list[dict[str, Any]] = []
+        #: The checks: ``{"type": "progress", "message": ..., "timeout": s}`` or
+        #: ``{"type": "status", "status": ...}``.
+        self.assertions: list[dict[str, Any]] = []
+
+    def add_delay(self, duration: float) -> CancelationScenario:
+        """Wait ``duration`` seconds before the next step; returns ``self``."""
+        if (
+            isinstance(duration, bool)
+            or not isinstance(duration, (int, float))
+            or not 0 <= duration < float("inf")
+        ):
+            raise ValueError(f"a delay is a number of seconds >= 0, not {duration!r}")
+        self.steps.append({"type": "delay", "duration": duration})
+        return self
+
+    def add_cancelation(
+        self,
+        reason: CancelationReason = CancelationReason.MANUAL,
+        message: str | None = None,
+    ) -> CancelationScenario:
+        """Cancel the operation's token with ``reason`` and ``message``; returns ``self``."""
+        if not isinstance(reason, CancelationReason):
+            raise TypeError(f"reason must be a CancelationReason, not {reason!r}")
+        if message is not None and not isinstance(message, str):
+            raise TypeError(f"message must be a string or None, not {type(message).__name__}")
+        self.steps.append({"type": "cancel", "reason": reason, "message": message})
+        return self
+
+    add_cancellation = add_cancelation
+
+    def add_progress_check(
+        self, expected_message: str, timeout: float = 1.0
+    ) -> CancelationScenario:
+        """Check that the operation reported ``expected_message``; returns ``self``.
+
+        ``timeout`` is kept for the seed library's signature: the check is made once
+        the operation has ended, when every report has been recorded.
+        """
+        self.assertions.append(
+            {"type": "progress", "message": expected_message, "timeout": timeout}
+        )
+        return self
+
+    def add_status_check(self, expected_status: OperationStatus) -> CancelationScenario:
+        """Check the operation's final status; returns ``self``."""
+        if not isinstance(expected_status, OperationStatus):
+            raise TypeError(f"expected_status must be an OperationStatus, not {expected_status!r}")
+        self.assertions.append({"type": "status", "status": expected_status})
+        return self
+
+    async def run(
+        self, operation: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
+    ) -> OperationRecorder:
+        """Play the scenario against ``operation(*args, **kwargs)``; returns the recorder.
+
+        Returns once the operation has ended and every step has run. Cancelling the
+        task that awaits this cancels the operation and the steps, and propagates.
+
+        Raises:
+            AssertionError: a check failed (the first one that did).
+        """
+        if not callable(operation):
+            raise TypeError(f"run() takes an async callable, not {operation!r}")
+        recorder = OperationRecorder()
+        token = MockCancelationToken()
+        op = recorder.attach_to_cancelable(
+            Cancelable.with_token(token, name=f"scenario_{self.name}")
+        )
+        steps = list(self.steps)
+
+        async def play() -> None:
+            for step in steps:
+                if step["type"] == "delay":
+                    await anyio.sleep(step["duration"])
+                else:
+                    await token.cancel(step["reason"], step["message"])
+
+        failure: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(play)
+            try:
+                async with op:
+                    await operation(*args, **kwargs)
+            except Exception as exc:
+                # The scenario's own cancellation is expected; any other error ends the
+                # scenario (its remaining steps too) and leaves as itself, not grouped.
+                if not (isinstance(exc, CancelationError) and exc.context is op.context):
+                    failure = exc
+                    tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        self._check(recorder, op)
+        return recorder
+
+    def _check(self, recorder: OperationRecorder, op: Cancelable) -> None:
+        for assertion in self.assertions:
+            if assertion["type"] == "progress":
+                messages = [e["data"]["message"] for e in recorder.get_events_by_type("progress")]
+                if assertion["message"] not in messages:
+                    raise AssertionError(
+                        f"scenario {self.name!r}: progress message {assertion['message']!r} "
+                        f"not reported (reported: {messages!r})"
+                    )
+            else:
+                recorder.assert_final_status(op.context.id, assertion["status"])
+
+
 # The double-l spellings of the seed documents.
 MockCancellationToken = MockCancelationToken
 assert_cancellation_within = assert_cancelation_within
+CancellationScenario = CancelationScenario

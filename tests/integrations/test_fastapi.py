@@ -34,6 +34,7 @@ from cancelpool.integrations.fastapi import (
     cancelable_dependency,
     cancelable_streaming_response,
     cancellable_dependency,
+    get_request_token,
     with_cancelation,
 )
 from integrations._server import read_response, send_request, serve
@@ -86,6 +87,36 @@ async def test_disconnect_cancels_the_request_operation() -> None:
     assert op.context.cancel_reason is CancelationReason.SIGNAL
     assert op.context.cancel_message == "Client disconnected"
     assert isinstance(seen["error"], SignalCancelation)
+
+
+@pytest.mark.anyio
+async def test_get_request_token_is_the_token_the_disconnect_cancels() -> None:
+    app = FastAPI()
+    app.add_middleware(RequestCancelationMiddleware)
+    started, ended = anyio.Event(), anyio.Event()
+    seen: dict[str, Any] = {}
+
+    @app.get("/wait")
+    async def wait(request: Request) -> str:
+        token = get_request_token(request)
+        seen["same"] = get_request_token(request) is token
+        seen["token"] = token
+        started.set()
+        try:
+            await token.wait_for_cancel()
+        finally:
+            ended.set()
+        return "cancelled"
+
+    async with serve(app) as port:
+        client = await send_request(port, "/wait")
+        with anyio.fail_after(BACKSTOP):
+            await started.wait()
+            await client.aclose()
+            await ended.wait()
+    assert seen["same"]
+    assert seen["token"].is_cancelled
+    assert seen["token"].message == "Client disconnected"
 
 
 @pytest.mark.anyio

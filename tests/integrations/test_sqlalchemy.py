@@ -1,4 +1,5 @@
-"""cancelpool.integrations.sqlalchemy on a real SQLite file (aiosqlite)."""
+"""cancelpool.integrations.sqlalchemy on a real SQLite file (aiosqlite) and a real
+PostgreSQL server (psycopg's async driver): every test runs on both."""
 
 # An operation's body is what a ``pytest.raises`` block runs: several statements.
 # ruff: noqa: PT012
@@ -34,9 +35,24 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database: a SQLite file, or a database of its own on the PostgreSQL
+    server (dropped after the test)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+        return
+    server = request.getfixturevalue("pg_server")
+    url = server.new_db()
+    try:
+        yield url.replace("postgresql://", "postgresql+psycopg://", 1)
+    finally:
+        server.drop_db(url)
+
+
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url)
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
     yield engine

@@ -13,8 +13,17 @@ import anyio
 import pytest
 
 from _handshake import BACKSTOP
-from cancelpool import Cancelable, CancelationReason, ManualCancelation, OperationStatus
+from cancelpool import (
+    Cancelable,
+    CancelationReason,
+    ManualCancelation,
+    OperationStatus,
+    TimeoutCancelation,
+    current_operation,
+)
 from cancelpool.testing import (
+    CancelationScenario,
+    CancellationScenario,
     MockCancelationToken,
     MockCancellationToken,
     OperationRecorder,
@@ -22,6 +31,7 @@ from cancelpool.testing import (
     assert_cancellation_within,
     create_slow_stream,
     run_with_timeout_test,
+    sample_async_operation,
 )
 
 FOREVER = 3600
@@ -115,6 +125,105 @@ async def test_create_slow_stream_and_run_with_timeout_test() -> None:
 async def _times_out() -> None:
     async with Cancelable.with_timeout(0.01):
         await anyio.sleep(FOREVER)
+
+
+async def _reports_then_waits() -> None:
+    op = current_operation()
+    assert op is not None
+    await op.report_progress("started")
+    await anyio.sleep(FOREVER)
+
+
+@pytest.mark.anyio
+async def test_scenario_cancels_the_operation_and_checks_its_status() -> None:
+    scenario = (
+        CancelationScenario("stop")
+        .add_delay(0)
+        .add_cancelation(CancelationReason.CONDITION, "enough")
+        .add_status_check(OperationStatus.CANCELLED)
+    )
+    with anyio.fail_after(BACKSTOP):
+        recorder = await scenario.run(_reports_then_waits)
+    [ctx] = recorder.operations.values()
+    assert ctx.name == "scenario_stop"
+    assert ctx.cancel_reason is CancelationReason.CONDITION
+    assert ctx.cancel_message == "enough"
+    assert [e["event_type"] for e in recorder.get_events_by_type("status_cancelled")] == [
+        "status_cancelled"
+    ]
+    assert [step["type"] for step in scenario.steps] == ["delay", "cancel"]
+    assert CancellationScenario is CancelationScenario
+
+
+@pytest.mark.anyio
+async def test_scenario_checks_progress_and_fails_a_check_that_does_not_hold() -> None:
+    async def reports(message: str, *, then: str) -> str:
+        op = current_operation()
+        assert op is not None
+        await op.report_progress(message)
+        await op.report_progress(then)
+        return message
+
+    ok = (
+        CancelationScenario("ok")
+        .add_progress_check("b")
+        .add_status_check(OperationStatus.COMPLETED)
+    )
+    recorder = await ok.run(reports, "a", then="b")
+    assert [e["data"]["message"] for e in recorder.get_events_by_type("progress")] == ["a", "b"]
+
+    with pytest.raises(AssertionError, match=r"'missing' not reported"):
+        await CancelationScenario("p").add_progress_check("missing").run(reports, "a", then="b")
+    with pytest.raises(AssertionError, match="expected status cancelled, got completed"):
+        await (
+            CancelationScenario("s")
+            .add_status_check(OperationStatus.CANCELLED)
+            .run(reports, "a", then="b")
+        )
+
+
+@pytest.mark.anyio
+async def test_scenario_lets_other_errors_and_outside_cancellation_through() -> None:
+    async def fails() -> None:
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        await CancelationScenario("e").run(fails)
+    with anyio.move_on_after(0.01) as scope:
+        await CancelationScenario("outside").run(anyio.sleep, FOREVER)
+    assert scope.cancelled_caught
+
+
+def test_scenario_refuses_bad_steps() -> None:
+    scenario = CancelationScenario("bad")
+    for delay in (-1, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="delay"):
+            scenario.add_delay(delay)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="CancelationReason"):
+        scenario.add_cancelation("manual")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="OperationStatus"):
+        scenario.add_status_check("completed")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="string"):
+        CancelationScenario(3)  # type: ignore[arg-type]
+    assert scenario.steps == []
+    assert scenario.assertions == []
+
+
+@pytest.mark.anyio
+async def test_sample_async_operation_and_record_event() -> None:
+    recorder = OperationRecorder()
+    async with recorder.attach_to_cancelable(Cancelable(name="sample")) as op:
+        assert await sample_async_operation(0, op) == "success"
+    messages = [e["data"]["message"] for e in recorder.get_events_by_type("progress")]
+    assert messages == ["Operation started", "Operation 50% complete", "Operation completed"]
+    await recorder.record_event("x", "custom", {"k": 1})
+    [event] = recorder.get_events_for_operation("x")
+    assert (event["event_type"], event["data"]) == ("custom", {"k": 1})
+    with anyio.fail_after(BACKSTOP), pytest.raises(TimeoutCancelation):
+        async with Cancelable.with_timeout(0.01):
+            await sample_async_operation(FOREVER)
+    with pytest.raises(ValueError, match="duration"):
+        await sample_async_operation(-1)
 
 
 def test_import_cancelpool_does_not_load_testing() -> None:

@@ -1,11 +1,22 @@
-"""``Cancelable``: one operation, its cancel scope, its sources, and what happened to it.
+"""``Cancelable``: one operation, its place in the tree of operations, and how a
+cancellation spreads through it.
 
-An operation is cancelled by its own sources (a deadline, tokens, signals, conditions,
-composites, a ``cancel()`` call) or by an ancestor operation. Its own cancellation
-leaves ``async with`` as the matching :class:`CancelationError` subclass; a cancellation
-from outside (an enclosing scope, the task being cancelled) passes through untouched as
-the backend's cancelled exception. Either way ``context`` records status, reason,
-message and the partial result.
+Concepts, one module each (trio's split of where a cancel starts from how it spreads):
+
+* where a cancellation starts: the operation's timeout, tokens and sources
+  (``_triggers.py``), or a ``cancel()`` call;
+* how it spreads (here): the operation records why, first reason wins (the wording
+  is ``_reasons.py``'s), cancels its cancel scope, raises its token (``_optoken.py``)
+  and tells its children; a child in the parent's own task records why and lets the
+  parent's cancellation pass through it, a child in another task is cancelled there;
+* what it leaves: ``async with`` raises the matching :class:`CancelationError` for
+  the operation's own cancellation; a cancellation from outside (an enclosing scope,
+  the task being cancelled) passes through untouched as the backend's cancelled
+  exception. Either way ``context`` records status, reason, message and the partial
+  result, and the hooks run (``_hooks.py``);
+* what it tells observers meanwhile: progress (``_progress.py``); the blocks and
+  helpers of its body: ``_shield.py``, ``_body.py``; which operation is current:
+  ``_current.py``.
 
 How a cancellation request reaches the awaiting task:
 
@@ -13,23 +24,20 @@ How a cancellation request reaches the awaiting task:
 * from another thread (``cancel_sync``, a token cancelled in a thread): the request is
   handed to the operation's loop through its thread-safe wake-up (see ``_loop.py``),
   so a task blocked in ``await`` is woken at once, without polling;
-* a deadline is the scope's own deadline; synchronous code in threads sees it through
-  ``op.token`` which compares the monotonic clock with it.
+* a deadline is the scope's own deadline on the loop's clock; synchronous code in
+  threads sees it through ``op.token``, which reads the same deadline on the monotonic
+  clock.
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
-import inspect
 import logging
 import threading
 import time
-import weakref
-from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
@@ -38,211 +46,56 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from ._body import STREAM_BUFFER_SIZE as STREAM_BUFFER_SIZE
+from ._body import check_report_interval, stream_items, wrap_call
 from ._context import OperationContext
+from ._current import current_operation as current_operation
+from ._current import current_var
 from ._enums import CancelationReason, OperationStatus
 from ._exceptions import CancelationError, error_for_reason
+from ._hooks import ErrorCallback as ErrorCallback
+from ._hooks import Hooks
+from ._hooks import ProgressCallback as ProgressCallback
+from ._hooks import StatusCallback as StatusCallback
 from ._loop import LoopHandle, raise_cancelled
+from ._optoken import OperationToken
+from ._progress import RELAY_LOCK, ProgressRelay
+from ._reasons import (
+    default_message,
+    label_of,
+    outside_message,
+    parent_deadline_message,
+    parent_message,
+    timeout_message,
+)
 from ._registry import OperationRegistry
+from ._shield import Shield
 from ._sources import (
     CancelationSource,
     ConditionFn,
     ConditionSource,
     SignalSource,
-    TimeoutSource,
 )
 from ._token import CancelationToken, split_args
+from ._triggers import Triggers
+from ._validate import seconds
 
 logger = logging.getLogger("cancelpool")
 
 T = TypeVar("T")
 P = ParamSpec("P")
 
-ProgressCallback = Callable[[str, str, dict[str, Any]], "Awaitable[Any] | Any"]
-StatusCallback = Callable[[OperationContext], "Awaitable[Any] | Any"]
-ErrorCallback = Callable[[OperationContext, BaseException], "Awaitable[Any] | Any"]
-
-
-def _takes_two(callback: Callable[..., Any]) -> bool:
-    """Whether ``callback`` accepts ``(context, error)`` (the seed's error callback)."""
-    try:
-        sig = inspect.signature(callback)
-    except (TypeError, ValueError):
-        return False
-    try:
-        sig.bind(None, None)
-    except TypeError:
-        return False
-    return True
-
-
 _INF = float("inf")
 
-#: Items of a stream kept for its partial result (the seed library's bound): more
-#: costs memory per stream, fewer hands back less of a cancelled one.
-STREAM_BUFFER_SIZE = 1000
 
-# Progress reported from threads and not delivered yet, per operation (kept outside
-# the objects: Cancelable has __slots__ and a report is rare next to an operation).
-_sync_reports: weakref.WeakKeyDictionary[Cancelable, deque[tuple[str, dict[str, Any] | None]]] = (
-    weakref.WeakKeyDictionary()
-)
-_sync_reports_lock = threading.Lock()
+def timeout_name(timeout: float | timedelta) -> str:
+    """The seed library's name for an unnamed operation with a timeout.
 
-_current: ContextVar[Cancelable | None] = ContextVar("cancelpool_current_operation", default=None)
-
-
-def current_operation() -> Cancelable | None:
-    """The innermost :class:`Cancelable` active in this task (or thread), or None.
-
-    Based on a context variable: concurrent tasks each see their own operation, and
-    :meth:`Cancelable.run_in_thread` carries it into the worker thread.
+    Its seconds as Python prints them: ``timeout_5s`` for ``5``, ``timeout_5.0s`` for
+    ``5.0`` or ``timedelta(seconds=5)`` (a program may match on these names).
     """
-    return _current.get()
-
-
-class _OperationToken(CancelationToken):
-    """The token of one operation: cancelled whenever the operation is.
-
-    Its ``is_cancelled`` is what synchronous code polls, in a thread or on the loop
-    without awaiting, so it does not wait for the event loop to learn of a
-    cancellation. It also reads:
-
-    * the monotonic clock against the binding deadline (the operation's own or an
-      ancestor's), which the event loop otherwise enforces on its own;
-    * the tokens the operation and its ancestors watch, whose flags may be raised
-      where no listener runs (a shared-memory token cancelled by another process).
-
-    Either way the owning operation is cancelled too, as if the loop had seen it first.
-    """
-
-    __slots__ = (
-        "_deadline",
-        "_deadline_message",
-        "_deadline_owner",
-        "_deadline_reason",
-        "_op",
-    )
-
-    def __init__(self, op: Cancelable) -> None:
-        super().__init__()
-        self._op = op
-        self._deadline: float | None = None
-        self._deadline_owner: Cancelable | None = None
-        self._deadline_reason = CancelationReason.TIMEOUT
-        self._deadline_message: str | None = None
-
-    @property
-    def is_cancelled(self) -> bool:
-        if self._cancelled:
-            return True
-        deadline = self._deadline
-        if deadline is not None and time.monotonic() >= deadline:
-            owner = self._deadline_owner
-            if owner is not None:
-                if owner._done and owner._reason is None:
-                    # The operation that owned this deadline ended before it.
-                    self._deadline = None
-                    return False
-                # Seen here before the loop's own timer: cancel the owner first, so
-                # that the cancellation flows down the hierarchy as it would have.
-                owner._deadline_passed()
-            self._raise_flag(self._deadline_reason, self._deadline_message)
-            return True
-        own = self._op
-        op: Cancelable | None = own
-        while op is not None and not op._done:
-            for token in op._tokens:
-                # Another operation's token relays through its listeners; skipping it
-                # also keeps operations that watch each other from recursing here.
-                if type(token) is not _OperationToken and token.is_cancelled:
-                    reason = token.reason or CancelationReason.MANUAL
-                    if op is own:
-                        # Our listener on this flag cancels the operation.
-                        self._raise_flag(reason, token.message)
-                    else:
-                        op._request(reason, token.message)
-                        self._raise_flag(
-                            CancelationReason.PARENT,
-                            f"parent operation {op._label()} was cancelled "
-                            f"({reason.value}): {token.message}",
-                        )
-                    return True
-            op = op._parent
-        return False
-
-
-class _Shield:
-    """Protects a block from cancellation; the operation reports SHIELDED meanwhile.
-
-    A cancellation that lands inside the block (a ``cancel()``, a token, a deadline
-    passing) is not forgotten: the async form checkpoints at its exit, so it is
-    raised there; the sync form cannot await, so it tells the operation, whose exit
-    then delivers it even if no await follows the block.
-    """
-
-    __slots__ = ("_op", "_previous", "_scope")
-
-    def __init__(self, op: Cancelable) -> None:
-        self._op = op
-        self._scope = anyio.CancelScope(shield=True)
-        self._previous = op.context.status
-
-    def _enter(self) -> None:
-        self._previous = self._op.context.status
-        self._op.context.status = OperationStatus.SHIELDED
-        self._scope.__enter__()
-
-    def _exit(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        if self._op.context.status is OperationStatus.SHIELDED:
-            self._op.context.status = self._previous
-        # Whatever landed meanwhile must be delivered after the block, checkpoint or not.
-        self._op._shield_exited = True
-        return bool(self._scope.__exit__(exc_type, exc, tb))
-
-    def __enter__(self) -> anyio.CancelScope:
-        self._enter()
-        return self._scope
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        return self._exit(exc_type, exc, tb)
-
-    async def __aenter__(self) -> Cancelable:
-        """Enter; yields a tracking operation for the block (status SHIELDED).
-
-        The tracking operation is not entered and never cancelled by this one: it is
-        for progress reports and inspection (its ``parent_id`` names this operation).
-        """
-        self._enter()
-        op = self._op
-        tracker = Cancelable(
-            f"{op.context.name}_shielded", metadata={"shielded": True}, register=False
-        )
-        tracker.context.parent_id = op.context.id
-        tracker.context.status = OperationStatus.SHIELDED
-        return tracker
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        swallowed = self._exit(exc_type, exc, tb)
-        if exc is None:
-            # A cancellation requested inside the block (or a deadline that passed in
-            # it) is raised here, as the seed library does.
-            await self._op._deliver_after_shield()
-        return swallowed
+    value = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+    return f"timeout_{value}s"
 
 
 class Cancelable:
@@ -290,12 +143,9 @@ class Cancelable:
         "_register",
         "_scope",
         "_shield_exited",
-        "_sources",
         "_task",
-        "_tg",
-        "_timeout",
         "_token",
-        "_tokens",
+        "_triggers",
         "context",
     )
 
@@ -318,19 +168,16 @@ class Cancelable:
         self.context = OperationContext(id=operation_id, name=name, metadata=metadata)
         self._parent = parent
         self._register = register
-        self._timeout: float | None = None
-        self._sources: list[CancelationSource] = []
-        self._tokens: list[CancelationToken] = []
+        self._triggers: Triggers | None = None  # made by the first source or token
         self._scope: anyio.CancelScope | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
         self._handle: LoopHandle | None = None
         self._ctx_reset: contextvars.Token[Cancelable | None] | None = None
         self._reason: CancelationReason | None = None
         self._message: str | None = None
-        self._token: _OperationToken | None = None
-        self._children: list[Cancelable] = []
-        self._progress: list[ProgressCallback] | None = None
-        self._hooks: dict[str, list[StatusCallback | ErrorCallback]] | None = None
+        self._token: OperationToken | None = None
+        self._children: list[Cancelable] | None = None  # made by the first child
+        self._progress: ProgressRelay | None = None
+        self._hooks: Hooks | None = None
         self._nested = False
         self._shield_exited = False
         self._entered = False
@@ -349,20 +196,32 @@ class Cancelable:
         """An operation cancelled with reason TIMEOUT after ``timeout`` seconds.
 
         The deadline is the cancel scope's own: no background task, no polling.
+        Unnamed, it is called ``timeout_<seconds>s`` (``timeout_5s``,
+        ``timeout_0.5s``), as the seed library names it.
         """
-        return cls(name, **kwargs).add_source(TimeoutSource(timeout))
+        op = cls(name or timeout_name(timeout), **kwargs)
+        # What add_source(TimeoutSource(timeout)) does, without the source object.
+        op._own_triggers().timeout = seconds(timeout, "timeout")
+        return op
 
     @classmethod
     def with_token(
         cls, token: CancelationToken, name: str | None = None, **kwargs: Any
     ) -> Cancelable:
-        """An operation cancelled when ``token`` is, from any thread, with its reason."""
-        return cls(name, **kwargs).add_token(token)
+        """An operation cancelled when ``token`` is, from any thread, with its reason.
+
+        Unnamed, it is called ``token_based`` (the seed library's default).
+        """
+        return cls(name or "token_based", **kwargs).add_token(token)
 
     @classmethod
     def with_signal(cls, *signals: int, name: str | None = None, **kwargs: Any) -> Cancelable:
-        """An operation cancelled with reason SIGNAL when one of ``signals`` arrives."""
-        return cls(name, **kwargs).add_source(SignalSource(*signals))
+        """An operation cancelled with reason SIGNAL when one of ``signals`` arrives.
+
+        Unnamed, it is called ``signal_based`` (the seed library's default).
+        """
+        source = SignalSource(*signals)
+        return cls(name or "signal_based", **kwargs).add_source(source)
 
     @classmethod
     def with_condition(
@@ -373,9 +232,12 @@ class Cancelable:
         name: str | None = None,
         **kwargs: Any,
     ) -> Cancelable:
-        """An operation cancelled with reason CONDITION once ``condition()`` is true."""
+        """An operation cancelled with reason CONDITION once ``condition()`` is true.
+
+        Unnamed, it is called ``condition_based`` (the seed library's default).
+        """
         source = ConditionSource(condition, check_interval, condition_name)
-        return cls(name, **kwargs).add_source(source)
+        return cls(name or "condition_based", **kwargs).add_source(source)
 
     def add_source(self, source: CancelationSource) -> Cancelable:
         """Cancel this operation when ``source`` fires; returns ``self``.
@@ -386,11 +248,7 @@ class Cancelable:
         if not isinstance(source, CancelationSource):
             raise TypeError(f"add_source() takes a CancelationSource, not {source!r}")
         self._check_not_entered("add a source")
-        if type(source) is TimeoutSource:
-            if self._timeout is None or source.timeout < self._timeout:
-                self._timeout = source.timeout
-        else:
-            self._sources.append(source)
+        self._own_triggers().add_source(source)
         return self
 
     def add_token(self, token: CancelationToken) -> Cancelable:
@@ -398,49 +256,92 @@ class Cancelable:
         if not isinstance(token, CancelationToken):
             raise TypeError(f"expected a CancelationToken, not {type(token).__name__}")
         self._check_not_entered("add a token")
-        self._tokens.append(token)
+        self._own_triggers().add_token(token)
         return self
 
-    def combine(self, *others: Cancelable) -> Cancelable:
-        """A new operation cancelled by any source of ``self`` or of ``others``."""
-        combined = Cancelable(
-            self.context.name,
-            parent=self._parent,
-            metadata=dict(self.context.metadata),
-            register=self._register,
-        )
-        for op in (self, *others):
+    def _own_triggers(self) -> Triggers:
+        triggers = self._triggers
+        if triggers is None:
+            triggers = self._triggers = Triggers()
+        return triggers
+
+    def combine(
+        self,
+        *others: Cancelable,
+        name: str | None = None,
+        operation_id: str | None = None,
+        register: bool = False,
+    ) -> Cancelable:
+        """A new operation cancelled by whatever would cancel ``self`` or ``others``.
+
+        Example::
+
+            async with Cancelable.with_timeout(30).combine(Cancelable.with_token(stop)):
+                await work()
+
+        The one rule for combining (``@cancelable_combine`` follows it too): the new
+        operation takes the earliest timeout, every token (shared: cancelling one
+        cancels every operation watching it) and a fresh copy of every other source
+        (a source holds one run's state, so two operations never share one). It is a
+        new operation: it takes none of the others' callbacks, hooks, metadata or
+        parent (its parent is the current operation where it is entered). As in the
+        seed library it is named ``combined_<self's name>`` and its metadata lists
+        the combined operations' ids (``sources``) with ``combined: True``.
+
+        Args:
+            others: the operations to combine with ``self``; none of them is entered.
+            name: the new operation's name instead.
+            operation_id: its id instead of a fresh one.
+            register: list it in :class:`OperationRegistry`.
+        """
+        ops = (self, *others)
+        for op in ops:
             if not isinstance(op, Cancelable):
                 raise TypeError(f"combine() takes Cancelable objects, not {op!r}")
-            if op._timeout is not None:
-                combined.add_source(TimeoutSource(op._timeout))
-            for source in op._sources:
-                combined.add_source(source)
-            for token in op._tokens:
-                combined.add_token(token)
+        combined = Cancelable(
+            name or f"combined_{self.context.name}",
+            operation_id=operation_id,
+            metadata={"sources": [op.context.id for op in ops], "combined": True},
+            register=register,
+        )
+        combined._triggers = Triggers.combined(op._triggers for op in ops)
         return combined
 
     def _check_not_entered(self, what: str) -> None:
         if self._entered:
             raise RuntimeError(f"cannot {what} to an operation that has already started")
 
-    # -- callbacks -------------------------------------------------------------------------
+    # -- observers -------------------------------------------------------------------------
     def on_progress(self, callback: ProgressCallback) -> Cancelable:
         """Call ``callback(operation_id, message, metadata)`` on every progress report
         of this operation and of its descendants. Sync or async; returns ``self``."""
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")
-        if self._progress is None:
-            self._progress = []
-        self._progress.append(callback)
+        self._relay().add(callback)
         return self
+
+    @property
+    def progress_callbacks(self) -> tuple[ProgressCallback, ...]:
+        """The callbacks :meth:`on_progress` added to this operation, in order."""
+        relay = self._progress
+        return () if relay is None else relay.callbacks
+
+    def _relay(self) -> ProgressRelay:
+        relay = self._progress
+        if relay is None:
+            # A thread reporting progress may make it at the same time as the loop.
+            with RELAY_LOCK:
+                relay = self._progress
+                if relay is None:
+                    relay = self._progress = ProgressRelay()
+        return relay
 
     def _add_hook(self, event: str, callback: StatusCallback | ErrorCallback) -> Cancelable:
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")
         if self._hooks is None:
-            self._hooks = {}
-        self._hooks.setdefault(event, []).append(callback)
+            self._hooks = Hooks()
+        self._hooks.add(event, callback)
         return self
 
     def on_start(self, callback: StatusCallback) -> Cancelable:
@@ -463,24 +364,6 @@ class Cancelable:
         """
         return self._add_hook("error", callback)
 
-    async def _run_hooks(self, event: str) -> None:
-        callbacks = self._hooks.get(event) if self._hooks else None
-        if not callbacks:
-            return
-        # Hooks run even while the operation is being cancelled.
-        with anyio.CancelScope(shield=True):
-            for callback in callbacks:
-                try:
-                    hook: Callable[..., Any] = callback
-                    if event == "error" and _takes_two(hook):
-                        result = hook(self.context, self.context.error)
-                    else:
-                        result = hook(self.context)
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception:
-                    logger.exception("cancelpool: %s callback %r failed", event, callback)
-
     async def report_progress(self, message: str, metadata: dict[str, Any] | None = None) -> None:
         """Send a progress report to this operation's callbacks and every ancestor's.
 
@@ -492,14 +375,9 @@ class Cancelable:
         op_id = self.context.id
         op: Cancelable | None = self
         while op is not None:
-            if op._progress:
-                for callback in op._progress:
-                    try:
-                        result = callback(op_id, message, meta)
-                        if inspect.isawaitable(result):
-                            await result
-                    except Exception:
-                        logger.exception("cancelpool: progress callback %r failed", callback)
+            relay = op._progress
+            if relay is not None:
+                await relay.deliver(op_id, message, meta)
             op = op._parent
 
     def report_progress_sync(self, message: str, metadata: dict[str, Any] | None = None) -> None:
@@ -518,28 +396,19 @@ class Cancelable:
                 "report_progress_sync() needs a running operation: call it from inside "
                 "the operation's block (or its run_in_thread function)"
             )
-        with _sync_reports_lock:
-            reports = _sync_reports.get(self)
-            if reports is not None:  # a drainer is already scheduled: it takes this one
-                reports.append((message, metadata))
-                return
-            _sync_reports[self] = deque([(message, metadata)])
+        relay = self._relay()
+        if not relay.queue(message, metadata):
+            return  # the drainer already scheduled takes it
         if not handle.spawn(self._drain_sync_reports):
-            with _sync_reports_lock:
-                _sync_reports.pop(self, None)
+            relay.drop_pending()
             logger.warning("cancelpool: progress %r lost: the event loop has closed", message)
 
     async def _drain_sync_reports(self) -> None:
         # One task delivers every pending report, in order (trio runs separate tasks
         # in no fixed order).
-        while True:
-            with _sync_reports_lock:
-                reports = _sync_reports[self]
-                if not reports:
-                    del _sync_reports[self]
-                    return
-                message, metadata = reports.popleft()
-            await self.report_progress(message, metadata)
+        relay = self._relay()
+        while (report := relay.next_pending()) is not None:
+            await self.report_progress(*report)
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -555,12 +424,20 @@ class Cancelable:
     @property
     def tokens(self) -> tuple[CancelationToken, ...]:
         """The tokens this operation watches (:meth:`add_token`), in order."""
-        return tuple(self._tokens)
+        triggers = self._triggers
+        return () if triggers is None else triggers.tokens
+
+    @property
+    def sources(self) -> tuple[CancelationSource, ...]:
+        """The sources this operation watches, other than its timeout, in order."""
+        triggers = self._triggers
+        return () if triggers is None else triggers.sources
 
     @property
     def timeout(self) -> float | None:
         """This operation's own timeout in seconds (its earliest), or None."""
-        return self._timeout
+        triggers = self._triggers
+        return None if triggers is None else triggers.timeout
 
     @property
     def operation_id(self) -> str:
@@ -584,7 +461,9 @@ class Cancelable:
         (its ``async with`` then raises the matching :class:`CancelationError`);
         otherwise returns at once.
         """
-        await self._checkpoint()
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if self.is_cancelled:
+            await raise_cancelled()
 
     check_cancellation = check_cancelation
 
@@ -631,16 +510,16 @@ class Cancelable:
         """
         token = self._token
         if token is None:
-            token = self._token = _OperationToken(self)
+            token = self._token = OperationToken(self._poll_watched)
             if self._reason is not None:
-                token._raise_flag(self._reason, self._message)
+                token.mirror(self._reason, self._message)
             else:
                 self._arm_token_deadline(token)
                 token.add_listener(self._on_token)
         return token
 
     def _label(self) -> str:
-        return repr(self.context.name) if self.context.name else self.context.id[:8]
+        return label_of(self.context)
 
     # -- entering and leaving --------------------------------------------------------------
     async def __aenter__(self) -> Cancelable:
@@ -651,33 +530,21 @@ class Cancelable:
         task = self._task = handle.current_task()
         parent = self._parent
         if parent is None:
-            parent = self._parent = _current.get()
+            parent = self._parent = current_var.get()
         ctx = self.context
         scope = handle.cancel_scope()
-        timeout = self._timeout
+        triggers = self._triggers
+        timeout = None if triggers is None else triggers.timeout
         if timeout is not None:
             scope.deadline = self._own_deadline = handle.time() + timeout
             self._mono_deadline = time.monotonic() + timeout
         if parent is not None:
-            ctx.parent_id = parent.context.id
-            # Nested: the parent's ``async with`` encloses ours in this very task, so its
-            # cancellation reaches us by itself. Otherwise (another task, even one that
-            # inherited the parent as current operation) we must be cancelled explicitly.
-            self._nested = parent._task is task and parent._scope is not None
-            if not self._nested:
-                parent_scope = parent._scope
-                if parent_scope is not None and parent_scope.deadline < scope.deadline:
-                    scope.deadline = parent_scope.deadline
-                    self._mono_deadline = parent._mono_deadline
-            parent._children.append(self)
-        if self._sources and any(source.needs_monitor for source in self._sources):
-            # The monitors' task group encloses our scope, so that cancelling the scope
-            # never cancels the monitors and the scopes unwind in order.
-            self._tg = anyio.create_task_group()
-            await self._tg.__aenter__()
+            self._join(parent, task, scope)
+        if triggers is not None and triggers.sources:
+            await triggers.open_monitors()
         scope.__enter__()
         self._scope = scope
-        self._ctx_reset = _current.set(self)
+        self._ctx_reset = current_var.set(self)
         ctx.status = OperationStatus.RUNNING
         ctx.start_time = time.time()
         if self._register:
@@ -688,48 +555,33 @@ class Cancelable:
         elif parent is not None and parent.is_cancelled:
             self._parent_cancelled(parent)
         own_token = self._token
-        if own_token is not None and not own_token._cancelled:
+        if own_token is not None and not own_token.raised:
             self._arm_token_deadline(own_token)
-        for token in self._tokens:
-            token.add_listener(self._on_token)
-        if self._sources:
-            self._start_sources()
-            if any(source.uses_seed_protocol for source in self._sources):
-                await self._start_seed_sources(scope)
-        if self._hooks:
-            await self._run_hooks("start")
+        if triggers is not None and (triggers.tokens or triggers.sources):
+            triggers.listen(self._on_token, self._on_source)
+            if triggers.sources and triggers.uses_seed_protocol:
+                await triggers.start_seed_sources(scope, self._on_seed_source)
+        if self._hooks is not None:
+            await self._hooks.run("start", ctx)
         return self
 
-    async def _start_seed_sources(self, scope: anyio.CancelScope) -> None:
-        # Sources written for the seed library watch on their own, inside our scope.
-        for source in self._sources:
-            if source.uses_seed_protocol:
-                source.set_cancel_callback(self._on_seed_source)
-                await source.start_monitoring(scope)
-
-    def _on_seed_source(self, reason: CancelationReason, message: str) -> None:
-        if self._handle is not None:
-            self._handle.call(self._trigger, reason, message or None)
-
-    async def _stop_seed_sources(self) -> BaseException | None:
-        """Stop the seed-protocol sources; returns a cancellation that arrived meanwhile."""
-        pending: BaseException | None = None
-        for source in self._sources:
-            if not source.uses_seed_protocol:
-                continue
-            try:
-                await source.stop_monitoring()
-            except anyio.get_cancelled_exc_class() as cancelled:
-                pending = cancelled
-            except Exception:
-                logger.exception("cancelpool: stop_monitoring() of source %s failed", source.name)
-        return pending
-
-    def _start_sources(self) -> None:
-        for source in self._sources:
-            if self._tg is not None and source.needs_monitor:
-                self._tg.start_soon(source.run)
-            source.add_listener(self._on_source)
+    def _join(self, parent: Cancelable, task: object, scope: anyio.CancelScope) -> None:
+        """Become ``parent``'s child (at entry, before our scope is entered)."""
+        self.context.parent_id = parent.context.id
+        # Nested: the parent's ``async with`` encloses ours in this very task, so its
+        # cancellation reaches us by itself. Otherwise (another task, even one that
+        # inherited the parent as current operation) we must be cancelled explicitly,
+        # and we carry the parent's deadline if it comes first.
+        self._nested = parent._task is task and parent._scope is not None
+        if not self._nested:
+            parent_scope = parent._scope
+            if parent_scope is not None and parent_scope.deadline < scope.deadline:
+                scope.deadline = parent_scope.deadline
+                self._mono_deadline = parent._mono_deadline
+        if parent._children is None:
+            parent._children = [self]
+        else:
+            parent._children.append(self)
 
     async def __aexit__(
         self,
@@ -743,8 +595,9 @@ class Cancelable:
             # exit) changes nothing and lets whatever is propagating through.
             logger.debug("cancelpool: %r exited without a matching entry; ignored", self)
             return False
-        if self._sources and any(source.uses_seed_protocol for source in self._sources):
-            cancelled = await self._stop_seed_sources()
+        triggers = self._triggers
+        if triggers is not None and triggers.sources and triggers.uses_seed_protocol:
+            cancelled = await triggers.stop_seed_sources()
             if cancelled is not None and exc is None:
                 exc, exc_type, tb = cancelled, type(cancelled), cancelled.__traceback__
         if exc is None and self._shield_exited:
@@ -756,12 +609,8 @@ class Cancelable:
             except anyio.get_cancelled_exc_class() as cancelled:
                 exc, exc_type, tb = cancelled, type(cancelled), cancelled.__traceback__
         self._done = True
-        if self._tokens:
-            for token in self._tokens:
-                token.remove_listener(self._on_token)
-        if self._sources:
-            for source in self._sources:
-                source.remove_listener(self._on_source)
+        if triggers is not None and (triggers.tokens or triggers.sources):
+            triggers.unlisten(self._on_token, self._on_source)
         replaced: BaseException | None = None
         try:
             # trio's scope reports True for a clean exit too: only an exception can be
@@ -773,63 +622,25 @@ class Cancelable:
             swallowed = False
             replaced = exc = new_exc
         if self._ctx_reset is not None:
-            _current.reset(self._ctx_reset)
+            current_var.reset(self._ctx_reset)
             self._ctx_reset = None
         parent = self._parent
-        if parent is not None:
+        if parent is not None and parent._children:
             try:
                 parent._children.remove(self)
             except ValueError:
                 pass
-        pending: BaseException | None = None
-        if self._tg is not None:
-            tg, self._tg = self._tg, None
-            # Shielded: an outside cancellation must not interrupt the monitors' clean-up;
-            # they are cancelled and exit at once.
-            tg.cancel_scope.shield = True
-            tg.cancel_scope.cancel()
-            try:
-                await tg.__aexit__(None, None, None)
-            except anyio.get_cancelled_exc_class() as cancelled:
-                # An outside cancellation already requested of the asyncio task lands
-                # here despite the shield. Finish the bookkeeping, then let it out.
-                pending = cancelled
+        # An outside cancellation that lands while the monitors close: let out last.
+        pending = None
+        if triggers is not None and triggers.monitors is not None:
+            pending = await triggers.close_monitors()
         self._task = None
-        ctx = self.context
-        ctx.end_time = time.time()
-        error: CancelationError | None = None
-        if swallowed or (isinstance(exc, CancelationError) and scope.cancel_called):
-            # Our own scope caught its cancellation, or a token's check() raised it
-            # (ours, or a child's that our cancellation reached first): one of our
-            # sources did it.
-            reason, message = self._reason_of_own()
-            error = error_for_reason(reason, message, ctx, **self._error_attributes(reason))
-            ctx.status = OperationStatus.CANCELLED
-            event = "cancel"
-        elif exc is None:
-            ctx.status = OperationStatus.COMPLETED
-            event = "complete"
-        elif isinstance(exc, anyio.get_cancelled_exc_class()):
-            self._settle_outside_reason()
-            ctx.status = OperationStatus.CANCELLED
-            event = "cancel"
-        elif isinstance(exc, CancelationError) and exc.context is None:
-            # A watched token's check() raised before its wake-up reached the loop.
-            if self._set_reason(exc.reason, exc.message):
-                self._after_reason()
-            exc.context = ctx
-            ctx.status = OperationStatus.CANCELLED
-            event = "cancel"
-        else:
-            # Any other exception, including another operation's CancelationError that
-            # nobody caught: this operation failed with it.
-            ctx.status = OperationStatus.FAILED
-            ctx.error = exc
-            event = "error"
+        self.context.end_time = time.time()
+        error, event = self._outcome(scope, exc, swallowed)
         if self._register:
             (OperationRegistry._instance or OperationRegistry.get_instance())._finish(self)
-        if self._hooks:
-            await self._run_hooks(event)
+        if self._hooks is not None:
+            await self._hooks.run(event, self.context)
         try:
             if pending is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
                 raise pending
@@ -846,6 +657,40 @@ class Cancelable:
             # GC frees (a cancel_all over 100k jobs spent seconds in full collections).
             del pending, error, replaced, exc
         return False
+
+    def _outcome(
+        self, scope: anyio.CancelScope, exc: BaseException | None, swallowed: bool
+    ) -> tuple[CancelationError | None, str]:
+        """Record how the operation ended; returns our own error to raise (if any) and
+        the hook event."""
+        ctx = self.context
+        if swallowed or (isinstance(exc, CancelationError) and scope.cancel_called):
+            # Our own scope caught its cancellation, or a token's check() raised it
+            # (ours, or a child's that our cancellation reached first): one of our
+            # sources did it.
+            reason, message = self._reason_of_own()
+            error = error_for_reason(reason, message, ctx, **self._error_attributes(reason))
+            ctx.status = OperationStatus.CANCELLED
+            return error, "cancel"
+        if exc is None:
+            ctx.status = OperationStatus.COMPLETED
+            return None, "complete"
+        if isinstance(exc, anyio.get_cancelled_exc_class()):
+            self._settle_outside_reason()
+            ctx.status = OperationStatus.CANCELLED
+            return None, "cancel"
+        if isinstance(exc, CancelationError) and exc.context is None:
+            # A watched token's check() raised before its wake-up reached the loop.
+            if self._set_reason(exc.reason, exc.message):
+                self._after_reason()
+            exc.context = ctx
+            ctx.status = OperationStatus.CANCELLED
+            return None, "cancel"
+        # Any other exception, including another operation's CancelationError that
+        # nobody caught: this operation failed with it.
+        ctx.status = OperationStatus.FAILED
+        ctx.error = exc
+        return None, "error"
 
     # -- reasons ---------------------------------------------------------------------------
     def _reason_of_own(self) -> tuple[CancelationReason, str]:
@@ -875,20 +720,15 @@ class Cancelable:
     def _error_attributes(self, reason: CancelationReason) -> dict[str, Any]:
         """What the seed library's exceptions carry besides a reason and message."""
         if reason is CancelationReason.TIMEOUT:
-            return {"timeout_seconds": self._timeout}
+            return {"timeout_seconds": self.timeout}
         if reason is CancelationReason.PARENT:
             parent = self._parent
             return {
                 "parent_id": None if parent is None else parent.context.id,
                 "parent_reason": None if parent is None else parent._reason,
             }
-        for source in self._sources:
-            if source.triggered and source.reason is reason:
-                if reason is CancelationReason.SIGNAL:
-                    return {"signal_number": getattr(source, "signal_number", None)}
-                if reason is CancelationReason.CONDITION:
-                    return {"condition_name": getattr(source, "condition_name", source.name)}
-        return {}
+        triggers = self._triggers
+        return {} if triggers is None else triggers.fired_attributes(reason)
 
     def _settle_outside_reason(self) -> None:
         """Record why a cancellation from outside the operation reached it."""
@@ -902,32 +742,26 @@ class Cancelable:
             op = op._parent
         else:
             reason = CancelationReason.PARENT
-            message = f"operation {self._label()} was cancelled by an enclosing cancel scope"
+            message = outside_message(self._label())
         if self._set_reason(reason, message):
             self._after_reason()
 
     def _parent_message(self, parent: Cancelable) -> tuple[CancelationReason, str]:
         reason, message = parent._reason_of_own()
-        return (
-            CancelationReason.PARENT,
-            f"parent operation {parent._label()} was cancelled ({reason.value}): {message}",
-        )
+        return CancelationReason.PARENT, parent_message(parent._label(), reason, message)
 
     def _set_reason(self, reason: CancelationReason, message: str | None) -> bool:
         if self._reason is not None:
             return False
         if message is None:
-            if reason is CancelationReason.TIMEOUT and self._timeout is not None:
-                message = f"operation {self._label()} timed out after {self._timeout:g}s"
-            else:
-                message = f"operation {self._label()} was cancelled ({reason.value})"
+            message = default_message(self._label(), reason, self.timeout)
         self._reason = reason
         self._message = message
         self.context.cancel_reason = reason
         self.context.cancel_message = message
         return True
 
-    # -- cancelling ------------------------------------------------------------------------
+    # -- spreading -------------------------------------------------------------------------
     def _trigger(self, reason: CancelationReason, message: str | None) -> None:
         """Cancel now (on the operation's loop thread)."""
         if self._done or not self._set_reason(reason, message):
@@ -940,9 +774,10 @@ class Cancelable:
         """Propagate a newly recorded reason: raise our token, cancel our children."""
         assert self._reason is not None
         if self._token is not None:
-            self._token._raise_flag(self._reason, self._message)
-        for child in list(self._children):
-            child._parent_cancelled(self)
+            self._token.mirror(self._reason, self._message)
+        if self._children:
+            for child in list(self._children):
+                child._parent_cancelled(self)
 
     def _parent_cancelled(self, parent: Cancelable) -> None:
         reason, message = self._parent_message(parent)
@@ -961,7 +796,34 @@ class Cancelable:
         if self._handle is not None:
             self._handle.call(self._trigger, source.reason, source.message)
 
-    def _arm_token_deadline(self, token: _OperationToken) -> None:
+    def _on_seed_source(self, reason: CancelationReason, message: str) -> None:
+        if self._handle is not None:
+            self._handle.call(self._trigger, reason, message or None)
+
+    # -- what the operation's token reads (see _optoken.py) ----------------------------------
+    def _poll_watched(self) -> tuple[CancelationReason, str | None] | None:
+        """A cancelled token watched by this operation or an ancestor, as the reason and
+        message our token reports; the operation that watches it is told."""
+        op: Cancelable | None = self
+        while op is not None and not op._done:
+            triggers = op._triggers
+            if triggers is not None:
+                for token in triggers.tokens:
+                    # Another operation's token relays through its listeners; skipping it
+                    # also keeps operations that watch each other from recursing here.
+                    if type(token) is not OperationToken and token.is_cancelled:
+                        reason = token.reason or CancelationReason.MANUAL
+                        if op is self:
+                            # Our listener on this flag cancels the operation.
+                            return reason, token.message
+                        op._request(reason, token.message)
+                        return CancelationReason.PARENT, parent_message(
+                            op._label(), reason, str(token.message)
+                        )
+            op = op._parent
+        return None
+
+    def _arm_token_deadline(self, token: OperationToken) -> None:
         # The earliest deadline among this operation and its ancestors binds; on a tie
         # the highest ancestor owns it (a child carries its parent's deadline exactly).
         owner: Cancelable | None = None
@@ -973,26 +835,27 @@ class Cancelable:
             op = op._parent
         if owner is None:
             return
-        token._deadline = deadline
-        token._deadline_owner = owner
         if owner is self:
-            token._deadline_reason = CancelationReason.TIMEOUT
-            token._deadline_message = (
-                f"operation {self._label()} timed out after {self._timeout:g}s"
-            )
+            timeout = self.timeout
+            assert timeout is not None  # only a timeout of our own sets our deadline
+            reason = CancelationReason.TIMEOUT
+            message = timeout_message(self._label(), timeout)
         else:
-            token._deadline_reason = CancelationReason.PARENT
-            token._deadline_message = (
-                f"parent operation {owner._label()} was cancelled "
-                f"({CancelationReason.TIMEOUT.value}): it timed out"
-            )
+            reason = CancelationReason.PARENT
+            message = parent_deadline_message(owner._label())
+        token.arm_deadline(deadline, reason, message, owner._deadline_passed)
 
-    def _deadline_passed(self) -> None:
-        """Our deadline passed by the monotonic clock (noticed off the loop, maybe)."""
+    def _deadline_passed(self) -> bool:
+        """Our deadline passed by the monotonic clock (noticed off the loop, maybe):
+        False if we ended before it, else True once the loop is told."""
+        if self._done and self._reason is None:
+            return False
         handle = self._handle
         if handle is not None and self._reason is None:
             handle.call(self._trigger, CancelationReason.TIMEOUT, None)
+        return True
 
+    # -- cancelling ------------------------------------------------------------------------
     async def cancel(
         self,
         reason: CancelationReason | str | None = CancelationReason.MANUAL,
@@ -1039,6 +902,29 @@ class Cancelable:
             self._scope.cancel()
             self._after_reason()
 
+    # -- helpers for the body ----------------------------------------------------------------
+    def shield(self) -> Shield:
+        """A block (``with`` or ``async with``) that cancellation cannot interrupt.
+
+        The operation reports status SHIELDED inside it; a cancellation requested
+        meanwhile is delivered at the first checkpoint after the block (at the latest
+        when the operation's block exits).
+        """
+        return Shield(
+            self.context, self._shield_ended, self._deliver_after_shield, self._shield_tracker
+        )
+
+    def _shield_ended(self) -> None:
+        self._shield_exited = True
+
+    def _shield_tracker(self) -> Cancelable:
+        tracker = Cancelable(
+            f"{self.context.name}_shielded", metadata={"shielded": True}, register=False
+        )
+        tracker.context.parent_id = self.context.id
+        tracker.context.status = OperationStatus.SHIELDED
+        return tracker
+
     async def _deliver_after_shield(self) -> None:
         # asyncio runs a task's next step before a timer that came due meanwhile, so a
         # bare checkpoint would let a deadline that passed in the shield slip by. The
@@ -1046,15 +932,6 @@ class Cancelable:
         # its owner first; the checkpoint then delivers it.
         self.token.is_cancelled  # noqa: B018
         await anyio.lowlevel.checkpoint()
-
-    # -- helpers for the body ----------------------------------------------------------------
-    def shield(self) -> _Shield:
-        """A block (``with`` or ``async with``) that cancellation cannot interrupt.
-
-        The operation reports status SHIELDED inside it; a cancellation requested
-        meanwhile is delivered at the first checkpoint after the block.
-        """
-        return _Shield(self)
 
     async def run_in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking ``fn(*args, **kwargs)`` in a worker thread, in this operation.
@@ -1074,17 +951,7 @@ class Cancelable:
         Calling the wrapper when the operation is cancelled raises the backend's
         cancelled exception (inside the operation it unwinds to its ``async with``).
         """
-        op = self
-
-        @functools.wraps(fn)
-        async def wrapped(*args: P.args, **kwargs: P.kwargs) -> T:
-            await op._checkpoint()
-            result = fn(*args, **kwargs)
-            if inspect.isawaitable(result):
-                return await result
-            return result
-
-        return wrapped
+        return wrap_call(self, fn)
 
     @asynccontextmanager
     async def wrapping(self) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
@@ -1095,11 +962,6 @@ class Cancelable:
             return await self.wrap(fn)(*args, **kwargs)
 
         yield call
-
-    async def _checkpoint(self) -> None:
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        if self.is_cancelled:
-            await raise_cancelled()
 
     def stream(
         self,
@@ -1129,39 +991,10 @@ class Cancelable:
             ValueError: ``report_interval`` is not a positive int (raised here, at the
                 call, not at the first iteration).
         """
-        if report_interval is not None and (
-            isinstance(report_interval, bool)
-            or not isinstance(report_interval, int)
-            or report_interval <= 0
-        ):
-            raise ValueError(
-                f"report_interval must be a positive number of items, not {report_interval!r}"
-            )
+        check_report_interval(report_interval)
         if not hasattr(source, "__aiter__"):
             raise TypeError(f"stream() takes an async iterable, not {type(source).__name__}")
-        return self._stream(source, report_interval, buffer_partial)
-
-    async def _stream(
-        self, source: AsyncIterable[T], report_interval: int | None, buffer_partial: bool
-    ) -> AsyncIterator[T]:
-        seen: list[T] | None = [] if buffer_partial else None
-        partial: dict[str, Any] = {"count": 0, "buffer": seen, "completed": False}
-        self.context.partial_result = partial
-        count = 0
-        async for item in source:
-            await self._checkpoint()
-            count += 1
-            partial["count"] = count
-            if seen is not None:
-                seen.append(item)
-                if len(seen) > STREAM_BUFFER_SIZE:
-                    del seen[0]
-            if report_interval is not None and count % report_interval == 0:
-                await self.report_progress(
-                    f"Processed {count} items", {"count": count, "latest_item": item}
-                )
-            yield item
-        partial["completed"] = True
+        return stream_items(self, source, report_interval, buffer_partial)
 
     def __repr__(self) -> str:
         return f"<Cancelable {self._label()} {self.context.status.value}>"

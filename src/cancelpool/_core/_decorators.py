@@ -22,10 +22,8 @@ injected parameter is hidden from the wrapper's ``inspect.signature``.
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
-import types
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,13 +31,11 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 import anyio.lowlevel
 
-from ._cancelable import Cancelable, ErrorCallback, StatusCallback, _current, current_operation
+from ._cancelable import Cancelable
+from ._current import current_operation, current_var
 from ._enums import OperationStatus
 from ._exceptions import error_for_reason
 from ._sources import (
-    AllOfSource,
-    CancelationSource,
-    CompositeSource,
     ConditionFn,
     ConditionSource,
     SignalSource,
@@ -403,83 +399,17 @@ def cancelable_with_condition(
     return decorate
 
 
-def _fresh_copy(source: CancelationSource) -> CancelationSource:
-    """A copy of ``source`` that has never fired and that nobody listens to.
-
-    A source carries the state of one run (fired or not, listeners); concurrent and
-    successive calls each need their own. The copy is shallow: configuration (the
-    condition, the signals, the timeout) is shared. A subclass keeping other per-run
-    state should define ``__copy__``.
-    """
-    new = copy.copy(source)
-    new.triggered = False
-    new.message = None
-    new._listeners = []
-    for attr, value in list(vars(new).items()):
-        # A condition bound to the template (ResourceConditionSource checks with its
-        # own method) must report to the copy.
-        if isinstance(value, types.MethodType) and value.__self__ is source:
-            setattr(new, attr, types.MethodType(value.__func__, new))
-    if isinstance(source, CompositeSource) and isinstance(new, CompositeSource):
-        new.sources = [_fresh_copy(member) for member in source.sources]
-        if isinstance(new, AllOfSource):
-            new.fired_sources = []
-        for member in new.sources:
-            member.add_listener(new._member_fired)
-    return new
-
-
-@dataclass(frozen=True)
-class _Blueprint:
-    """Everything a combined operation takes from its template operations."""
-
-    timeout: float | None
-    sources: tuple[CancelationSource, ...]
-    tokens: tuple[CancelationToken, ...]
-    progress: tuple[Callable[..., Any], ...]
-    hooks: tuple[tuple[str, StatusCallback | ErrorCallback], ...]
-    metadata: dict[str, Any]
-    name: str | None
-
-
-def _blueprint(templates: tuple[Cancelable, ...]) -> _Blueprint:
+def _check_templates(templates: tuple[Cancelable, ...]) -> None:
     if not templates:
         raise TypeError("@cancelable_combine needs at least one Cancelable to combine")
-    timeouts: list[float] = []
-    sources: list[CancelationSource] = []
-    tokens: list[CancelationToken] = []
-    progress: list[Callable[..., Any]] = []
-    hooks: list[tuple[str, StatusCallback | ErrorCallback]] = []
-    metadata: dict[str, Any] = {}
-    name = None
     for op in templates:
         if not isinstance(op, Cancelable):
             raise TypeError(f"@cancelable_combine takes Cancelable objects, not {op!r}")
-        if op._entered:
+        if op.context.status is not OperationStatus.PENDING:
             raise ValueError(
                 f"@cancelable_combine takes unstarted Cancelable objects as templates, but "
                 f"{op!r} has already been entered"
             )
-        if op._timeout is not None:
-            timeouts.append(op._timeout)
-        # Snapshot now: the templates may be used (and fired) elsewhere later.
-        sources.extend(_fresh_copy(source) for source in op._sources)
-        tokens.extend(token for token in op._tokens if token not in tokens)
-        progress.extend(op._progress or ())
-        for event, callbacks in (op._hooks or {}).items():
-            hooks.extend((event, callback) for callback in callbacks)
-        metadata.update(op.context.metadata)
-        if name is None:
-            name = op.context.name
-    return _Blueprint(
-        min(timeouts) if timeouts else None,
-        tuple(sources),
-        tuple(tokens),
-        tuple(progress),
-        tuple(hooks),
-        metadata,
-        name,
-    )
 
 
 def cancelable_combine(
@@ -501,37 +431,25 @@ def cancelable_combine(
         )
         async def download(url: str) -> bytes: ...
 
-    The given operations are templates, never entered: each call gets the earliest of
-    their timeouts as its own deadline, their tokens (shared: a cancelled token
-    cancels every later call at once), fresh copies of their other sources (so one
-    call's condition firing does not cancel the next call), their progress callbacks,
-    hooks and metadata. The call raises the error matching whichever source fired
-    first. ``name`` defaults to the first template's name, then the function's.
+    The given operations are templates, never entered: each call combines them
+    afresh with :meth:`Cancelable.combine` (the one rule for combining: the earliest
+    timeout, their tokens shared, fresh copies of their other sources, none of their
+    callbacks, hooks or metadata), so one call's condition firing does not cancel the
+    next call. The call raises the error matching whichever source fired first.
+    ``name`` defaults to the function's name, as in the seed library.
     """
-    blueprint = _blueprint(cancelables)
+    _check_templates(cancelables)
     _check_name(name)
+    first, *rest = cancelables
+    registered = register_globally if register_globally is not None else register
 
     def decorate(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-        op_name = name or blueprint.name or _default_name(fn)
+        op_name = name or _default_name(fn)
 
         def make(_: tuple[Any, ...]) -> Cancelable:
-            op = Cancelable(
-                op_name,
-                metadata=dict(blueprint.metadata),
-                register=register,
-                **_seed_options(operation_id, register_globally),
+            return first.combine(
+                *rest, name=op_name, operation_id=operation_id, register=registered
             )
-            if blueprint.timeout is not None:
-                op.add_source(TimeoutSource(blueprint.timeout))
-            for source in blueprint.sources:
-                op.add_source(_fresh_copy(source))
-            for token in blueprint.tokens:
-                op.add_token(token)
-            for callback in blueprint.progress:
-                op.on_progress(callback)
-            for event, hook in blueprint.hooks:
-                op._add_hook(event, hook)
-            return op
 
         return _per_call(fn, make, inject_param, "cancelable_combine")
 
@@ -679,11 +597,11 @@ def with_cancelable(
                 await _deliver_if_cancelled(op)
             if inj is not None and not inj.supplied(args, kwargs):
                 kwargs[inj.name] = op
-            reset = _current.set(op)
+            reset = current_var.set(op)
             try:
                 return await fn(*args, **kwargs)
             finally:
-                _current.reset(reset)
+                current_var.reset(reset)
 
         if inj is not None:
             _hide_injected(wrapper, fn, inj)

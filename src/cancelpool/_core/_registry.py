@@ -14,13 +14,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
 import anyio.lowlevel
 
 from ._context import OperationContext
 from ._enums import CancelationReason, OperationStatus
+from ._token import split_args
 
 if TYPE_CHECKING:
     from ._cancelable import Cancelable
@@ -63,6 +64,28 @@ def _matches(
     if name_pattern is not None:
         return ctx.name is not None and fnmatch.fnmatchcase(ctx.name, name_pattern)
     return True
+
+
+def _status_or_pattern(
+    status: OperationStatus | str | None, name_pattern: str | None
+) -> tuple[OperationStatus | None, str | None]:
+    # The seed library's cancel_all() takes the status first; cancelpool's took the
+    # name pattern first: a plain string there is the pattern.
+    if status is None or isinstance(status, OperationStatus):
+        return status, name_pattern
+    if isinstance(status, str) and name_pattern is None:
+        return None, status
+    raise TypeError(f"status must be an OperationStatus, not {status!r}")
+
+
+def _since(since: datetime | float | None) -> float | None:
+    if since is None:
+        return None
+    if isinstance(since, datetime):
+        return since.timestamp()
+    if isinstance(since, bool) or not isinstance(since, (int, float)):
+        raise TypeError(f"since must be a datetime or epoch seconds, not {since!r}")
+    return float(since)
 
 
 class _Store:
@@ -181,9 +204,19 @@ class OperationRegistry:
                 count += 1
         return count
 
-    def _history(self, limit: int | None) -> list[OperationContext]:
+    def _history(
+        self,
+        limit: int | None,
+        status: OperationStatus | None = None,
+        since: datetime | float | None = None,
+    ) -> list[OperationContext]:
+        cutoff = _since(since)
         with self._store.lock:
             items = list(self._store.history)
+        if status is not None:
+            items = [ctx for ctx in items if ctx.status is status]
+        if cutoff is not None:
+            items = [ctx for ctx in items if ctx.end_time is not None and ctx.end_time >= cutoff]
         return items if limit is None else items[-limit:] if limit > 0 else []
 
     def _cleanup(self, older_than: timedelta | float | None, keep_failed: bool) -> int:
@@ -251,10 +284,11 @@ class OperationRegistry:
     async def list_operations(
         self,
         status: OperationStatus | None = None,
-        name_pattern: str | None = None,
         parent_id: str | None = None,
+        name_pattern: str | None = None,
     ) -> list[OperationContext]:
-        """Contexts of the running operations that match every filter given."""
+        """Contexts of the running operations that match every filter given
+        (``name_pattern`` is a glob such as ``"user_42_*"``)."""
         await anyio.lowlevel.checkpoint()
         return self._list(status, name_pattern, parent_id)
 
@@ -266,32 +300,46 @@ class OperationRegistry:
     async def cancel_operation(
         self,
         operation_id: str,
-        reason: CancelationReason = CancelationReason.MANUAL,
+        reason: CancelationReason | str = CancelationReason.MANUAL,
         message: str | None = None,
     ) -> bool:
-        """Cancel one running operation; False if it is unknown or already cancelled."""
+        """Cancel one running operation; False if it is unknown or already cancelled.
+
+        ``reason`` may be the message instead (``cancel_operation(id, "why")``).
+        """
         await anyio.lowlevel.checkpoint()
-        return self._cancel_one(operation_id, reason, message)
+        return self.cancel_operation_sync(operation_id, reason, message)
 
     async def cancel_all(
         self,
-        name_pattern: str | None = None,
-        status: OperationStatus | None = None,
-        reason: CancelationReason = CancelationReason.MANUAL,
+        status: OperationStatus | str | None = None,
+        reason: CancelationReason | str = CancelationReason.MANUAL,
         message: str | None = None,
+        *,
+        name_pattern: str | None = None,
     ) -> int:
-        """Cancel every running operation matching the glob ``name_pattern`` (all if
-        None) and ``status``; returns how many were cancelled."""
-        await anyio.lowlevel.checkpoint()
-        return self._cancel_many(name_pattern, status, reason, message)
+        """Cancel every running operation with ``status`` whose name matches the glob
+        ``name_pattern`` (all if both are None); returns how many were cancelled.
 
-    async def get_history(self, limit: int | None = None) -> list[OperationContext]:
-        """Contexts of finished operations, oldest first (the last ``limit`` ones)."""
+        The seed library's order (``status`` first); a string given first is taken
+        as the name pattern.
+        """
         await anyio.lowlevel.checkpoint()
-        return self._history(limit)
+        return self.cancel_all_sync(status, reason, message, name_pattern=name_pattern)
+
+    async def get_history(
+        self,
+        limit: int | None = None,
+        status: OperationStatus | None = None,
+        since: datetime | float | None = None,
+    ) -> list[OperationContext]:
+        """Contexts of finished operations, oldest first: the last ``limit`` of those
+        with ``status`` that ended at or after ``since`` (a datetime or epoch seconds)."""
+        await anyio.lowlevel.checkpoint()
+        return self._history(limit, status, since)
 
     async def cleanup_completed(
-        self, older_than: timedelta | float | None = None, keep_failed: bool = False
+        self, older_than: timedelta | float | None = None, keep_failed: bool = True
     ) -> int:
         """Drop finished operations from the history (those that ended more than
         ``older_than`` ago, or all); returns how many were dropped."""
@@ -307,6 +355,57 @@ class OperationRegistry:
         """A snapshot of the registry's counters."""
         await anyio.lowlevel.checkpoint()
         return self._statistics()
+
+    # -- the seed library's sync twins: from any thread, no event loop needed ---------------
+    def get_operation_sync(self, operation_id: str) -> Cancelable | None:
+        """:meth:`get_operation` without awaiting, from any thread."""
+        return self._get(operation_id)
+
+    def list_operations_sync(
+        self,
+        status: OperationStatus | None = None,
+        parent_id: str | None = None,
+        name_pattern: str | None = None,
+    ) -> list[OperationContext]:
+        """:meth:`list_operations` without awaiting, from any thread."""
+        return self._list(status, name_pattern, parent_id)
+
+    def get_statistics_sync(self) -> RegistryStatistics:
+        """:meth:`get_statistics` without awaiting, from any thread."""
+        return self._statistics()
+
+    def get_history_sync(
+        self,
+        limit: int | None = None,
+        status: OperationStatus | None = None,
+        since: datetime | float | None = None,
+    ) -> list[OperationContext]:
+        """:meth:`get_history` without awaiting, from any thread."""
+        return self._history(limit, status, since)
+
+    def cancel_operation_sync(
+        self,
+        operation_id: str,
+        reason: CancelationReason | str = CancelationReason.MANUAL,
+        message: str | None = None,
+    ) -> bool:
+        """:meth:`cancel_operation` from any thread; takes effect at once (the
+        operation's loop is woken), rather than scheduled as in the seed library."""
+        why, text = split_args(reason, message)
+        return self._cancel_one(operation_id, why, text)
+
+    def cancel_all_sync(
+        self,
+        status: OperationStatus | str | None = None,
+        reason: CancelationReason | str = CancelationReason.MANUAL,
+        message: str | None = None,
+        *,
+        name_pattern: str | None = None,
+    ) -> int:
+        """:meth:`cancel_all` from any thread; takes effect at once."""
+        state, pattern = _status_or_pattern(status, name_pattern)
+        why, text = split_args(reason, message)
+        return self._cancel_many(pattern, state, why, text)
 
 
 class ThreadSafeRegistry:
@@ -335,11 +434,11 @@ class ThreadSafeRegistry:
     def list_operations(
         self,
         status: OperationStatus | None = None,
-        name_pattern: str | None = None,
         parent_id: str | None = None,
+        name_pattern: str | None = None,
     ) -> list[OperationContext]:
         """Contexts of the running operations that match every filter given."""
-        return self._registry._list(status, name_pattern, parent_id)
+        return self._registry.list_operations_sync(status, parent_id, name_pattern)
 
     def get_operation(self, operation_id: str) -> OperationContext | None:
         """The context of the running operation with this id, or None."""
@@ -349,28 +448,40 @@ class ThreadSafeRegistry:
     def cancel_operation(
         self,
         operation_id: str,
+        reason: CancelationReason | str = CancelationReason.MANUAL,
         message: str | None = None,
-        reason: CancelationReason = CancelationReason.MANUAL,
     ) -> bool:
-        """Cancel one running operation; False if it is unknown or already cancelled."""
-        return self._registry._cancel_one(operation_id, reason, message)
+        """Cancel one running operation; False if it is unknown or already cancelled.
+
+        ``reason`` may be the message instead, as the seed documents call it
+        (``cancel_operation(job_id, "User requested cancel")``).
+        """
+        return self._registry.cancel_operation_sync(operation_id, reason, message)
 
     def cancel_all(
         self,
-        name_pattern: str | None = None,
-        status: OperationStatus | None = None,
-        reason: CancelationReason = CancelationReason.MANUAL,
+        status: OperationStatus | str | None = None,
+        reason: CancelationReason | str = CancelationReason.MANUAL,
         message: str | None = None,
+        *,
+        name_pattern: str | None = None,
     ) -> int:
-        """Cancel every matching running operation; returns how many."""
-        return self._registry._cancel_many(name_pattern, status, reason, message)
+        """Cancel every matching running operation; returns how many (see
+        :meth:`OperationRegistry.cancel_all`)."""
+        return self._registry.cancel_all_sync(status, reason, message, name_pattern=name_pattern)
 
-    def get_history(self, limit: int | None = None) -> list[OperationContext]:
-        """Contexts of finished operations, oldest first."""
-        return self._registry._history(limit)
+    def get_history(
+        self,
+        limit: int | None = None,
+        status: OperationStatus | None = None,
+        since: datetime | float | None = None,
+    ) -> list[OperationContext]:
+        """Contexts of finished operations, oldest first (see
+        :meth:`OperationRegistry.get_history`)."""
+        return self._registry.get_history_sync(limit, status, since)
 
     def cleanup_completed(
-        self, older_than: timedelta | float | None = None, keep_failed: bool = False
+        self, older_than: timedelta | float | None = None, keep_failed: bool = True
     ) -> int:
         """Drop finished operations from the history; returns how many."""
         return self._registry._cleanup(older_than, keep_failed)

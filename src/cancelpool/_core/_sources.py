@@ -11,12 +11,14 @@ fire. A source can also be fired by hand with :meth:`CancelationSource.trigger_c
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import signal as _signal
+import types
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Self
 
 import anyio
 
@@ -163,6 +165,29 @@ class CancelationSource:
             self.fire(f"{self.name} failed: {exc!r}")
             return
         self.fire()
+
+    def fresh_copy(self) -> Self:
+        """A copy of this source that has never fired and that nobody listens to.
+
+        A source carries the state of one run (fired or not, its listeners, the seed
+        protocol's scope and callback); two operations never share one, so combining
+        operations copies their sources with this. The copy is shallow: the
+        configuration (the condition, the signals, the timeout) is shared. A subclass
+        keeping other per-run state should extend it.
+        """
+        new = copy.copy(self)
+        new.triggered = False
+        new.message = None
+        new._listeners = []
+        new.scope = None
+        new._cancel_callback = None
+        new._monitoring_task = None
+        for attr, value in list(vars(new).items()):
+            # A condition bound to the original (ResourceConditionSource checks with
+            # its own method) must report to the copy.
+            if isinstance(value, types.MethodType) and value.__self__ is self:
+                setattr(new, attr, types.MethodType(value.__func__, new))
+        return new
 
     def __repr__(self) -> str:
         state = "fired" if self.triggered else "armed"
@@ -411,6 +436,14 @@ class CompositeSource(CancelationSource):
     async def run(self) -> None:
         await self.monitor()
 
+    def fresh_copy(self) -> Self:
+        """A fresh copy (see :meth:`CancelationSource.fresh_copy`) of fresh members."""
+        new = super().fresh_copy()
+        new.sources = [member.fresh_copy() for member in self.sources]
+        for member in new.sources:
+            member.add_listener(new._member_fired)
+        return new
+
 
 AnyOfSource = CompositeSource
 
@@ -423,6 +456,11 @@ class AllOfSource(CompositeSource):
     def __init__(self, sources: Iterable[CancelationSource], name: str | None = None) -> None:
         self.fired_sources: list[CancelationSource] = []
         super().__init__(sources, name=name)
+
+    def fresh_copy(self) -> Self:
+        new = super().fresh_copy()
+        new.fired_sources = []
+        return new
 
     def _member_fired(self, member: CancelationSource) -> None:
         if member not in self.fired_sources:

@@ -365,10 +365,10 @@ class Worker:
         """A child's report, for the parent job's own callbacks (not forwarded again:
         the supervisor already delivered it to the caller's handles)."""
         job = self.jobs.get(message.parent)
-        if job is None or not job.op._progress:
+        if job is None or not (callbacks := job.op.progress_callbacks):
             return
         metadata = msgspec.msgpack.decode(message.metadata)
-        for callback in job.op._progress:
+        for callback in callbacks:
             if callback is job.forwarder:
                 continue
             try:
