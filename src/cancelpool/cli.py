@@ -9,8 +9,10 @@ failing database); 2 bad usage or input, and nothing was written; 3 no queue at 
 path or a file refused as unsafe. ``result`` and ``submit --wait`` report the job: 0
 completed, 4 failed, 5 cancelled, 6 interrupted, 7 not finished yet.
 
-Every human-readable line passes job-provided text through ``queue._format.visible``;
-``--json`` output is exact JSON.
+Human output is drawn with rich (``queue._render``): tables, colours, width-aware
+truncation and live progress bars, with ``NO_COLOR`` and pipes handled by rich. Every
+piece of job-provided text passes through ``queue._format.visible`` first and reaches
+rich as plain ``Text`` (never markup); ``--json`` output is exact JSON.
 """
 
 from __future__ import annotations
@@ -105,10 +107,6 @@ PRIORITY = Checked("integer", int, "check_priority")
 LIMIT = Checked("integer", int, "check_limit")
 PATTERN = Checked("pattern", str, "check_pattern")
 MESSAGE = Checked("message", str, "check_message")
-
-
-def _colour() -> bool:
-    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
 class DbTarget(click.ParamType):  # type: ignore[type-arg]
@@ -554,8 +552,6 @@ def ls_command(
     as_json: bool,
 ) -> None:
     """List jobs: status, progress, time and outcome."""
-    from .queue._format import jobs_table
-
     with open_queue(db, create=False) as queue:
         jobs = queue.store.list_jobs(
             status=statuses, pattern=pattern, limit=limit, newest_first=True
@@ -564,7 +560,10 @@ def ls_command(
         if as_json:
             click.echo(_json([job.to_dict() for job in jobs]))
         elif jobs:
-            click.echo(jobs_table(jobs, _colour()))
+            from .queue._render import jobs_table, new_console
+
+            console = new_console()
+            console.print(jobs_table(jobs, console.width))
         else:
             click.echo("no jobs")
 
@@ -620,45 +619,85 @@ def _watch_loop(
     ``on_tick`` runs before each frame; the lines it returns are printed above the
     live view, once. ``erase`` clears the live view at the end.
     """
-    from .queue._format import changes, live_lines, progress_text, to_json, visible
+    from .queue._render import new_console
 
-    live = sys.stdout.isatty() and not as_json
-    colour = _colour()
+    console = new_console()
+    if console.is_interactive and not as_json:
+        _watch_live(queue, ids, console, timeout=timeout, on_tick=on_tick, erase=erase)
+    else:
+        _watch_lines(queue, ids, timeout=timeout, as_json=as_json, on_tick=on_tick)
+
+
+def _watch_live(
+    queue: Queue,
+    ids: list[int],
+    console: Any,
+    *,
+    timeout: float | None,
+    on_tick: Callable[[], list[str]] | None,
+    erase: bool,
+) -> None:
+    """``watch`` on a terminal: rich's live display of a ``WatchView``."""
+    from rich.live import Live
+    from rich.text import Text
+
+    from .queue._format import visible
+    from .queue._render import WatchView
+
     deadline = None if timeout is None else time.monotonic() + timeout
-    drawn = 0
+    view = WatchView(console)
+    with Live(view, console=console, auto_refresh=False, transient=erase) as live:
+        while True:
+            for message in on_tick() if on_tick is not None else []:
+                live.console.print(Text(visible(message)))
+            jobs = queue.store.list_jobs(ids=ids)
+            view.update(jobs)
+            live.refresh()
+            if all(job.finished for job in jobs):
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(WATCH_INTERVAL)
+
+
+def _watch_lines(
+    queue: Queue,
+    ids: list[int],
+    *,
+    timeout: float | None,
+    as_json: bool,
+    on_tick: Callable[[], list[str]] | None,
+) -> None:
+    """``watch`` on a pipe or with ``--json``: one line per change of a job."""
+    from .queue._format import changes, progress_text, to_json, visible
+
+    deadline = None if timeout is None else time.monotonic() + timeout
     last: dict[int, tuple[str, str]] = {}
     sent: dict[int, dict[str, Any]] = {}  # --json: what each job looked like last time
     while True:
-        messages = on_tick() if on_tick is not None else []
+        for message in on_tick() if on_tick is not None else []:
+            click.echo(visible(message))
         jobs = queue.store.list_jobs(ids=ids)
-        finished = all(job.finished for job in jobs)
-        if live:
-            lines = [*messages, *live_lines(jobs, colour)]
-            click.echo((f"\x1b[{drawn}F\x1b[J" if drawn else "") + "\n".join(lines))
-            drawn = len(lines) - len(messages)
-        else:
-            for message in messages:
-                click.echo(message)
-            for job in jobs:
-                if as_json:
-                    record = job.to_dict()
-                    delta = changes(sent.get(job.id), record)
-                    sent[job.id] = record
-                    if delta:
-                        click.echo(to_json(delta))
-                    continue
-                state = (job.status.value, job.progress_message or "")
-                if last.get(job.id) != state:
-                    last[job.id] = state
-                    click.echo(
-                        visible(
-                            f"{job.id} {job.name or job.task} {job.status.value} "
-                            f"{progress_text(job)} {job.progress_message or ''}".rstrip()
-                        )
+        for job in jobs:
+            if as_json:
+                record = job.to_dict()
+                delta = changes(sent.get(job.id), record)
+                sent[job.id] = record
+                if delta:
+                    click.echo(to_json(delta))
+                continue
+            state = (job.status.value, job.progress_message or "")
+            if last.get(job.id) != state:
+                last[job.id] = state
+                click.echo(
+                    visible(
+                        f"{job.id} {job.name or job.task} {job.status.value} "
+                        f"{progress_text(job)} {job.progress_message or ''}".rstrip()
                     )
-        if finished or (deadline is not None and time.monotonic() >= deadline):
-            if live and erase and drawn:
-                click.echo(f"\x1b[{drawn}F\x1b[J", nl=False)
+                )
+        if all(job.finished for job in jobs):
+            return
+        if deadline is not None and time.monotonic() >= deadline:
             return
         time.sleep(WATCH_INTERVAL)
 
@@ -740,15 +779,28 @@ def _show_result(
     elif status == "completed":
         click.echo(visible_json(job.result))
     elif status == "failed":
-        click.echo(f"job {job_id} failed: {visible(job.error or 'no error recorded')}", err=True)
+        _say(f"job {job_id} failed: {visible(job.error or 'no error recorded')}", status)
         if job.traceback:
-            click.echo(quoted(job.traceback.rstrip()), err=True)
+            _say(quoted(job.traceback.rstrip()), "dim")
     elif status in ("cancelled", "interrupted"):
-        click.echo(f"job {job_id} {cancel_text(job)}", err=True)
+        _say(f"job {job_id} {cancel_text(job)}", status)
         click.echo(visible_json(job.partial_result))
     elif not told:  # else the reason it is unfinished was said already
-        click.echo(f"job {job_id} is {status}", err=True)
+        _say(f"job {job_id} is {status}", status)
     sys.exit(_STATUS_EXIT.get(status, EXIT_NOT_FINISHED))
+
+
+def _say(text: str, style: str) -> None:
+    """A line (or a quoted block) about a job on stderr, in its status's colour on a
+    terminal. ``text`` is already made visible; rich gets it as plain ``Text`` and
+    leaves long lines to the terminal to wrap (no line breaks of rich's own)."""
+    from rich.text import Text
+
+    from .progress_display import STATUS_STYLES
+    from .queue._render import new_console
+
+    shown = Text(text, style=STATUS_STYLES.get(style, style))
+    new_console(stderr=True).print(shown, soft_wrap=True)
 
 
 # -- stats -----------------------------------------------------------------------------------
@@ -757,7 +809,7 @@ def _show_result(
 @json_option
 def stats(db: Path | str | None, as_json: bool) -> None:
     """Jobs per status and the running servers."""
-    from .queue._format import table, visible
+    from .queue._format import visible
 
     with open_queue(db, create=False) as queue:
         info = queue.statistics()
@@ -776,17 +828,33 @@ def stats(db: Path | str | None, as_json: bool) -> None:
         if as_json:
             click.echo(_json({"db": str(queue.path), "jobs": counts, "servers": servers}))
             return
-        click.echo(f"queue {visible(str(queue.path))}")
-        click.echo(table(list(counts), [[str(n) for n in counts.values()]], colour=_colour()))
+        from rich.text import Text
+
+        from .queue._render import new_console, table
+
+        console = new_console()
+        console.print(Text(f"queue {visible(str(queue.path))}"), soft_wrap=True)
+        console.print(_counts_table(counts, console.width))
         if not info.servers:
-            click.echo("no server running")
+            console.print(Text("no server running"))
             return
         now = time.time()
         rows = [
             [s.id, str(s.pid), str(s.workers), f"{now - s.started_at:.0f}s", " ".join(s.allow)]
             for s in info.servers
         ]
-        click.echo(table(["SERVER", "PID", "WORKERS", "UP", "ALLOW"], rows, colour=_colour()))
+        console.print(table(["SERVER", "PID", "WORKERS", "UP", "ALLOW"], rows, width=console.width))
+
+
+def _counts_table(counts: dict[str, int], width: int) -> Any:
+    """``stats``' jobs per status: a header of statuses, each count in its colour."""
+    from .progress_display import STATUS_STYLES
+    from .queue._render import table
+
+    grid = table(list(counts), [[str(n) for n in counts.values()]], width=width)
+    for column in grid.columns:
+        column.style = STATUS_STYLES.get(str(column.header), "")
+    return grid
 
 
 # -- nodes -----------------------------------------------------------------------------------
@@ -795,7 +863,7 @@ def stats(db: Path | str | None, as_json: bool) -> None:
 @json_option
 def nodes(db: Path | str | None, as_json: bool) -> None:
     """The live nodes (servers): id, host, pid, label, running jobs, heartbeat age."""
-    from .queue._format import table, visible
+    from .queue._format import visible
 
     with open_queue(db, create=False) as queue:
         found = queue.nodes()
@@ -816,9 +884,11 @@ def nodes(db: Path | str | None, as_json: bool) -> None:
             ]
             for n in found
         ]
-        click.echo(
-            table(["NODE", "HOST", "PID", "LABEL", "RUNNING", "HEARTBEAT"], rows, colour=_colour())
-        )
+        from .queue._render import new_console, table
+
+        console = new_console()
+        headers = ["NODE", "HOST", "PID", "LABEL", "RUNNING", "HEARTBEAT"]
+        console.print(table(headers, rows, width=console.width))
 
 
 # -- db --------------------------------------------------------------------------------------
@@ -859,7 +929,7 @@ def demo(workers: int) -> None:
     """
     from .queue._demo import run_demo
 
-    sys.exit(run_demo(workers, colour=_colour(), watch=_watch_loop))
+    sys.exit(run_demo(workers, watch=_watch_loop))
 
 
 # -- web -------------------------------------------------------------------------------------
