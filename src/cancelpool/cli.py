@@ -18,6 +18,7 @@ rich as plain ``Text`` (never markup); ``--json`` output is exact JSON.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import sys
 import time
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import __version__
+from ._cli_config import SourcedOption, load_config
 
 if TYPE_CHECKING:
     from .queue import JobRecord, Queue
@@ -137,6 +139,7 @@ def _set_pg_schema(ctx: click.Context, param: click.Parameter, value: str | None
 def db_option(fn: F) -> F:
     fn = click.option(
         "--pg-schema",
+        cls=SourcedOption,
         default=None,
         expose_value=False,
         callback=_set_pg_schema,
@@ -145,11 +148,13 @@ def db_option(fn: F) -> F:
     )(fn)
     return click.option(
         "--db",
+        cls=SourcedOption,
         type=DbTarget(),
         envvar="CANCELPOOL_DB",
         default=None,
         help="Queue database: a file, or a postgresql://user:password@host/db URL "
-        "(default: $CANCELPOOL_DB or ~/.local/state/cancelpool/queue.db).",
+        "(default: $CANCELPOOL_DB, else queue.db in the user state directory, "
+        "~/.local/state/cancelpool on Linux).",
     )(fn)
 
 
@@ -212,48 +217,97 @@ def cli() -> None:
 
 
 # -- serve -----------------------------------------------------------------------------------
+def _check_allow(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    from .queue._model import check_allow_pattern
+
+    for pattern in value:
+        try:
+            check_allow_pattern(pattern)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _check_node_name(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from .queue._model import check_name
+
+    if value is not None:
+        try:
+            check_name(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc).replace("job name", "--node-name")) from None
+    return value
+
+
+def _check_http_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is not None:
+        _check_http(value)
+    return value
+
+
+def serve_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
+    """A ``serve`` option, also read from ``$CANCELPOOL_<NAME>`` and the config file,
+    whose bad value names its source."""
+    name = next(d for d in decls if d.startswith("--")).lstrip("-").replace("-", "_")
+    attrs.setdefault("envvar", f"CANCELPOOL_{name.upper()}")
+    attrs.setdefault("show_envvar", True)
+    return click.option(*decls, cls=SourcedOption, **attrs)
+
+
 @cli.command()
-@db_option
 @click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=str),
+    envvar="CANCELPOOL_CONFIG",
+    show_envvar=True,
+    is_eager=True,
+    expose_value=False,
+    callback=load_config,
+    help="A TOML file of these options (keys: their long names). Precedence: the "
+    "command line, then $CANCELPOOL_* variables, then this file, then the defaults.",
+)
+@db_option
+@serve_option(
     "--allow",
     "allow",
     multiple=True,
     required=True,
     metavar="PATTERN",
-    help="Tasks this server may run, as a glob on 'module:function' (repeatable), "
-    "e.g. 'myapp.tasks:*'.",
+    callback=_check_allow,
+    help="Tasks this server may run, as a glob on 'module:function' (repeatable; the "
+    "variable: space-separated), e.g. 'myapp.tasks:*'.",
 )
-@click.option(
+@serve_option(
     "--workers", type=click.IntRange(1, 512), default=None, help="Worker processes (default: CPUs)."
 )
-@click.option(
+@serve_option(
     "--concurrency",
     type=click.IntRange(1, 100_000),
     default=None,
     help="Jobs this server runs at once (default: 16 per worker).",
 )
-@click.option(
+@serve_option(
     "--max-attempts",
     type=click.IntRange(1, 1000),
     default=3,
     show_default=True,
     help="Starts per job before a job of a dead server counts as interrupted.",
 )
-@click.option(
+@serve_option(
     "--on-shutdown",
     type=click.Choice(["requeue", "cancel"]),
     default="requeue",
     show_default=True,
     help="What SIGTERM/Ctrl-C does to the running jobs.",
 )
-@click.option(
+@serve_option(
     "--grace",
     type=seconds(),
     default=10.0,
     show_default=True,
     help="Seconds a shutdown waits for cancelled jobs to stop before giving them up.",
 )
-@click.option(
+@serve_option(
     "--cancel-grace",
     type=seconds(),
     default=5.0,
@@ -261,29 +315,48 @@ def cli() -> None:
     help="Seconds a cancelled job may ignore its cancellation before its worker is "
     "killed (a forced stop, shown by ls and result).",
 )
-@click.option(
+@serve_option(
     "--path",
     "paths",
     multiple=True,
+    type=click.Path(file_okay=False, path_type=str),
     metavar="DIR",
-    help="Import tasks from DIR too (repeatable; first wins). The working directory is "
-    "never on the import path: give --path . to import from it.",
+    help="Import tasks from DIR too (repeatable, first wins; the variable: separated by "
+    "':'). The working directory is never on the import path: give --path . to import "
+    "from it.",
 )
-@click.option(
+@serve_option(
     "--node-name",
     default=None,
     metavar="LABEL",
+    callback=_check_node_name,
     help="A label for this node in `cancelpool nodes` (its id is fresh per process).",
 )
-@click.option(
+@serve_option(
     "--http",
     default=None,
     metavar="HOST:PORT",
+    callback=_check_http_option,
     help="Serve the dashboard and HTTP API (cancelpool web) from this server too, on "
     "HOST:PORT (needs cancelpool[web]; the token comes from $CANCELPOOL_WEB_TOKEN or is "
     "printed).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="Log nothing but errors.")
+@serve_option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Least severe log records shown (debug: every job started and finished).",
+)
+@serve_option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as JSON objects (one per line, with the job id, name "
+    "and node as fields).",
+)
+@serve_option("--quiet", "-q", is_flag=True, help="Log nothing but errors (--log-level error).")
 def serve(
     db: Path | str | None,
     allow: tuple[str, ...],
@@ -296,47 +369,31 @@ def serve(
     cancel_grace: float,
     node_name: str | None,
     http: str | None,
+    log_level: str,
+    log_format: str,
     quiet: bool,
 ) -> None:
     """Run queued jobs in a CancelPool until SIGTERM or Ctrl-C.
 
     On shutdown it stops claiming, cancels the running jobs (keeping their partial
-    results), requeues or cancels them per --on-shutdown, and exits 0.
+    results), requeues or cancels them per --on-shutdown, and exits 0. Under systemd
+    (Type=notify) it tells systemd once it serves ($NOTIFY_SOCKET, READY=1).
     """
     from .queue import QueueFileError
     from .queue._exceptions import QueueError, QueueUnavailable
-    from .queue._model import check_allow_pattern, check_name
+    from .queue._sd_notify import Notifier
+    from .queue._serve_log import configure
     from .queue._server import Server, ServerOptions, stop_helper_processes
     from .queue._store import default_db_target
     from .queue._task import set_server_import_path
 
-    if node_name is not None:
-        try:
-            check_name(node_name)
-        except ValueError as exc:
-            raise BadInput(str(exc).replace("job name", "--node-name")) from None
-
-    for pattern in allow:
-        try:
-            check_allow_pattern(pattern)
-        except ValueError as exc:
-            raise BadInput(str(exc)) from None
     try:
         # Tasks come from the environment's path plus --path, never the working dir.
         set_server_import_path(paths)
     except QueueFileError as exc:
         raise NoQueue(str(exc)) from None
 
-    from .queue._format import visible
-
-    def log(message: str) -> None:
-        if not quiet:  # one line per event: what jobs wrote into it can't forge another
-            click.echo(
-                f"{time.strftime('%H:%M:%S')} cancelpool serve: {visible(message)}", err=True
-            )
-
-    if http is not None:
-        _check_http(http)
+    logger = configure("error" if quiet else log_level, log_format)
     options = ServerOptions(
         allow=allow,
         workers=workers or os.cpu_count() or 1,
@@ -347,14 +404,20 @@ def serve(
         cancel_grace=cancel_grace,
     )
     try:
-        server = Server(db or default_db_target(), options, log, node_name=node_name)
+        server = Server(
+            db or default_db_target(),
+            options,
+            logger,
+            node_name=node_name,
+            notifier=Notifier.from_environment(),
+        )
     except QueueFileError as exc:
         raise NoQueue(str(exc)) from None
     except QueueUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     except QueueError as exc:
         raise click.ClickException(str(exc)) from None
-    with _dashboard(db or default_db_target(), http):
+    with _dashboard(db or default_db_target(), http, logger):
         code = server.run()
     stop_helper_processes()  # its fork server too is gone when serve's exit is seen
     sys.exit(code)
@@ -375,7 +438,7 @@ def _check_http(bind: str) -> None:
 
 
 @contextmanager
-def _dashboard(db: Path | str, bind: str | None) -> Iterator[None]:
+def _dashboard(db: Path | str, bind: str | None, logger: logging.Logger) -> Iterator[None]:
     """``serve --http``: the dashboard in a thread of the server, for as long as it runs.
     Its address is logged even with --quiet: a generated token is the only way in."""
     if bind is None:
@@ -393,13 +456,9 @@ def _dashboard(db: Path | str, bind: str | None) -> Iterator[None]:
             dashboard = start_dashboard(queue, bind, token)
         except WebError as exc:
             raise BadInput(f"--http: {exc}") from None
-        from .queue._format import visible
-
         # A token the user chose is not echoed; a generated one is the only way in.
         shown = dashboard.url + (f"?token={dashboard.token}" if token is None else "")
-        click.echo(
-            f"{time.strftime('%H:%M:%S')} cancelpool serve: dashboard {visible(shown)}", err=True
-        )
+        logger.info("dashboard %s", shown, extra={"always": True})
         try:
             yield
         finally:
@@ -889,6 +948,68 @@ def nodes(db: Path | str | None, as_json: bool) -> None:
         console = new_console()
         headers = ["NODE", "HOST", "PID", "LABEL", "RUNNING", "HEARTBEAT"]
         console.print(table(headers, rows, width=console.width))
+
+
+# -- health --------------------------------------------------------------------------------
+#: A node whose heartbeat is older than this is stalled, not healthy: the server writes
+#: one every 2 s (HOUSEKEEPING_INTERVAL), so this is five missed beats.
+HEALTH_MAX_AGE = 10.0
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--node-name",
+    default=None,
+    metavar="LABEL",
+    help="Only a node started with this --node-name counts (a probe for one server).",
+)
+@click.option(
+    "--max-age",
+    type=seconds(allow_zero=False),
+    default=HEALTH_MAX_AGE,
+    show_default=True,
+    help="A node whose last heartbeat is older than this many seconds is stalled.",
+)
+@json_option
+def health(db: Path | str | None, node_name: str | None, max_age: float, as_json: bool) -> None:
+    """Exit 0 if a live server serves the queue, else 1 (3: no queue there); one line
+    says why. For container and load-balancer probes, and `systemctl` checks."""
+    from .queue._format import visible
+
+    with open_queue(db, create=False) as queue:
+        found = [n for n in queue.nodes() if node_name is None or n.label == node_name]
+        fresh = [n for n in found if n.heartbeat_age <= max_age]
+        where = visible(str(queue.path))
+        who = f" named {visible(node_name)}" if node_name is not None else ""
+        if fresh:
+            node = min(fresh, key=lambda n: n.heartbeat_age)
+            line = (
+                f"ok: {len(fresh)} live node(s){who} serve {where} (node {node.id}, pid "
+                f"{node.pid}, heartbeat {node.heartbeat_age:.1f}s ago, {node.running} running)"
+            )
+        elif found:
+            oldest = min(n.heartbeat_age for n in found)
+            line = (
+                f"unhealthy: {len(found)} node(s){who} registered for {where}, but none wrote "
+                f"a heartbeat in the last {max_age:g}s ({oldest:.1f}s ago): stalled"
+            )
+        else:
+            line = f"unhealthy: no live node{who} serves {where}"
+        if as_json:
+            click.echo(
+                _json(
+                    {
+                        "healthy": bool(fresh),
+                        "db": str(queue.path),
+                        "message": line,
+                        "nodes": [n.to_dict() for n in fresh],
+                    }
+                )
+            )
+        else:
+            click.echo(line, err=not fresh)
+    sys.exit(EXIT_OK if fresh else EXIT_RUNTIME)
 
 
 # -- db --------------------------------------------------------------------------------------
