@@ -962,7 +962,8 @@ HEALTH_MAX_AGE = 10.0
     "--node-name",
     default=None,
     metavar="LABEL",
-    help="Only a node started with this --node-name counts (a probe for one server).",
+    help="Only a node started with this --node-name counts (a probe for one server; "
+    "PostgreSQL queues, where nodes record their name).",
 )
 @click.option(
     "--max-age",
@@ -978,6 +979,12 @@ def health(db: Path | str | None, node_name: str | None, max_age: float, as_json
     from .queue._format import visible
 
     with open_queue(db, create=False) as queue:
+        store: Any = queue.store
+        if node_name is not None and store.kind == "sqlite":
+            raise BadInput(
+                "health --node-name needs a PostgreSQL queue: SQLite nodes do not record "
+                "their --node-name"
+            )
         found = [n for n in queue.nodes() if node_name is None or n.label == node_name]
         fresh = [n for n in found if n.heartbeat_age <= max_age]
         where = visible(str(queue.path))

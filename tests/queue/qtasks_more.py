@@ -98,3 +98,8 @@ async def counted(steps: int) -> int:
 
 async def refuse() -> None:
     raise ValueError("no")
+
+
+async def environment_of(name: str) -> str | None:
+    """The worker's value of the environment variable ``name``."""
+    return os.environ.get(name)

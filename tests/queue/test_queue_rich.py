@@ -127,9 +127,7 @@ def test_watch_draws_bars_with_rate_and_time_left(db, marked) -> None:
 
 
 def test_demo_on_a_terminal(tmp_path) -> None:
-    code, out = run_on_pty(
-        ["demo"], columns=160, extra_env={"TMPDIR": str(tmp_path)}, colour=True
-    )
+    code, out = run_on_pty(["demo"], columns=160, extra_env={"TMPDIR": str(tmp_path)}, colour=True)
     assert code == 0
     text = assert_terminal_safe(out)
     assert b"\x1b[?25l" in out  # rich's live view ran (cursor hidden while it drew)
