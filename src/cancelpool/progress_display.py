@@ -70,6 +70,8 @@ REFRESH_INTERVAL = 0.1
 #: Label column width: long enough for most job names, truncated with an ellipsis
 #: beyond (the whole name is in ``--json`` / the handle).
 LABEL_WIDTH = 30
+#: The message column at most: a whole error sentence on a wide terminal.
+MESSAGE_WIDTH = 60
 
 
 def new_console(*, stderr: bool = False, file: Any = None) -> Console:
@@ -201,7 +203,7 @@ class JobProgress(Progress):
         self._console = console  # rich's own ``console`` is not set yet while it starts
         self._label = _FieldColumn("label", LABEL_WIDTH)
         self._bar = BarColumn(bar_width=24)
-        self._message = _FieldColumn("message", 28)
+        self._message = _FieldColumn("message", MESSAGE_WIDTH)
         super().__init__(
             self._label,
             _StatusColumn(),
@@ -219,13 +221,13 @@ class JobProgress(Progress):
 
     def fit(self, width: int) -> None:
         """Share what the fixed columns leave of ``width`` between label, bar and
-        message (at most 30, 24 and 28 cells)."""
+        message (at most 30, 24 and 60 cells)."""
         room = max(0, width - _FIXED_WIDTH - 1)
         label = min(LABEL_WIDTH, max(6, room * 2 // 5))
         bar = min(24, max(6, room * 3 // 10))
         self._label.width = label
         self._bar.bar_width = bar
-        self._message.width = max(0, min(28, room - label - bar))
+        self._message.width = max(0, min(MESSAGE_WIDTH, room - label - bar))
 
     def make_tasks_table(self, tasks: Iterable[Task]) -> Table:
         self.fit(self._console.width)
