@@ -116,6 +116,7 @@ def test_installed_entry_point() -> None:
 
 def test_demo_runs_and_leaves_nothing_behind(tmp_path: Path) -> None:
     env = dict(os.environ, TMPDIR=str(tmp_path), NO_COLOR="1")
+    env.pop("COLUMNS", None)  # pytest-xdist sets 80; on a pipe, cells are then uncut
     out = subprocess.run(
         [sys.executable, "-m", "cancelpool.cli", "demo"],
         capture_output=True,

@@ -81,6 +81,11 @@ EXPECTED = {
         "rows committed: 0; connections checked out: 0",
         "read 2000 rows, then: seen enough",
     ],
+    "progress_bars.py": [
+        "resized 120 images in 3 batches",
+        "too-big: cancelled (too big for today), kept ",
+        "batch-60",
+    ],
     "integration_fastapi.py": [
         "the client hangs up",
         "request stopped: Client disconnected (signal)",

@@ -80,7 +80,7 @@ def test_double_l_aliases_are_the_same_objects() -> None:
 
 
 def test_import_stays_light() -> None:
-    heavy = ("rich", "sqlite3", "_sqlite3", "click")
+    heavy = ("rich", "sqlite3", "_sqlite3", "click", "platformdirs", "tomllib")
     code = f"import sys, cancelpool\nprint(','.join(m for m in {heavy!r} if m in sys.modules))\n"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True

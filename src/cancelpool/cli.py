@@ -9,13 +9,16 @@ failing database); 2 bad usage or input, and nothing was written; 3 no queue at 
 path or a file refused as unsafe. ``result`` and ``submit --wait`` report the job: 0
 completed, 4 failed, 5 cancelled, 6 interrupted, 7 not finished yet.
 
-Every human-readable line passes job-provided text through ``queue._format.visible``;
-``--json`` output is exact JSON.
+Human output is drawn with rich (``queue._render``): tables, colours, width-aware
+truncation and live progress bars, with ``NO_COLOR`` and pipes handled by rich. Every
+piece of job-provided text passes through ``queue._format.visible`` first and reaches
+rich as plain ``Text`` (never markup); ``--json`` output is exact JSON.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import sys
 import time
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import __version__
+from ._cli_config import SourcedOption, load_config
 
 if TYPE_CHECKING:
     from .queue import JobRecord, Queue
@@ -107,10 +111,6 @@ PATTERN = Checked("pattern", str, "check_pattern")
 MESSAGE = Checked("message", str, "check_message")
 
 
-def _colour() -> bool:
-    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
-
-
 class DbTarget(click.ParamType):  # type: ignore[type-arg]
     """A queue: a ``postgresql://`` URL (kept as text) or a SQLite file path."""
 
@@ -139,6 +139,7 @@ def _set_pg_schema(ctx: click.Context, param: click.Parameter, value: str | None
 def db_option(fn: F) -> F:
     fn = click.option(
         "--pg-schema",
+        cls=SourcedOption,
         default=None,
         expose_value=False,
         callback=_set_pg_schema,
@@ -147,11 +148,13 @@ def db_option(fn: F) -> F:
     )(fn)
     return click.option(
         "--db",
+        cls=SourcedOption,
         type=DbTarget(),
         envvar="CANCELPOOL_DB",
         default=None,
         help="Queue database: a file, or a postgresql://user:password@host/db URL "
-        "(default: $CANCELPOOL_DB or ~/.local/state/cancelpool/queue.db).",
+        "(default: $CANCELPOOL_DB, else queue.db in the user state directory, "
+        "~/.local/state/cancelpool on Linux).",
     )(fn)
 
 
@@ -214,48 +217,97 @@ def cli() -> None:
 
 
 # -- serve -----------------------------------------------------------------------------------
+def _check_allow(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    from .queue._model import check_allow_pattern
+
+    for pattern in value:
+        try:
+            check_allow_pattern(pattern)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _check_node_name(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from .queue._model import check_name
+
+    if value is not None:
+        try:
+            check_name(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc).replace("job name", "--node-name")) from None
+    return value
+
+
+def _check_http_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is not None:
+        _check_http(value)
+    return value
+
+
+def serve_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
+    """A ``serve`` option, also read from ``$CANCELPOOL_<NAME>`` and the config file,
+    whose bad value names its source."""
+    name = next(d for d in decls if d.startswith("--")).lstrip("-").replace("-", "_")
+    attrs.setdefault("envvar", f"CANCELPOOL_{name.upper()}")
+    attrs.setdefault("show_envvar", True)
+    return click.option(*decls, cls=SourcedOption, **attrs)
+
+
 @cli.command()
-@db_option
 @click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=str),
+    envvar="CANCELPOOL_CONFIG",
+    show_envvar=True,
+    is_eager=True,
+    expose_value=False,
+    callback=load_config,
+    help="A TOML file of these options (keys: their long names). Precedence: the "
+    "command line, then $CANCELPOOL_* variables, then this file, then the defaults.",
+)
+@db_option
+@serve_option(
     "--allow",
     "allow",
     multiple=True,
     required=True,
     metavar="PATTERN",
-    help="Tasks this server may run, as a glob on 'module:function' (repeatable), "
-    "e.g. 'myapp.tasks:*'.",
+    callback=_check_allow,
+    help="Tasks this server may run, as a glob on 'module:function' (repeatable; the "
+    "variable: space-separated), e.g. 'myapp.tasks:*'.",
 )
-@click.option(
+@serve_option(
     "--workers", type=click.IntRange(1, 512), default=None, help="Worker processes (default: CPUs)."
 )
-@click.option(
+@serve_option(
     "--concurrency",
     type=click.IntRange(1, 100_000),
     default=None,
     help="Jobs this server runs at once (default: 16 per worker).",
 )
-@click.option(
+@serve_option(
     "--max-attempts",
     type=click.IntRange(1, 1000),
     default=3,
     show_default=True,
     help="Starts per job before a job of a dead server counts as interrupted.",
 )
-@click.option(
+@serve_option(
     "--on-shutdown",
     type=click.Choice(["requeue", "cancel"]),
     default="requeue",
     show_default=True,
     help="What SIGTERM/Ctrl-C does to the running jobs.",
 )
-@click.option(
+@serve_option(
     "--grace",
     type=seconds(),
     default=10.0,
     show_default=True,
     help="Seconds a shutdown waits for cancelled jobs to stop before giving them up.",
 )
-@click.option(
+@serve_option(
     "--cancel-grace",
     type=seconds(),
     default=5.0,
@@ -263,29 +315,48 @@ def cli() -> None:
     help="Seconds a cancelled job may ignore its cancellation before its worker is "
     "killed (a forced stop, shown by ls and result).",
 )
-@click.option(
+@serve_option(
     "--path",
     "paths",
     multiple=True,
+    type=click.Path(file_okay=False, path_type=str),
     metavar="DIR",
-    help="Import tasks from DIR too (repeatable; first wins). The working directory is "
-    "never on the import path: give --path . to import from it.",
+    help="Import tasks from DIR too (repeatable, first wins; the variable: separated by "
+    "':'). The working directory is never on the import path: give --path . to import "
+    "from it.",
 )
-@click.option(
+@serve_option(
     "--node-name",
     default=None,
     metavar="LABEL",
+    callback=_check_node_name,
     help="A label for this node in `cancelpool nodes` (its id is fresh per process).",
 )
-@click.option(
+@serve_option(
     "--http",
     default=None,
     metavar="HOST:PORT",
+    callback=_check_http_option,
     help="Serve the dashboard and HTTP API (cancelpool web) from this server too, on "
     "HOST:PORT (needs cancelpool[web]; the token comes from $CANCELPOOL_WEB_TOKEN or is "
     "printed).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="Log nothing but errors.")
+@serve_option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Least severe log records shown (debug: every job started and finished).",
+)
+@serve_option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as JSON objects (one per line, with the job id, name "
+    "and node as fields).",
+)
+@serve_option("--quiet", "-q", is_flag=True, help="Log nothing but errors (--log-level error).")
 def serve(
     db: Path | str | None,
     allow: tuple[str, ...],
@@ -298,47 +369,31 @@ def serve(
     cancel_grace: float,
     node_name: str | None,
     http: str | None,
+    log_level: str,
+    log_format: str,
     quiet: bool,
 ) -> None:
     """Run queued jobs in a CancelPool until SIGTERM or Ctrl-C.
 
     On shutdown it stops claiming, cancels the running jobs (keeping their partial
-    results), requeues or cancels them per --on-shutdown, and exits 0.
+    results), requeues or cancels them per --on-shutdown, and exits 0. Under systemd
+    (Type=notify) it tells systemd once it serves ($NOTIFY_SOCKET, READY=1).
     """
     from .queue import QueueFileError
     from .queue._exceptions import QueueError, QueueUnavailable
-    from .queue._model import check_allow_pattern, check_name
+    from .queue._sd_notify import Notifier
+    from .queue._serve_log import configure
     from .queue._server import Server, ServerOptions, stop_helper_processes
     from .queue._store import default_db_target
     from .queue._task import set_server_import_path
 
-    if node_name is not None:
-        try:
-            check_name(node_name)
-        except ValueError as exc:
-            raise BadInput(str(exc).replace("job name", "--node-name")) from None
-
-    for pattern in allow:
-        try:
-            check_allow_pattern(pattern)
-        except ValueError as exc:
-            raise BadInput(str(exc)) from None
     try:
         # Tasks come from the environment's path plus --path, never the working dir.
         set_server_import_path(paths)
     except QueueFileError as exc:
         raise NoQueue(str(exc)) from None
 
-    from .queue._format import visible
-
-    def log(message: str) -> None:
-        if not quiet:  # one line per event: what jobs wrote into it can't forge another
-            click.echo(
-                f"{time.strftime('%H:%M:%S')} cancelpool serve: {visible(message)}", err=True
-            )
-
-    if http is not None:
-        _check_http(http)
+    logger = configure("error" if quiet else log_level, log_format)
     options = ServerOptions(
         allow=allow,
         workers=workers or os.cpu_count() or 1,
@@ -349,14 +404,20 @@ def serve(
         cancel_grace=cancel_grace,
     )
     try:
-        server = Server(db or default_db_target(), options, log, node_name=node_name)
+        server = Server(
+            db or default_db_target(),
+            options,
+            logger,
+            node_name=node_name,
+            notifier=Notifier.from_environment(),
+        )
     except QueueFileError as exc:
         raise NoQueue(str(exc)) from None
     except QueueUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     except QueueError as exc:
         raise click.ClickException(str(exc)) from None
-    with _dashboard(db or default_db_target(), http):
+    with _dashboard(db or default_db_target(), http, logger):
         code = server.run()
     stop_helper_processes()  # its fork server too is gone when serve's exit is seen
     sys.exit(code)
@@ -377,7 +438,7 @@ def _check_http(bind: str) -> None:
 
 
 @contextmanager
-def _dashboard(db: Path | str, bind: str | None) -> Iterator[None]:
+def _dashboard(db: Path | str, bind: str | None, logger: logging.Logger) -> Iterator[None]:
     """``serve --http``: the dashboard in a thread of the server, for as long as it runs.
     Its address is logged even with --quiet: a generated token is the only way in."""
     if bind is None:
@@ -395,13 +456,9 @@ def _dashboard(db: Path | str, bind: str | None) -> Iterator[None]:
             dashboard = start_dashboard(queue, bind, token)
         except WebError as exc:
             raise BadInput(f"--http: {exc}") from None
-        from .queue._format import visible
-
         # A token the user chose is not echoed; a generated one is the only way in.
         shown = dashboard.url + (f"?token={dashboard.token}" if token is None else "")
-        click.echo(
-            f"{time.strftime('%H:%M:%S')} cancelpool serve: dashboard {visible(shown)}", err=True
-        )
+        logger.info("dashboard %s", shown, extra={"always": True})
         try:
             yield
         finally:
@@ -554,8 +611,6 @@ def ls_command(
     as_json: bool,
 ) -> None:
     """List jobs: status, progress, time and outcome."""
-    from .queue._format import jobs_table
-
     with open_queue(db, create=False) as queue:
         jobs = queue.store.list_jobs(
             status=statuses, pattern=pattern, limit=limit, newest_first=True
@@ -564,7 +619,10 @@ def ls_command(
         if as_json:
             click.echo(_json([job.to_dict() for job in jobs]))
         elif jobs:
-            click.echo(jobs_table(jobs, _colour()))
+            from .queue._render import jobs_table, new_console
+
+            console = new_console()
+            console.print(jobs_table(jobs, console.width))
         else:
             click.echo("no jobs")
 
@@ -620,45 +678,85 @@ def _watch_loop(
     ``on_tick`` runs before each frame; the lines it returns are printed above the
     live view, once. ``erase`` clears the live view at the end.
     """
-    from .queue._format import changes, live_lines, progress_text, to_json, visible
+    from .queue._render import new_console
 
-    live = sys.stdout.isatty() and not as_json
-    colour = _colour()
+    console = new_console()
+    if console.is_interactive and not as_json:
+        _watch_live(queue, ids, console, timeout=timeout, on_tick=on_tick, erase=erase)
+    else:
+        _watch_lines(queue, ids, timeout=timeout, as_json=as_json, on_tick=on_tick)
+
+
+def _watch_live(
+    queue: Queue,
+    ids: list[int],
+    console: Any,
+    *,
+    timeout: float | None,
+    on_tick: Callable[[], list[str]] | None,
+    erase: bool,
+) -> None:
+    """``watch`` on a terminal: rich's live display of a ``WatchView``."""
+    from rich.live import Live
+    from rich.text import Text
+
+    from .queue._format import visible
+    from .queue._render import WatchView
+
     deadline = None if timeout is None else time.monotonic() + timeout
-    drawn = 0
+    view = WatchView(console)
+    with Live(view, console=console, auto_refresh=False, transient=erase) as live:
+        while True:
+            for message in on_tick() if on_tick is not None else []:
+                live.console.print(Text(visible(message)))
+            jobs = queue.store.list_jobs(ids=ids)
+            view.update(jobs)
+            live.refresh()
+            if all(job.finished for job in jobs):
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(WATCH_INTERVAL)
+
+
+def _watch_lines(
+    queue: Queue,
+    ids: list[int],
+    *,
+    timeout: float | None,
+    as_json: bool,
+    on_tick: Callable[[], list[str]] | None,
+) -> None:
+    """``watch`` on a pipe or with ``--json``: one line per change of a job."""
+    from .queue._format import changes, progress_text, to_json, visible
+
+    deadline = None if timeout is None else time.monotonic() + timeout
     last: dict[int, tuple[str, str]] = {}
     sent: dict[int, dict[str, Any]] = {}  # --json: what each job looked like last time
     while True:
-        messages = on_tick() if on_tick is not None else []
+        for message in on_tick() if on_tick is not None else []:
+            click.echo(visible(message))
         jobs = queue.store.list_jobs(ids=ids)
-        finished = all(job.finished for job in jobs)
-        if live:
-            lines = [*messages, *live_lines(jobs, colour)]
-            click.echo((f"\x1b[{drawn}F\x1b[J" if drawn else "") + "\n".join(lines))
-            drawn = len(lines) - len(messages)
-        else:
-            for message in messages:
-                click.echo(message)
-            for job in jobs:
-                if as_json:
-                    record = job.to_dict()
-                    delta = changes(sent.get(job.id), record)
-                    sent[job.id] = record
-                    if delta:
-                        click.echo(to_json(delta))
-                    continue
-                state = (job.status.value, job.progress_message or "")
-                if last.get(job.id) != state:
-                    last[job.id] = state
-                    click.echo(
-                        visible(
-                            f"{job.id} {job.name or job.task} {job.status.value} "
-                            f"{progress_text(job)} {job.progress_message or ''}".rstrip()
-                        )
+        for job in jobs:
+            if as_json:
+                record = job.to_dict()
+                delta = changes(sent.get(job.id), record)
+                sent[job.id] = record
+                if delta:
+                    click.echo(to_json(delta))
+                continue
+            state = (job.status.value, job.progress_message or "")
+            if last.get(job.id) != state:
+                last[job.id] = state
+                click.echo(
+                    visible(
+                        f"{job.id} {job.name or job.task} {job.status.value} "
+                        f"{progress_text(job)} {job.progress_message or ''}".rstrip()
                     )
-        if finished or (deadline is not None and time.monotonic() >= deadline):
-            if live and erase and drawn:
-                click.echo(f"\x1b[{drawn}F\x1b[J", nl=False)
+                )
+        if all(job.finished for job in jobs):
+            return
+        if deadline is not None and time.monotonic() >= deadline:
             return
         time.sleep(WATCH_INTERVAL)
 
@@ -740,15 +838,28 @@ def _show_result(
     elif status == "completed":
         click.echo(visible_json(job.result))
     elif status == "failed":
-        click.echo(f"job {job_id} failed: {visible(job.error or 'no error recorded')}", err=True)
+        _say(f"job {job_id} failed: {visible(job.error or 'no error recorded')}", status)
         if job.traceback:
-            click.echo(quoted(job.traceback.rstrip()), err=True)
+            _say(quoted(job.traceback.rstrip()), "dim")
     elif status in ("cancelled", "interrupted"):
-        click.echo(f"job {job_id} {cancel_text(job)}", err=True)
+        _say(f"job {job_id} {cancel_text(job)}", status)
         click.echo(visible_json(job.partial_result))
     elif not told:  # else the reason it is unfinished was said already
-        click.echo(f"job {job_id} is {status}", err=True)
+        _say(f"job {job_id} is {status}", status)
     sys.exit(_STATUS_EXIT.get(status, EXIT_NOT_FINISHED))
+
+
+def _say(text: str, style: str) -> None:
+    """A line (or a quoted block) about a job on stderr, in its status's colour on a
+    terminal. ``text`` is already made visible; rich gets it as plain ``Text`` and
+    leaves long lines to the terminal to wrap (no line breaks of rich's own)."""
+    from rich.text import Text
+
+    from .progress_display import STATUS_STYLES
+    from .queue._render import new_console
+
+    shown = Text(text, style=STATUS_STYLES.get(style, style))
+    new_console(stderr=True).print(shown, soft_wrap=True)
 
 
 # -- stats -----------------------------------------------------------------------------------
@@ -757,7 +868,7 @@ def _show_result(
 @json_option
 def stats(db: Path | str | None, as_json: bool) -> None:
     """Jobs per status and the running servers."""
-    from .queue._format import table, visible
+    from .queue._format import visible
 
     with open_queue(db, create=False) as queue:
         info = queue.statistics()
@@ -776,17 +887,33 @@ def stats(db: Path | str | None, as_json: bool) -> None:
         if as_json:
             click.echo(_json({"db": str(queue.path), "jobs": counts, "servers": servers}))
             return
-        click.echo(f"queue {visible(str(queue.path))}")
-        click.echo(table(list(counts), [[str(n) for n in counts.values()]], colour=_colour()))
+        from rich.text import Text
+
+        from .queue._render import new_console, table
+
+        console = new_console()
+        console.print(Text(f"queue {visible(str(queue.path))}"), soft_wrap=True)
+        console.print(_counts_table(counts, console.width))
         if not info.servers:
-            click.echo("no server running")
+            console.print(Text("no server running"))
             return
         now = time.time()
         rows = [
             [s.id, str(s.pid), str(s.workers), f"{now - s.started_at:.0f}s", " ".join(s.allow)]
             for s in info.servers
         ]
-        click.echo(table(["SERVER", "PID", "WORKERS", "UP", "ALLOW"], rows, colour=_colour()))
+        console.print(table(["SERVER", "PID", "WORKERS", "UP", "ALLOW"], rows, width=console.width))
+
+
+def _counts_table(counts: dict[str, int], width: int) -> Any:
+    """``stats``' jobs per status: a header of statuses, each count in its colour."""
+    from .progress_display import STATUS_STYLES
+    from .queue._render import table
+
+    grid = table(list(counts), [[str(n) for n in counts.values()]], width=width)
+    for column in grid.columns:
+        column.style = STATUS_STYLES.get(str(column.header), "")
+    return grid
 
 
 # -- nodes -----------------------------------------------------------------------------------
@@ -795,7 +922,7 @@ def stats(db: Path | str | None, as_json: bool) -> None:
 @json_option
 def nodes(db: Path | str | None, as_json: bool) -> None:
     """The live nodes (servers): id, host, pid, label, running jobs, heartbeat age."""
-    from .queue._format import table, visible
+    from .queue._format import visible
 
     with open_queue(db, create=False) as queue:
         found = queue.nodes()
@@ -816,9 +943,80 @@ def nodes(db: Path | str | None, as_json: bool) -> None:
             ]
             for n in found
         ]
-        click.echo(
-            table(["NODE", "HOST", "PID", "LABEL", "RUNNING", "HEARTBEAT"], rows, colour=_colour())
-        )
+        from .queue._render import new_console, table
+
+        console = new_console()
+        headers = ["NODE", "HOST", "PID", "LABEL", "RUNNING", "HEARTBEAT"]
+        console.print(table(headers, rows, width=console.width))
+
+
+# -- health --------------------------------------------------------------------------------
+#: A node whose heartbeat is older than this is stalled, not healthy: the server writes
+#: one every 2 s (HOUSEKEEPING_INTERVAL), so this is five missed beats.
+HEALTH_MAX_AGE = 10.0
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--node-name",
+    default=None,
+    metavar="LABEL",
+    help="Only a node started with this --node-name counts (a probe for one server; "
+    "PostgreSQL queues, where nodes record their name).",
+)
+@click.option(
+    "--max-age",
+    type=seconds(allow_zero=False),
+    default=HEALTH_MAX_AGE,
+    show_default=True,
+    help="A node whose last heartbeat is older than this many seconds is stalled.",
+)
+@json_option
+def health(db: Path | str | None, node_name: str | None, max_age: float, as_json: bool) -> None:
+    """Exit 0 if a live server serves the queue, else 1 (3: no queue there); one line
+    says why. For container and load-balancer probes, and `systemctl` checks."""
+    from .queue._format import visible
+
+    with open_queue(db, create=False) as queue:
+        store: Any = queue.store
+        if node_name is not None and store.kind == "sqlite":
+            raise BadInput(
+                "health --node-name needs a PostgreSQL queue: SQLite nodes do not record "
+                "their --node-name"
+            )
+        found = [n for n in queue.nodes() if node_name is None or n.label == node_name]
+        fresh = [n for n in found if n.heartbeat_age <= max_age]
+        where = visible(str(queue.path))
+        who = f" named {visible(node_name)}" if node_name is not None else ""
+        if fresh:
+            node = min(fresh, key=lambda n: n.heartbeat_age)
+            line = (
+                f"ok: {len(fresh)} live node(s){who} serve {where} (node {node.id}, pid "
+                f"{node.pid}, heartbeat {node.heartbeat_age:.1f}s ago, {node.running} running)"
+            )
+        elif found:
+            oldest = min(n.heartbeat_age for n in found)
+            line = (
+                f"unhealthy: {len(found)} node(s){who} registered for {where}, but none wrote "
+                f"a heartbeat in the last {max_age:g}s ({oldest:.1f}s ago): stalled"
+            )
+        else:
+            line = f"unhealthy: no live node{who} serves {where}"
+        if as_json:
+            click.echo(
+                _json(
+                    {
+                        "healthy": bool(fresh),
+                        "db": str(queue.path),
+                        "message": line,
+                        "nodes": [n.to_dict() for n in fresh],
+                    }
+                )
+            )
+        else:
+            click.echo(line, err=not fresh)
+    sys.exit(EXIT_OK if fresh else EXIT_RUNTIME)
 
 
 # -- db --------------------------------------------------------------------------------------
@@ -859,7 +1057,7 @@ def demo(workers: int) -> None:
     """
     from .queue._demo import run_demo
 
-    sys.exit(run_demo(workers, colour=_colour(), watch=_watch_loop))
+    sys.exit(run_demo(workers, watch=_watch_loop))
 
 
 # -- web -------------------------------------------------------------------------------------

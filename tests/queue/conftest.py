@@ -97,7 +97,12 @@ def cli(db: Path) -> Runner:
 def start_server(db: Path, tmp_path: Path, queue: Queue) -> Iterator[Callable[..., ServerProc]]:
     started: list[ServerProc] = []
 
-    def start(*args: str, allow: tuple[str, ...] = (f"{TASKS}:*", f"{DEMO}:*")) -> ServerProc:
+    def start(
+        *args: str,
+        allow: tuple[str, ...] = (f"{TASKS}:*", f"{DEMO}:*"),
+        extra_env: dict[str, str] | None = None,
+        workers: bool = True,
+    ) -> ServerProc:
         log = tmp_path / f"server-{len(started)}.log"
         allow_args = [a for pattern in allow for a in ("--allow", pattern)]
         with open(log, "w") as out:
@@ -109,15 +114,14 @@ def start_server(db: Path, tmp_path: Path, queue: Queue) -> Iterator[Callable[..
                     "serve",
                     "--db",
                     str(db),
-                    "--workers",
-                    "1",
+                    *(["--workers", "1"] if workers else []),
                     *allow_args,
                     *args,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=env(),
+                env={**env(), **(extra_env or {})},
                 text=True,
             )
         server = ServerProc(proc, log)

@@ -27,6 +27,10 @@ def env() -> dict[str, str]:
     environ = dict(os.environ)
     environ["PYTHONPATH"] = os.pathsep.join([str(HERE), *filter(None, [environ.get("PYTHONPATH")])])
     environ["NO_COLOR"] = "1"
+    # pytest-xdist exports COLUMNS=80 to its workers; rich honours it even on a pipe
+    # (as documented), so tests that read whole cells say the width: none, uncut.
+    environ.pop("COLUMNS", None)
+    environ.pop("LINES", None)
     environ.pop("CANCELPOOL_DB", None)
     return environ
 

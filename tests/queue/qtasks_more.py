@@ -85,3 +85,21 @@ def stubborn_sync(ready: str) -> str:
     os.close(fd)
     while True:
         time.sleep(0.05)  # ignores every cancel
+
+
+async def counted(steps: int) -> int:
+    """Reports ``steps`` steps of progress (done/total), then returns ``steps``."""
+    op = current_operation()
+    assert op is not None
+    for step in range(1, steps + 1):
+        await op.report_progress(f"step {step}", {"done": step, "total": steps})
+    return steps
+
+
+async def refuse() -> None:
+    raise ValueError("no")
+
+
+async def environment_of(name: str) -> str | None:
+    """The worker's value of the environment variable ``name``."""
+    return os.environ.get(name)

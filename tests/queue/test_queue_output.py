@@ -9,14 +9,17 @@ exact JSON.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import select
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -28,9 +31,13 @@ from qtasks_more import EVIL
 from cancelpool.queue import Queue
 from cancelpool.queue._format import visible, visible_json
 
-# What the CLI may send a terminal itself: colours (SGR) and watch's redraw (cursor up
-# N lines, erase below).
-_OURS = re.compile(rb"\x1b\[[0-9;]*m|\x1b\[[0-9]+F|\x1b\[J")
+# What the CLI (rich) may send a terminal itself: colours (SGR), and a live view's
+# redraw: hide/show the cursor, return to column 0 and erase the line, line up + erase.
+# A carriage return of its own is always followed by an erase or a line up; a job's \r
+# is escaped.
+_OURS = re.compile(
+    rb"\x1b\[[0-9;]*m|\r(?=\x1b\[(?:2K|1A))|\x1b\[2K|\x1b\[1A\x1b\[2K|\x1b\[\?25[lh]"
+)
 # After those are removed, nothing but printable text, spaces and line ends may remain.
 _BAD = re.compile(
     "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]"
@@ -38,18 +45,28 @@ _BAD = re.compile(
 
 
 def run_on_pty(
-    args: list[str], *, colour: bool = True, stop_after: str | None = None
+    args: list[str],
+    *,
+    colour: bool = True,
+    stop_after: str | None = None,
+    columns: int = 200,
+    extra_env: dict[str, str] | None = None,
+    command: list[str] | None = None,
 ) -> tuple[int, bytes]:
-    """Run ``python -m cancelpool.cli ARGS`` with stdin, stdout and stderr on a new pty;
-    return its exit code and every byte it wrote. With ``stop_after``, SIGTERM it once
-    that text has appeared (for ``serve``)."""
+    """Run ``python -m cancelpool.cli ARGS`` (or ``command``) with stdin, stdout and
+    stderr on a new pty ``columns`` wide; return its exit code and every byte it wrote.
+    With ``stop_after``, SIGTERM it once that text has appeared (for ``serve``)."""
     environ = env()
     if colour:
         environ.pop("NO_COLOR", None)
         environ["TERM"] = "xterm-256color"
+    environ.pop("COLUMNS", None)
+    environ.pop("LINES", None)
+    environ.update(extra_env or {})
     master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cancelpool.cli", *args],
+        command or [sys.executable, "-m", "cancelpool.cli", *args],
         stdin=slave,
         stdout=slave,
         stderr=slave,

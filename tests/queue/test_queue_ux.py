@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -86,10 +87,18 @@ def test_a_running_job_without_progress_shows_that_it_runs(
     job_id = queue.submit(f"{MORE}:quiet_wait", str(release))
     wait_status(queue, job_id, "running")
     assert _row(cli, job_id)[5] == "running"
-    code, out = run_on_pty(["watch", "--db", str(cli.db), "--timeout", "0.3", str(job_id)])
+    code, out = run_on_pty(["watch", "--db", str(cli.db), "--timeout", "0.5", str(job_id)])
     assert code == 0
     text = assert_terminal_safe(out)
-    assert "<=>" in text  # the moving marker of a job that runs without a fraction
+    row = next(line for line in text.splitlines() if "quiet_wait" in line)
+    assert " running " in row
+    assert "━" * 24 in row  # rich's pulse: the whole bar, as no fraction is known
+    # The pulse is a gradient that moves: many colours in one frame's bar (a bar with
+    # a fraction has two), and the frames differ.
+    frames = [f for f in out.split(b"\r\x1b[2K") if b"quiet_wait" in f]
+    assert len(frames) >= 2
+    assert len(set(re.findall(rb"\x1b\[[0-9;]*m", frames[0]))) >= 5
+    assert len(set(frames)) >= 2
     release.touch()
     wait_status(queue, job_id, "completed")
 

@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from ._client import Queue
-from ._format import jobs_table, visible
+from ._format import visible
 from ._model import JobRecord, JobStatus
 
 TASKS = "cancelpool.demo_tasks"
@@ -32,7 +32,12 @@ DEMO_TIMEOUT = 45.0
 SERVER_STOP_TIMEOUT = 15.0
 
 
-def run_demo(workers: int, *, colour: bool, watch: Callable[..., None]) -> int:
+def run_demo(workers: int, *, watch: Callable[..., None]) -> int:
+    """Run the demo; ``watch`` is the CLI's watch loop (a live view on a terminal).
+    Returns the exit status."""
+    from ._render import jobs_table, new_console
+
+    console = new_console()
     tmp = Path(tempfile.mkdtemp(prefix="cancelpool-demo-"))
     db = tmp / "demo.db"
     log_path = tmp / "server.log"
@@ -78,7 +83,7 @@ def run_demo(workers: int, *, colour: bool, watch: Callable[..., None]) -> int:
             click.echo("")
             click.echo("$ cancelpool ls")
             jobs = queue.list()
-            click.echo(jobs_table(jobs, colour))
+            console.print(jobs_table(jobs, console.width))
             counts = queue.statistics()
             click.echo(
                 f"\n{counts.completed} completed, {counts.cancelled} cancelled "

@@ -1,4 +1,5 @@
-"""Human output for the CLI: plain tables, progress bars, ANSI colours on terminals only.
+"""The CLI's words for jobs: cells, outcomes, durations, JSON (no rich here: ``--json``
+and the server's log stay light; :mod:`._render` lays these out with rich).
 
 Text that jobs or other users control (names, tasks, progress messages, metadata,
 results, errors, tracebacks, paths and patterns read from the database) is data: every
@@ -9,79 +10,16 @@ reaches a terminal or a log. ``--json`` output is exact JSON and is not touched.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
+from .._visible import done_total, json_visible
+from .._visible import visible as visible
+from .._visible import visible_lines as visible_lines
 from ._model import JobRecord, JobStatus
-
-_COLOURS = {
-    "queued": "2",  # dim
-    "running": "36",  # cyan
-    "completed": "32",  # green
-    "failed": "31",  # red
-    "cancelled": "33",  # yellow
-    "interrupted": "35",  # magenta
-    "bold": "1",
-}
-
-
-# Characters that move the cursor, change the terminal's state or reorder or hide text:
-# C0 and C1 controls and DEL (escape sequences, BEL, CR, backspace), the Unicode format
-# characters that matter in a terminal (bidi embeddings, overrides and isolates,
-# zero-width characters, the BOM, interlinear annotations, tag characters), line and
-# paragraph separators, and lone surrogates (not encodable, so not printable).
-_UNSAFE_RANGES = (
-    (0x00, 0x1F),
-    (0x7F, 0x9F),
-    (0x061C, 0x061C),
-    (0x180E, 0x180E),
-    (0x200B, 0x200F),
-    (0x2028, 0x202E),
-    (0x2060, 0x206F),
-    (0xFEFF, 0xFEFF),
-    (0xFFF9, 0xFFFB),
-    (0xD800, 0xDFFF),
-    (0xE0000, 0xE007F),
-)
-
-
-def _char_class(ranges: tuple[tuple[int, int], ...]) -> re.Pattern[str]:
-    return re.compile("[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges) + "]")
-
-
-_UNSAFE = _char_class(_UNSAFE_RANGES)
-# Tracebacks and pretty JSON keep their line structure: only \n and \t pass.
-_UNSAFE_BUT_NEWLINE = _char_class(((0x00, 0x08), (0x0B, 0x1F), *_UNSAFE_RANGES[1:]))
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    named = _NAMED.get(char)
-    if named is not None:
-        return named
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
-def visible(text: str) -> str:
-    """``text`` for one line of a terminal: control and format characters shown as
-    ``\\x1b``, ``\\u202e``, newlines as ``\\n`` (so a value can never forge a line or
-    drive the terminal). Printable text, including non-ASCII letters, is unchanged."""
-    return _UNSAFE.sub(_escape, text)
-
-
-def visible_lines(text: str) -> str:
-    """Like :func:`visible`, but newlines and tabs stay (tracebacks)."""
-    return _UNSAFE_BUT_NEWLINE.sub(_escape, text)
 
 
 def quoted(text: str) -> str:
@@ -90,26 +28,11 @@ def quoted(text: str) -> str:
     return "\n".join("| " + visible_lines(line) for line in text.splitlines())
 
 
-def _json_escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    code -= 0x10000  # JSON spells characters beyond the BMP as a surrogate pair
-    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
-
-
 def visible_json(value: Any) -> str:
     """Indented JSON that is still valid JSON and safe on a terminal: the characters
     :func:`visible` escapes are written as JSON ``\\uXXXX`` escapes (only inside
     strings, where they can be; the layout's own newlines stay)."""
-    return _UNSAFE_BUT_NEWLINE.sub(_json_escape, pretty_json(value))
-
-
-def paint(text: str, colour: str, enabled: bool) -> str:
-    code = _COLOURS.get(colour)
-    if not enabled or code is None:
-        return text
-    return f"\x1b[{code}m{text}\x1b[0m"
+    return json_visible(pretty_json(value))
 
 
 def cut(text: str, width: int) -> str:
@@ -125,36 +48,6 @@ def to_json(value: Any) -> str:
 
 def pretty_json(value: Any) -> str:
     return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()
-
-
-def table(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    *,
-    colour_column: int | None = None,
-    colour: bool = False,
-) -> str:
-    """Left-aligned columns separated by two spaces; the colour column is painted by
-    its own text (a job status)."""
-    rows = [[visible(cell) for cell in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = [
-        "  ".join(
-            paint(h.ljust(w), "bold", colour) for h, w in zip(headers, widths, strict=True)
-        ).rstrip()
-    ]
-    for row in rows:
-        cells = []
-        for i, cell in enumerate(row):
-            padded = cell.ljust(widths[i])
-            if i == colour_column:
-                padded = paint(padded, cell, colour)
-            cells.append(padded)
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
 
 
 def duration(seconds: float | None) -> str:
@@ -182,16 +75,8 @@ def elapsed(job: JobRecord, now: float | None = None) -> str:
 def fraction(job: JobRecord) -> float | None:
     """How far the job got, from its last progress metadata (``done``/``total`` or
     ``percent``), or None."""
-    meta = job.progress
-    if not isinstance(meta, dict):
-        return None
-    done, total = meta.get("done"), meta.get("total")
-    if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total > 0:
-        return max(0.0, min(1.0, done / total))
-    percent = meta.get("percent")
-    if isinstance(percent, (int, float)):
-        return max(0.0, min(1.0, percent / 100))
-    return None
+    counts = done_total(job.progress)
+    return None if counts is None else counts[0] / counts[1]
 
 
 def progress_text(job: JobRecord) -> str:
@@ -204,25 +89,6 @@ def progress_text(job: JobRecord) -> str:
     if text:
         return text
     return "running" if job.status is JobStatus.RUNNING else "-"
-
-
-#: How fast the marker of a running job without a fraction moves, in cells per second:
-#: visibly alive at ``watch``'s redraw rate, slow enough to read.
-_SPIN_RATE = 8
-
-
-def bar(part: float | None, width: int = 20, *, running: bool = False) -> str:
-    """``[####----]``; for a running job with no fraction, a marker ``<=>`` that moves
-    across the bar as time passes."""
-    if part is None:
-        if not running:
-            return "[" + " " * width + "]"
-        span = width - 3
-        step = int(time.monotonic() * _SPIN_RATE) % (2 * span)
-        at = step if step < span else 2 * span - step
-        return "[" + " " * at + "<=>" + " " * (span - at) + "]"
-    filled = round(part * width)
-    return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
 def cancel_text(job: JobRecord) -> str:
@@ -288,30 +154,3 @@ def job_rows(jobs: Sequence[JobRecord]) -> list[list[str]]:
         ]
         for job in jobs
     ]
-
-
-def jobs_table(jobs: Sequence[JobRecord], colour: bool) -> str:
-    return table(JOB_HEADERS, job_rows(jobs), colour_column=1, colour=colour)
-
-
-def live_lines(jobs: Sequence[JobRecord], colour: bool) -> list[str]:
-    """The ``watch`` view: a bar per running or queued job, then the finished ones."""
-    now = time.time()
-    active = [job for job in jobs if not job.finished]
-    done = [job for job in jobs if job.finished]
-    lines: list[str] = []
-    name_width = max([len(job.name or job.task) for job in jobs] + [4])
-    name_width = min(name_width, 30)
-    for job in active:
-        label = cut(job.name or job.task, name_width).ljust(name_width)
-        status = paint(job.status.value.ljust(9), job.status.value, colour)
-        lines.append(
-            f"{job.id:>5}  {label}  {status}  "
-            f"{bar(fraction(job), running=job.status is JobStatus.RUNNING)}  "
-            f"{cut(job.progress_message or '', 24):<24}  {elapsed(job, now)}"
-        )
-    if done:
-        if active:
-            lines.append("")
-        lines.extend(jobs_table(done, colour).splitlines())
-    return lines

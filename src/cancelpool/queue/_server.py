@@ -22,6 +22,7 @@ progress and outcomes over through a deque and a byte in the FIFO.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -53,6 +54,7 @@ from ._model import (
 from ._plain import is_plain_task, run_plain_task
 from ._protocol import Store, open_store
 from ._records import Outcome
+from ._sd_notify import Notifier
 from ._store import ServerInfo
 from ._task import run_task
 
@@ -97,10 +99,11 @@ class Server:
         self,
         db: str | os.PathLike[str],
         options: ServerOptions,
-        log: Callable[[str], None],
+        logger: logging.Logger | None = None,
         *,
         pg_schema: str | None = None,
         node_name: str | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         if not options.allow:
             raise ValueError("a server needs at least one --allow pattern, e.g. 'myapp.tasks:*'")
@@ -109,9 +112,11 @@ class Server:
         if options.on_shutdown not in ("requeue", "cancel"):
             raise ValueError("on_shutdown must be 'requeue' or 'cancel'")
         self.options = options
-        self.log = log
+        self.logger = logger if logger is not None else logging.getLogger("cancelpool.serve")
         self.id = uuid.uuid4().hex[:12]
         self.node_name = node_name
+        #: systemd's notify socket (``Type=notify``): READY=1 once serving.
+        self.notifier = notifier
         self.store: Store = open_store(
             db, pg_schema=pg_schema, application_name=f"cancelpool-serve-{self.id}"
         )
@@ -133,6 +138,33 @@ class Server:
         self._db_down_since: float | None = None
         self._rfd = self._wfd = -1
         self.stats = {"completed": 0, "failed": 0, "cancelled": 0, "released": 0}
+
+    def _log(
+        self,
+        message: str,
+        level: int = logging.INFO,
+        *,
+        job: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        """One record of ``cancelpool.serve``, with this node and the job as fields."""
+        self.logger.log(
+            level,
+            "%s",
+            message,
+            extra={"node": self.id, "node_label": self.node_name, "job": job, "job_name": name},
+        )
+
+    def _notify(self, state: str, status: str) -> None:
+        """Tell systemd (if it is watching) that the node is ready or stopping: after
+        the node is registered and its pool started, so a unit ordered after this one
+        finds a queue that is served."""
+        if self.notifier is None:
+            return
+        send = self.notifier.ready if state == "ready" else self.notifier.stopping
+        failed = send(status)
+        if failed is not None:
+            self._log(failed, logging.WARNING)
 
     # -- wake-ups ---------------------------------------------------------------------------
     def _open_fifo(self) -> None:
@@ -227,7 +259,7 @@ class Server:
         options = self.options
         recovered = self.store.recover(None, options.max_attempts)
         if any(recovered.values()):
-            self.log(
+            self._log(
                 "recovered jobs of dead servers: "
                 + ", ".join(f"{n} {status}" for status, n in recovered.items() if n)
             )
@@ -258,11 +290,12 @@ class Server:
                         label=self.node_name,
                     )
                 )
-                self.log(
+                self._log(
                     f"serving {self.store.display} (server {self.id}, pid {os.getpid()}, "
                     + (f"node {self.node_name}, " if self.node_name else "")
                     + f"{options.workers} workers, allow {' '.join(options.allow)})"
                 )
+                self._notify("ready", f"serving {self.store.display} as node {self.id}")
                 try:
                     self._serve(pool)
                 finally:
@@ -285,7 +318,7 @@ class Server:
                 self._apply_cancels()
                 self._claim(pool)
                 if self._db_down_since is not None:
-                    self.log("the queue database is back; claiming again")
+                    self._log("the queue database is back; claiming again")
                     self._db_down_since = None
                     next_housekeeping = time.monotonic()
                 now = time.monotonic()
@@ -312,7 +345,7 @@ class Server:
         now = time.monotonic()
         if self._db_down_since is None:
             self._db_down_since = now
-            self.log(f"{exc}; not claiming until it is back")
+            self._log(f"{exc}; not claiming until it is back", logging.WARNING)
         elif now - self._db_down_since >= LEASE_GIVE_UP and self._running:
             self._give_up_jobs("the node lost the queue database, so its lease expired")
 
@@ -321,7 +354,10 @@ class Server:
             if job_id not in self._cancel_sent:
                 self._cancel_sent.add(job_id)
                 handle.cancel(why)
-        self.log(f"{why}: cancelled {len(self._running)} local job(s); their rows are not ours")
+        self._log(
+            f"{why}: cancelled {len(self._running)} local job(s); their rows are not ours",
+            logging.WARNING,
+        )
 
     def _housekeeping(self) -> None:
         if not self.store.heartbeat(self.id):
@@ -329,7 +365,7 @@ class Server:
                 self._give_up_jobs("the node's lease was lost (another node recovered its jobs)")
             # heartbeat() revived the row: the node keeps serving, with none of its
             # old claims (they were requeued or settled by the node that recovered them).
-            self.log("lease lost; this node stopped its jobs and keeps serving")
+            self._log("lease lost; this node stopped its jobs and keeps serving", logging.WARNING)
         elif self._running:
             # A claim that another node took over (our lease expired in a stall): stop
             # our copy, whose finishing write the fence would drop anyway.
@@ -339,7 +375,7 @@ class Server:
                 self._running[job_id].cancel("this node lost its claim on the job")
         recovered = self.store.recover(self.id, self.options.max_attempts)
         if any(recovered.values()):
-            self.log(
+            self._log(
                 "recovered jobs of a dead server: "
                 + ", ".join(f"{n} {status}" for status, n in recovered.items() if n)
             )
@@ -376,6 +412,12 @@ class Server:
                 )
                 continue
             self._running[job.id] = handle
+            self._log(
+                f"job {job.id} ({job.name or '-'}) started: {job.task}",
+                logging.DEBUG,
+                job=job.id,
+                name=job.name,
+            )
             handle.on_progress(self._on_progress_for(job.id, handle.id))
             handle.add_done_callback(self._on_done_for(job.id))
 
@@ -413,7 +455,19 @@ class Server:
             self._cancel_sent.discard(job_id)
             outcome = _outcome(job_id, handle, self.options.cancel_grace)
             if outcome.forced:
-                self.log(f"job {job_id} ({handle.name or '-'}) {outcome.error}")
+                self._log(
+                    f"job {job_id} ({handle.name or '-'}) {outcome.error}",
+                    logging.WARNING,
+                    job=job_id,
+                    name=handle.name,
+                )
+            else:
+                self._log(
+                    f"job {job_id} ({handle.name or '-'}) {outcome.status}",
+                    logging.DEBUG,
+                    job=job_id,
+                    name=handle.name,
+                )
             if releasing and outcome.status == "cancelled":
                 released.append((job_id, outcome.partial_result))
                 continue
@@ -442,9 +496,10 @@ class Server:
 
     def _shutdown(self, pool: CancelPool) -> None:
         why = self._stop_signal or "error"
+        self._notify("stopping", f"stopping ({why}): {self.options.on_shutdown} running jobs")
         running = list(self._running.items())
         if running:
-            self.log(
+            self._log(
                 f"{why}: stopping; cancelling {len(running)} running job(s), then "
                 + (
                     "requeueing them"
@@ -462,10 +517,11 @@ class Server:
                 self._wait(min(0.05, deadline - time.monotonic()))
         self._record_done(releasing=True)
         if self._running:
-            self.log(
+            self._log(
                 f"{len(self._running)} job(s) still running after --grace; they are "
                 f"force-stopped once they ignored their cancel for --cancel-grace "
-                f"({self.options.cancel_grace:g} s)"
+                f"({self.options.cancel_grace:g} s)",
+                logging.WARNING,
             )
         # Every handle resolves here (stubborn jobs as forced stops, their workers
         # killed by the pool), and every worker process has exited when it returns.
@@ -480,9 +536,9 @@ class Server:
         try:
             self.store.unregister_server(self.id, why)
         except QueueUnavailable as exc:
-            self.log(f"{exc}; its lease expires by itself")
+            self._log(f"{exc}; its lease expires by itself")
         s = self.stats
-        self.log(
+        self._log(
             f"stopped: {s['completed']} completed, {s['failed']} failed, "
             f"{s['cancelled']} cancelled, {s['released']} "
             + ("requeued" if self.options.on_shutdown == "requeue" else "cancelled at shutdown")

@@ -106,13 +106,15 @@ def default_db_target() -> str | Path:
 
 
 def default_db_path() -> Path:
-    """``$CANCELPOOL_DB``, else ``$XDG_STATE_HOME/cancelpool/queue.db``
-    (``~/.local/state/cancelpool/queue.db``)."""
+    """``$CANCELPOOL_DB``, else ``queue.db`` in the user's state directory as
+    ``platformdirs`` knows it (Linux: ``$XDG_STATE_HOME/cancelpool``, by default
+    ``~/.local/state/cancelpool``; macOS: ``~/Library/Application Support/cancelpool``)."""
     env = os.environ.get("CANCELPOOL_DB")
     if env:
         return Path(env)
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
-    return Path(state) / "cancelpool" / "queue.db"
+    import platformdirs  # loaded by the verbs that need a default, not by the package
+
+    return platformdirs.user_state_path("cancelpool", appauthor=False) / "queue.db"
 
 
 @dataclass(frozen=True)
