@@ -61,6 +61,7 @@ FLOOR_READER_ASYNCIO = "floor: pipe -> add_reader (asyncio)"
 FLOOR_READER_UVLOOP = "floor: pipe -> add_reader (uvloop)"
 FLOOR_CANCEL_ASYNCIO = "floor: pipe -> scope.cancel -> sleep wakes (asyncio)"
 FLOOR_CANCEL_UVLOOP = "floor: pipe -> scope.cancel -> sleep wakes (uvloop)"
+FLOOR_TIMEOUT = "floor: call_later(0.2) -> pipe -> poll thread -> waiter"
 
 PPE = "ProcessPoolExecutor submit"
 MP_IMAP = "mp.Pool imap(chunksize=1)"
@@ -237,9 +238,11 @@ OURS: dict[str, Spec] = {
     f"{CANCEL_RESOLVED} p99": Spec("us", (f"{STOP_RESOLVED} p99", ANYIO), None, "stop"),
     f"{CANCEL_NEXT} p50": Spec("us", (f"{STOP_NEXT} p50", PEBBLE), None, "stop"),
     QUEUED_RAN: Spec("jobs", (QUEUED_RAN, PEBBLE), Target("<=", 0.0, "jobs"), "queued"),
-    f"{TIMEOUT_LATE} p50": Spec("us", (f"{TIMEOUT_LATE} p50", PEBBLE_TIMEOUT), None, "timeout"),
+    # Against the floor of the same path without a pool (timer -> pipe -> thread ->
+    # waiter, every party idle); pebble's lateness (~100 ms) is in the table too.
+    f"{TIMEOUT_LATE} p50": Spec("us", (f"{TIMEOUT_LATE} p50", FLOOR_TIMEOUT), None, "timeout"),
     f"{TIMEOUT_LATE} p99": Spec(
-        "us", (f"{TIMEOUT_LATE} p99", PEBBLE_TIMEOUT), Target("<=", 2.0, "ms"), "timeout"
+        "us", (f"{TIMEOUT_LATE} p99", FLOOR_TIMEOUT), Target("<=", 2.0, "ms"), "timeout"
     ),
     CANCEL_ALL: Spec("ms", None, Target("<=", 200.0, "ms"), "cancel_all"),
     PROGRESS: Spec("events/s", None, Target(">=", 200_000.0, "events/s"), "progress"),

@@ -213,4 +213,8 @@ def floor_rows(args: BenchArgs) -> list[Row]:
                 continue
         ref = None if kind == "pipe" else FLOOR_PIPE
         rows += stat_rows(ONE_WAY, subject, one_way_samples(kind, n), ref_subject=ref)
+    if args.wants("timeout"):
+        from _timeout_floor import timeout_floor_rows
+
+        rows += timeout_floor_rows(args)
     return rows
