@@ -1,7 +1,7 @@
 """README's performance table, rendered from the JSON of one ``bench_pool.py`` run.
 
-    python benchmarks/bench_pool.py --json benchmarks/results/bench_pool.json
-    python benchmarks/render_readme.py benchmarks/results/bench_pool.json --write README.md
+    python benchmarks/bench_pool.py --json benchmarks/readme_run.json
+    python benchmarks/render_readme.py benchmarks/readme_run.json --write README.md
 
 Every cancelpool row of the run that has a target or a reference becomes a line: its
 value, the reference row's value from the same run, the ratio, the target and whether

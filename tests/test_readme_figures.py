@@ -23,13 +23,13 @@ def _renderer() -> ModuleType:
 
 def test_the_readme_table_is_the_committed_run() -> None:
     render = _renderer()
-    run = json.loads((ROOT / "benchmarks" / "results" / "bench_pool.json").read_text())
+    run = json.loads((ROOT / "benchmarks" / "readme_run.json").read_text())
     readme = (ROOT / "README.md").read_text()
     block = render.render(run)
     assert block in readme, (
         "README's performance table is not the rendering of "
-        "benchmarks/results/bench_pool.json: run "
-        "`python benchmarks/render_readme.py benchmarks/results/bench_pool.json --write README.md`"
+        "benchmarks/readme_run.json: run "
+        "`python benchmarks/render_readme.py benchmarks/readme_run.json --write README.md`"
     )
     # Every cancelpool row with a target is in it, misses included.
     judged = [r for r in run["rows"] if r["subject"].startswith("cancelpool") and r["target"]]
@@ -39,7 +39,7 @@ def test_the_readme_table_is_the_committed_run() -> None:
 
 def test_a_hand_edit_is_caught() -> None:
     render = _renderer()
-    run = json.loads((ROOT / "benchmarks" / "results" / "bench_pool.json").read_text())
+    run = json.loads((ROOT / "benchmarks" / "readme_run.json").read_text())
     # The first row the table shows, with its value changed.
     index = next(i for i, r in enumerate(run["rows"]) if r["subject"].startswith("cancelpool"))
     run["rows"][index] = {**run["rows"][index], "value": run["rows"][index]["value"] * 2}
