@@ -58,6 +58,11 @@ FLUSH_BATCH = 256
 #: Unpickled job functions kept per worker (keyed by their pickle). Module-level
 #: functions repeat; other callables may not, so the cache is emptied when full.
 _FUNCTION_CACHE_SIZE = 256
+#: Seconds a progress report may wait to share a frame with the reports after it. A
+#: job that reports and awaits in turn would otherwise cost a write (and a wake-up of
+#: the supervisor) per report; an outcome or any other message still goes out at the
+#: end of the loop iteration, the waiting reports ahead of it, in order.
+PROGRESS_DELAY = 0.001
 #: Minimum seconds between two checkpoints of a job's partial result (sent with its
 #: progress reports, kept by the supervisor in case the worker dies). Shorter keeps a
 #: fresher partial result; longer pickles it less often.
@@ -102,6 +107,7 @@ class Worker:
         self.functions: dict[bytes, Callable[..., Any]] = {}
         self.pending: list[Any] = []
         self.flush_scheduled = False
+        self.progress_flush_armed = False  # _flush_progress is due
         self.write_buffer = bytearray()
         self.write_lock = threading.Lock()
         self.loop_block_threshold = loop_block_threshold
@@ -334,7 +340,7 @@ class Worker:
                 )
                 job.op.cancel_sync(CancelationReason.ERROR, str(job.failure))
                 return
-            self._send(proto.Progress(job_id, op_id, str(message), msgspec.Raw(raw)))
+            self._send_progress(proto.Progress(job_id, op_id, str(message), msgspec.Raw(raw)))
             if job.op.context.partial_result is not None:
                 self._checkpoint(job_id, job)
 
@@ -469,6 +475,20 @@ class Worker:
             self.flush_scheduled = True
             assert self.loop is not None
             self.loop.call_soon(self._flush)
+
+    def _send_progress(self, message: proto.Progress) -> None:
+        self.pending.append(message)
+        if len(self.pending) >= FLUSH_BATCH:
+            self._flush()
+        elif not self.flush_scheduled and not self.progress_flush_armed:
+            self.progress_flush_armed = True
+            assert self.loop is not None
+            self.loop.call_later(PROGRESS_DELAY, self._flush_progress)
+
+    def _flush_progress(self) -> None:
+        self.progress_flush_armed = False
+        if not self.flush_scheduled:  # else the scheduled flush carries them
+            self._flush()
 
     def _flush(self) -> None:
         self.flush_scheduled = False
