@@ -32,6 +32,7 @@ from ._states import UNFINISHED, edge, literal, status_in
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 CANCELLED, FAILED = JobStatus.CANCELLED, JobStatus.FAILED
+COMPLETED = JobStatus.COMPLETED
 
 COLUMNS = (
     "id, task, args, kwargs, name, priority, timeout, parent, status, owner, attempts, "
@@ -344,26 +345,48 @@ def claim(tx: Tx, owner: str, limit: int, allow: Sequence[str]) -> tuple[list[Cl
 
 def record_outcomes(tx: Tx, owner: str, outcomes: Sequence[Outcome]) -> list[int]:
     """Store finished jobs, fenced on (owner, running): a node that lost a claim writes
-    nothing for it. Returns the ids of cancelled jobs whose descendants must follow."""
+    nothing for it. Returns the ids of cancelled jobs whose descendants must follow.
+
+    A job that completed after its cancellation was requested (it returned before its
+    node could stop it) is stored as ``cancelled``, its result kept as the partial
+    result: ``Queue.cancel()`` counted it as cancelled when it returned, so that holds.
+    """
     cascade: list[int] = []
     for out in outcomes:
         new = JobStatus(out.status)
+        params = (
+            out.result,
+            out.error,
+            out.traceback,
+            out.partial_result,
+            out.cancel_reason,
+            out.cancel_message,
+            out.id,
+            owner,
+        )
+        if new is COMPLETED:
+            edge(R, CANCELLED)  # the other way out of this write: checked, not assumed
+            rows = tx.rows(
+                "UPDATE jobs SET status = CASE WHEN cancel_requested = 1 "
+                f"THEN {literal(CANCELLED)} ELSE {literal(COMPLETED)} END, "
+                f"ended_at = {tx.now}, result = CASE WHEN cancel_requested = 1 THEN NULL "
+                "ELSE ? END, error = ?, traceback = ?, partial_result = CASE WHEN "
+                "cancel_requested = 1 THEN COALESCE(?, partial_result) ELSE "
+                "COALESCE(?, partial_result) END, cancel_reason = COALESCE(cancel_reason, ?), "
+                "cancel_message = COALESCE(cancel_message, ?) "
+                f"WHERE id = ? AND owner = ? AND {edge(R, COMPLETED)} RETURNING status",
+                (out.result, out.error, out.traceback, out.result, *params[3:]),
+            )
+            if rows and rows[0]["status"] == CANCELLED:
+                cascade.append(out.id)
+            continue
         changed = tx.run(
             f"UPDATE jobs SET status = {literal(new)}, ended_at = {tx.now}, result = ?, "
             "error = ?, traceback = ?, partial_result = COALESCE(?, partial_result), "
             "cancel_reason = COALESCE(cancel_reason, ?), "
             "cancel_message = COALESCE(cancel_message, ?) "
             f"WHERE id = ? AND owner = ? AND {edge(R, new)}",
-            (
-                out.result,
-                out.error,
-                out.traceback,
-                out.partial_result,
-                out.cancel_reason,
-                out.cancel_message,
-                out.id,
-                owner,
-            ),
+            params,
         )
         if changed and new is CANCELLED:
             cascade.append(out.id)
