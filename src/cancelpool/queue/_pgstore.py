@@ -24,9 +24,12 @@ messages from the driver are scrubbed of the password before they are raised.
 from __future__ import annotations
 
 import functools
+import math
 import os
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -47,6 +50,11 @@ SCHEMA_VERSION = 1
 LEASE_SECONDS = 10.0
 #: Seconds a connection attempt may take.
 CONNECT_TIMEOUT = 5
+#: A listening node asks the database for cancel requests when a notification for it
+#: arrived, else at most this often (a request whose NOTIFY was lost, or came while
+#: the listener was reconnecting). Shorter finds those sooner and costs a query per
+#: loop of a busy node; with the server's 0.5 s poll a lost cancel arrives within 1 s.
+CANCEL_POLL_SECONDS = 0.5
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -167,6 +175,10 @@ class PostgresStore:
         self.path = None  # no local file: nothing of the SQLite file checks applies
         self._lock = threading.RLock()
         self._conn: Any = None
+        # Cancel hints from the listener thread, per node id (see cancel_requests).
+        self._listening: set[str] = set()
+        self._hinted: set[str] = set()
+        self._cancel_polled: dict[str, float] = {}
         with self._lock:
             self._connect()
             self._prepare(create)
@@ -222,20 +234,30 @@ class PostgresStore:
         self._conn = None
 
     def _call(self, fn: Callable[[_PgTx], T], *, transaction: bool, idempotent: bool) -> T:
-        """Run ``fn`` on the connection (in one transaction if asked), retrying once on a
-        new connection if the old one turned out broken and the retry is safe (see the
-        class docstring). Driver errors become QueueUnavailable or QueueError."""
+        """Run ``fn`` on the connection (in one transaction if asked; else each of its
+        statements commits by itself), retrying once on a new connection if the old one
+        turned out broken and the retry is safe (see the class docstring). Driver errors
+        become QueueUnavailable or QueueError."""
         import psycopg
 
         with self._lock:
             for attempt in (1, 2):
                 committing = False
                 try:
-                    if self._conn is None or self._conn.closed or self._conn.broken:
+                    if (
+                        self._conn is None
+                        or self._conn.closed
+                        or self._conn.broken
+                        or _hung_up(self._conn)
+                    ):
+                        self._drop()
                         self._connect()
                     with self._conn.cursor() as cur:
-                        tx = _PgTx(cur)
+                        tx = _PgTx(cur, self.channel)
                         if not transaction:
+                            # A write here is one statement that commits as it runs:
+                            # once sent, whether it committed is unknown.
+                            committing = True
                             return fn(tx)
                         cur.execute("BEGIN")
                         try:
@@ -265,8 +287,13 @@ class PostgresStore:
     def _read(self, fn: Callable[[_PgTx], T]) -> T:
         return self._call(fn, transaction=False, idempotent=True)
 
-    def _write(self, fn: Callable[[_PgTx], T], *, idempotent: bool = False) -> T:
-        return self._call(fn, transaction=True, idempotent=idempotent)
+    def _write(
+        self, fn: Callable[[_PgTx], T], *, idempotent: bool = False, single: bool = False
+    ) -> T:
+        """A write in one transaction; ``single``: ``fn`` runs statements that are each
+        atomic and fenced on their own, sent without BEGIN/COMMIT (two round trips
+        fewer: the hot paths, submit and claim)."""
+        return self._call(fn, transaction=not single, idempotent=idempotent)
 
     def _prepare(self, create: bool) -> None:
         version = self._schema_version()
@@ -366,10 +393,15 @@ class PostgresStore:
                 holder["conn"] = conn
                 try:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    self._listening.add(server_id)
+                    self._hinted.add(server_id)  # what came while we were away
                     poke()
                     while not stop.is_set():
                         for note in conn.notifies(timeout=0.5):
-                            if note.payload in ("*", server_id):
+                            if note.payload == server_id:
+                                self._hinted.add(server_id)
+                                poke()
+                            elif note.payload == "*":
                                 poke()
                 except Exception:
                     if not stop.is_set():
@@ -386,6 +418,7 @@ class PostgresStore:
         def close() -> None:
             stop.set()
             thread.join(5)
+            self._listening.discard(server_id)
 
         return close
 
@@ -401,8 +434,9 @@ class PostgresStore:
         timeout: float | None,
         parent: int | None,
     ) -> int:
-        def work(tx: _PgTx) -> int:
-            job_id = _sql.submit(
+        # One statement (the NOTIFY that wakes idle nodes, '*', rides in it).
+        return self._write(
+            lambda tx: _sql.submit(
                 tx,
                 task,
                 args,
@@ -411,13 +445,9 @@ class PostgresStore:
                 priority=priority,
                 timeout=timeout,
                 parent=parent,
-            )
-            # Delivered at commit; identical notifications of one transaction fold into
-            # one, and idle nodes wake on '*'.
-            self._notify(tx, "*")
-            return job_id
-
-        return self._write(work)
+            ),
+            single=True,
+        )
 
     def request_cancel(
         self,
@@ -598,10 +628,28 @@ class PostgresStore:
         """Claim up to ``limit`` queued jobs, priority then submission order, skipping
         rows another node has locked (``FOR UPDATE SKIP LOCKED``): two nodes never lock
         one row, so they never start one job. Jobs no ``allow`` pattern admits fail."""
-        return self._write(lambda tx: _sql.claim(tx, owner, limit, allow))
+        return self._write(lambda tx: _sql.claim(tx, owner, limit, allow), single=True)
 
     def cancel_requests(self, owner: str) -> list[tuple[int, str | None]]:
-        return self._read(lambda tx: _sql.cancel_requests(tx, owner))
+        """Running jobs of ``owner`` whose cancellation was requested. For a node whose
+        listener (:meth:`listen`) runs, the database is asked only after a notification
+        for it arrived, or ``CANCEL_POLL_SECONDS`` after the last time (else: ``[]``,
+        nothing new was announced): a busy node's loop costs no query per turn."""
+        if owner in self._listening:
+            now = time.monotonic()
+            if (
+                owner not in self._hinted
+                and now - self._cancel_polled.get(owner, -math.inf) < CANCEL_POLL_SECONDS
+            ):
+                return []
+            self._hinted.discard(owner)  # before the query: a hint during it stays
+            self._cancel_polled[owner] = now
+        try:
+            return self._read(lambda tx: _sql.cancel_requests(tx, owner))
+        except BaseException:
+            if owner in self._listening:
+                self._hinted.add(owner)  # not answered: ask again next time
+            raise
 
     def owned(self, owner: str) -> set[int]:
         return self._read(lambda tx: _sql.owned(tx, owner))
@@ -685,6 +733,18 @@ class PostgresStore:
         return self._write(work)
 
 
+def _hung_up(conn: Any) -> bool:
+    """True if an idle connection has something to read: the server said goodbye (a
+    terminated backend, a shutdown) or, rarely, a notice. Either way it is replaced
+    before a statement is sent on it, so a write is never lost to a connection that
+    was already dead, and the retry of an uncommitted write stays the exception.
+    Costs one ``select`` with no wait, no round trip."""
+    try:
+        return bool(select.select([conn.fileno()], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
 @functools.lru_cache(maxsize=512)
 def _pg_sql(sql: str) -> str:
     """``_sql``'s ``?`` placeholders as psycopg's ``%s`` (no statement there has a
@@ -701,8 +761,9 @@ class _PgTx:
     lock_rows = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(self, cur: Any) -> None:
+    def __init__(self, cur: Any, channel: str) -> None:
         self.cur = cur
+        self.channel = channel
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         self.cur.execute(_pg_sql(sql), params)
@@ -723,6 +784,14 @@ class _PgTx:
         if like is None:  # brackets: checked with fnmatch
             return "name IS NOT NULL", [], False
         return "name LIKE ? ESCAPE '\\'", [like], True
+
+    def rows_and_wake(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        # One round trip: the NOTIFY rides in the statement (once per returned row;
+        # identical notifications of one transaction fold into one).
+        return self.rows(
+            f"WITH w AS ({sql}) SELECT w.*, pg_notify(?, '*') AS woken FROM w",
+            (*params, self.channel),
+        )
 
 
 def node_host() -> str:

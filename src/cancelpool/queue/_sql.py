@@ -69,6 +69,11 @@ class Tx(Protocol):
         """SQL selecting the rows whose ``name`` the glob matches, its parameters, and
         whether it is exact (False: a superset, to be checked with fnmatch)."""
 
+    def rows_and_wake(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Like :meth:`rows` for a statement with ``RETURNING``, also waking every node
+        in the same statement where the dialect can (PostgreSQL: NOTIFY, delivered at
+        commit); elsewhere the caller wakes them."""
+
 
 def glob_to_like(pattern: str) -> str | None:
     """A (case-sensitive) LIKE pattern, escape ``\\``, equal to the glob, or None if
@@ -183,13 +188,22 @@ def submit(
     timeout: float | None,
     parent: int | None,
 ) -> int:
-    if parent is not None and not tx.rows("SELECT 1 AS one FROM jobs WHERE id = ?", (parent,)):
+    """Insert a queued job: one statement, atomic by itself (the parent is checked in
+    it), so a store may run it without a transaction around it."""
+    columns = "task, args, kwargs, name, priority, timeout, parent, status, submitted_at"
+    values = f"?, ?, ?, ?, ?, ?, ?, {literal(Q)}, {tx.now}"
+    params: tuple[Any, ...] = (task, args, kwargs, name, priority, timeout, parent)
+    if parent is None:
+        sql = f"INSERT INTO jobs ({columns}) VALUES ({values}) RETURNING id"
+    else:
+        sql = (
+            f"INSERT INTO jobs ({columns}) SELECT {values} "
+            "WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?) RETURNING id"
+        )
+        params = (*params, parent)
+    rows = tx.rows_and_wake(sql, params)
+    if not rows:
         raise InvalidJob(f"parent job {parent} does not exist")
-    rows = tx.rows(
-        "INSERT INTO jobs (task, args, kwargs, name, priority, timeout, parent, status, "
-        f"submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, {literal(Q)}, {tx.now}) RETURNING id",
-        (task, args, kwargs, name, priority, timeout, parent),
-    )
     return int(rows[0]["id"])
 
 
@@ -298,35 +312,32 @@ def cancel_walk(
 # -- nodes --------------------------------------------------------------------------------
 def claim(tx: Tx, owner: str, limit: int, allow: Sequence[str]) -> tuple[list[ClaimedJob], int]:
     """Move up to ``limit`` queued jobs to ``running`` for ``owner``, priority then
-    submission order. Jobs no ``allow`` pattern admits fail here (refused at run time).
+    submission order, in one statement (atomic by itself; on PostgreSQL the rows are
+    picked with ``SKIP LOCKED``, so two nodes never take one job). A claimed job no
+    ``allow`` pattern admits then fails (refused at run time; fenced on the claim).
     Returns the claimed jobs and how many were refused."""
-    rows = tx.rows(
-        f"SELECT id, task FROM jobs WHERE {status_in(Q)} ORDER BY priority DESC, id "
-        f"LIMIT ?{tx.skip_locked}",
-        (limit,),
-    )
-    take = [int(r["id"]) for r in rows if task_allowed(r["task"], allow)]
-    refused = [(int(r["id"]), r["task"]) for r in rows if not task_allowed(r["task"], allow)]
-    for job_id, task in refused:
-        tx.run(
-            f"UPDATE jobs SET status = {literal(FAILED)}, ended_at = {tx.now}, error = ? "
-            f"WHERE id = ? AND {edge(Q, FAILED)}",
-            (
-                f"TaskNotAllowed: task {task!r} matches none of the server's --allow "
-                f"patterns {list(allow)}",
-                job_id,
-            ),
-        )
-    if not take:
-        return [], len(refused)
-    sql, param = tx.in_list("id", take)
     got = tx.rows(
+        f"WITH picked AS MATERIALIZED (SELECT id FROM jobs WHERE {status_in(Q)} "
+        f"ORDER BY priority DESC, id LIMIT ?{tx.skip_locked}) "
         f"UPDATE jobs SET status = {literal(R)}, owner = ?, attempts = attempts + 1, "
-        f"started_at = {tx.now}, ended_at = NULL WHERE {sql} AND {edge(Q, R)} "
-        f"RETURNING {_CLAIMED}",
-        (owner, param),
+        f"started_at = {tx.now}, ended_at = NULL "
+        f"WHERE id IN (SELECT id FROM picked) AND {edge(Q, R)} RETURNING {_CLAIMED}",
+        (limit, owner),
     )
     got = sorted(got, key=lambda r: (-r["priority"], r["id"]))
+    refused = [r for r in got if not task_allowed(r["task"], allow)]
+    for r in refused:
+        tx.run(
+            f"UPDATE jobs SET status = {literal(FAILED)}, ended_at = {tx.now}, error = ?, "
+            "owner = NULL, attempts = attempts - 1, started_at = NULL "
+            f"WHERE id = ? AND owner = ? AND {edge(R, FAILED)}",
+            (
+                f"TaskNotAllowed: task {r['task']!r} matches none of the server's --allow "
+                f"patterns {list(allow)}",
+                r["id"],
+                owner,
+            ),
+        )
     claimed = [
         ClaimedJob(
             int(r["id"]),
@@ -339,6 +350,7 @@ def claim(tx: Tx, owner: str, limit: int, allow: Sequence[str]) -> tuple[list[Cl
             int(r["attempts"]),
         )
         for r in got
+        if task_allowed(r["task"], allow)
     ]
     return claimed, len(refused)
 

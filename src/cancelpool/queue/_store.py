@@ -559,6 +559,9 @@ class _SQLiteTx:
     def match_name(self, pattern: str) -> tuple[str, list[Any], bool]:
         return "name_matches(name, ?)", [pattern], True
 
+    def rows_and_wake(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self.rows(sql, params)  # the client pokes the servers' FIFOs after it
+
 
 #: The SQLite store under its former name.
 Store = SQLiteStore
