@@ -133,10 +133,16 @@ class PostgresStore:
       ``heartbeat``, ``unregister_server``, ``save_progress``, ``upgrade``): always;
     * the other writes (``submit``, ``request_cancel``, ``cascade_cancel``, ``claim``,
       ``record_outcomes``, ``release``, ``recover``, ``register_server``,
-      ``settle_orphan_cancel``): only when the connection broke before ``COMMIT`` was
-      sent, so the transaction cannot have committed. Broken during ``COMMIT``, it
-      may or may not have, and the call raises ``QueueUnavailable`` rather than risk
-      doing it twice (a second job, a claim nobody runs).
+      ``settle_orphan_cancel``): only when the connection broke before what commits
+      was sent (``COMMIT``; for ``submit``, ``claim`` and ``record_outcomes``, which
+      are one self-committing statement each, the statement), so it cannot have
+      committed. Broken after that, it may or may not have, and the call raises
+      ``QueueUnavailable`` rather than risk doing it twice (a second job, a claim
+      nobody runs).
+
+    Before each call an idle connection the server already hung up on (a terminated
+    backend has sent its goodbye) is replaced without a round trip, so the usual cut
+    -off costs a reconnect, never an error or a doubt about a write.
 
     A second failure in a row, or a server that cannot be reached, raises
     ``QueueUnavailable``.
@@ -657,7 +663,7 @@ class PostgresStore:
     def record_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> list[int]:
         """Store finished jobs, fenced on (owner, running): a node that lost a claim
         writes nothing for it. Returns the ids of cancelled jobs to cascade from."""
-        return self._write(lambda tx: _sql.record_outcomes(tx, owner, outcomes))
+        return self._write(lambda tx: _sql.record_outcomes(tx, owner, outcomes), single=True)
 
     def cascade_cancel(self, parents: Sequence[int]) -> CancelOutcome:
         def work(tx: _PgTx) -> CancelOutcome:

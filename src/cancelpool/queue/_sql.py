@@ -355,54 +355,66 @@ def claim(tx: Tx, owner: str, limit: int, allow: Sequence[str]) -> tuple[list[Cl
     return claimed, len(refused)
 
 
+_OUTCOME_COLUMNS = (
+    ("oid", "BIGINT"),
+    ("ostatus", "TEXT"),
+    ("oresult", "TEXT"),
+    ("oerror", "TEXT"),
+    ("otraceback", "TEXT"),
+    ("opartial", "TEXT"),
+    ("oreason", "TEXT"),
+    ("omessage", "TEXT"),
+)
+_VALUES_ROW = "(" + ", ".join(f"CAST(? AS {kind})" for _, kind in _OUTCOME_COLUMNS) + ")"
+
+
 def record_outcomes(tx: Tx, owner: str, outcomes: Sequence[Outcome]) -> list[int]:
-    """Store finished jobs, fenced on (owner, running): a node that lost a claim writes
-    nothing for it. Returns the ids of cancelled jobs whose descendants must follow.
+    """Store finished jobs in one statement, fenced on (owner, running): a node that
+    lost a claim writes nothing for it. Returns the ids of cancelled jobs whose
+    descendants must follow.
 
     A job that completed after its cancellation was requested (it returned before its
     node could stop it) is stored as ``cancelled``, its result kept as the partial
     result: ``Queue.cancel()`` counted it as cancelled when it returned, so that holds.
     """
-    cascade: list[int] = []
+    if not outcomes:
+        return []
     for out in outcomes:
-        new = JobStatus(out.status)
-        params = (
-            out.result,
-            out.error,
-            out.traceback,
-            out.partial_result,
-            out.cancel_reason,
-            out.cancel_message,
-            out.id,
+        edge(R, out.status)  # every outcome leaves running along an edge of the table
+    edge(R, CANCELLED)  # the way a completion with a cancel request takes
+    won = f"ostatus = {literal(COMPLETED)} AND cancel_requested = 1"
+    names = ", ".join(name for name, _ in _OUTCOME_COLUMNS)
+    rows = tx.rows(
+        f"WITH o({names}) AS (VALUES {', '.join([_VALUES_ROW] * len(outcomes))}) "
+        f"UPDATE jobs SET status = CASE WHEN {won} THEN {literal(CANCELLED)} "
+        f"ELSE ostatus END, ended_at = {tx.now}, "
+        f"result = CASE WHEN {won} THEN NULL ELSE oresult END, "
+        "error = oerror, traceback = otraceback, "
+        f"partial_result = CASE WHEN {won} THEN COALESCE(oresult, partial_result) "
+        "ELSE COALESCE(opartial, partial_result) END, "
+        "cancel_reason = COALESCE(cancel_reason, oreason), "
+        "cancel_message = COALESCE(cancel_message, omessage) "
+        f"FROM o WHERE id = oid AND owner = ? AND {status_in(R)} RETURNING id, status",
+        (
+            *(
+                value
+                for out in outcomes
+                for value in (
+                    out.id,
+                    JobStatus(out.status).value,
+                    out.result,
+                    out.error,
+                    out.traceback,
+                    out.partial_result,
+                    out.cancel_reason,
+                    out.cancel_message,
+                )
+            ),
             owner,
-        )
-        if new is COMPLETED:
-            edge(R, CANCELLED)  # the other way out of this write: checked, not assumed
-            rows = tx.rows(
-                "UPDATE jobs SET status = CASE WHEN cancel_requested = 1 "
-                f"THEN {literal(CANCELLED)} ELSE {literal(COMPLETED)} END, "
-                f"ended_at = {tx.now}, result = CASE WHEN cancel_requested = 1 THEN NULL "
-                "ELSE ? END, error = ?, traceback = ?, partial_result = CASE WHEN "
-                "cancel_requested = 1 THEN COALESCE(?, partial_result) ELSE "
-                "COALESCE(?, partial_result) END, cancel_reason = COALESCE(cancel_reason, ?), "
-                "cancel_message = COALESCE(cancel_message, ?) "
-                f"WHERE id = ? AND owner = ? AND {edge(R, COMPLETED)} RETURNING status",
-                (out.result, out.error, out.traceback, out.result, *params[3:]),
-            )
-            if rows and rows[0]["status"] == CANCELLED:
-                cascade.append(out.id)
-            continue
-        changed = tx.run(
-            f"UPDATE jobs SET status = {literal(new)}, ended_at = {tx.now}, result = ?, "
-            "error = ?, traceback = ?, partial_result = COALESCE(?, partial_result), "
-            "cancel_reason = COALESCE(cancel_reason, ?), "
-            "cancel_message = COALESCE(cancel_message, ?) "
-            f"WHERE id = ? AND owner = ? AND {edge(R, new)}",
-            params,
-        )
-        if changed and new is CANCELLED:
-            cascade.append(out.id)
-    return cascade
+        ),
+    )
+    done = {int(r["id"]) for r in rows if r["status"] == CANCELLED}
+    return [out.id for out in outcomes if out.id in done]
 
 
 def save_progress(tx: Tx, updates: Mapping[int, tuple[str, str, str | None]]) -> None:
