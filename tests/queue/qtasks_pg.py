@@ -40,3 +40,13 @@ async def hold_until(path: str, tag: str, release: str) -> str:
     while not os.path.exists(release):
         await anyio.sleep(0.01)  # the test creates the file: the handshake
     return tag
+
+
+async def tick(path: str, tag: str, seconds: float) -> str:
+    """A short job: ``start tag pid`` in ``path``, ``seconds`` of awaiting (cancellable),
+    then ``end tag``: a job started twice, or finished after it saw its cancellation,
+    shows in the file."""
+    _append(path, f"start {tag} {os.getpid()}")
+    await anyio.sleep(seconds)
+    _append(path, f"end {tag}")
+    return tag

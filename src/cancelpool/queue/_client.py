@@ -96,6 +96,13 @@ class Queue:
     Every method commits before it returns, so jobs survive the death of any process.
     Safe to share between threads; open one per process.
 
+    On PostgreSQL a connection that was cut off (a restarted server, a terminated
+    backend) is replaced on the next call, which is then run again once: reads and
+    idempotent writes always, other writes (``submit``, ``cancel``) only if the
+    connection broke before their transaction was committed. A connection lost during
+    the commit itself raises ``QueueUnavailable`` (the job may or may not have been
+    queued), as does a database that stays unreachable.
+
     Args:
         path: the database file (default: ``$CANCELPOOL_DB`` or
             ``~/.local/state/cancelpool/queue.db``). Created (0600, in a 0700

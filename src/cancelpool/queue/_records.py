@@ -41,6 +41,20 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class CancelOutcome:
+    """What a cancel request did."""
+
+    cancelled: tuple[int, ...]  #: queued jobs cancelled on the spot (they never run)
+    requested: tuple[int, ...]  #: running jobs whose servers were asked to stop them
+    finished: tuple[int, ...]  #: jobs that had already finished (left as they are)
+    owners: tuple[str, ...]  #: servers to wake
+
+    @property
+    def count(self) -> int:
+        return len(self.cancelled) + len(self.requested)
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     """A live node (``cancelpool serve``) as ``cancelpool nodes`` shows it."""
 

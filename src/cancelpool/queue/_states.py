@@ -14,6 +14,8 @@ and on the node that owns the claim, so a node that lost its claim changes nothi
 
 from __future__ import annotations
 
+import re
+
 from ._model import JobStatus
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
@@ -49,7 +51,39 @@ def check(old: JobStatus | str, new: JobStatus | str) -> None:
         raise ValueError(f"a job cannot move from {JobStatus(old).value} to {JobStatus(new).value}")
 
 
-def where_source(new: JobStatus | str, placeholder: str = "?") -> tuple[str, tuple[str, ...]]:
-    """SQL ``status IN (...)`` for a write to ``new``, and its parameters."""
-    names = sources(new)
-    return f"status IN ({', '.join(placeholder for _ in names)})", names
+#: The statuses a job can still leave (not final): what a cancel or a pattern selects.
+UNFINISHED: tuple[str, ...] = tuple(s.value for s in JobStatus if TRANSITIONS[s])
+
+_LITERAL_RE = re.compile(r"[a-z]+")
+
+
+def literal(status: JobStatus | str) -> str:
+    """``status`` as an SQL string literal. Only values of the enum pass, which are
+    plain lower-case words, so there is nothing to escape. Writers inline statuses
+    rather than bind them so that the partial indexes on ``status`` stay usable."""
+    value = JobStatus(status).value
+    if not _LITERAL_RE.fullmatch(value):  # pragma: no cover - a new status of another shape
+        raise ValueError(f"status {value!r} cannot be written as a plain SQL literal")
+    return f"'{value}'"
+
+
+def status_in(*statuses: JobStatus | str) -> str:
+    """SQL ``status = 'x'`` or ``status IN ('x', 'y')`` of these statuses."""
+    if not statuses:
+        raise ValueError("status_in() needs at least one status")
+    if len(statuses) == 1:
+        return f"status = {literal(statuses[0])}"
+    return f"status IN ({', '.join(literal(s) for s in statuses)})"
+
+
+def edge(old: JobStatus | str, new: JobStatus | str) -> str:
+    """The fence of a write that moves a job from ``old`` to ``new``: SQL
+    ``status = 'old'``, after checking that the edge is in the table (ValueError if
+    not, so a writer cannot even be written along a missing edge)."""
+    check(old, new)
+    return status_in(old)
+
+
+def into(new: JobStatus | str) -> str:
+    """The fence of a write to ``new`` from any status allowed to reach it."""
+    return status_in(*sources(new))

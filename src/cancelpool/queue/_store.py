@@ -18,25 +18,28 @@ need ``FULL`` and an fsync per job).
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
+import json
 import os
 import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ._exceptions import InvalidJob, JobNotFound, QueueFileError
+from . import _sql
+from ._exceptions import QueueFileError
 from ._files import check_db_files, check_queue_dir, directory_lock, resolve_db_path
 from ._liveness import poke_server, remove_fifo, server_alive, valid_server_id, wake_path
-from ._model import JobRecord, JobStatus, decode_json
+from ._model import JobRecord, decode_json
+from ._records import CancelOutcome as CancelOutcome
 from ._records import ClaimedJob, NodeInfo, Outcome
-from ._states import where_source
+
+T = TypeVar("T")
 
 #: How long a writer waits for another process's transaction before giving up. Long
 #: enough to ride out a burst of commits from several servers; a real deadlock (none is
@@ -89,12 +92,6 @@ CREATE TABLE IF NOT EXISTS servers (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-_COLUMNS = (
-    "id, task, args, kwargs, name, priority, timeout, parent, status, owner, attempts, "
-    "submitted_at, started_at, ended_at, progress_message, progress, result, "
-    "partial_result, error, traceback, cancel_requested, cancel_reason, cancel_message"
-)
-
 
 def default_db_target() -> str | Path:
     """Like :func:`default_db_path`, but a ``postgresql://`` URL in ``$CANCELPOOL_DB``
@@ -134,20 +131,6 @@ class ServerInfo:
     host: str = ""
     label: str | None = None
     lease_until: float | None = None
-
-
-@dataclass(frozen=True)
-class CancelOutcome:
-    """What a cancel request did."""
-
-    cancelled: tuple[int, ...]  #: queued jobs cancelled on the spot (they never run)
-    requested: tuple[int, ...]  #: running jobs whose servers were asked to stop them
-    finished: tuple[int, ...]  #: jobs that had already finished (left as they are)
-    owners: tuple[str, ...]  #: servers to wake
-
-    @property
-    def count(self) -> int:
-        return len(self.cancelled) + len(self.requested)
 
 
 def _name_matches(name: str | None, pattern: str) -> bool:
@@ -196,6 +179,7 @@ class SQLiteStore:
         conn = self._conn
         conn.row_factory = sqlite3.Row
         conn.create_function("name_matches", 2, _name_matches, deterministic=True)
+        conn.create_function("cancelpool_now", 0, time.time)  # the Tx.now of _sql
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         try:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
@@ -258,14 +242,17 @@ class SQLiteStore:
             if owners is None or info.id in owners:
                 poke_server(self.path, info.id)
 
+    def _read(self, fn: Callable[[_SQLiteTx], T]) -> T:
+        with self._lock:
+            return fn(_SQLiteTx(self._conn))
+
+    def _write(self, fn: Callable[[_SQLiteTx], T]) -> T:
+        with self.transaction() as conn:
+            return fn(_SQLiteTx(conn))
+
     def nodes(self) -> list[NodeInfo]:
         """The live servers with their running-job counts."""
-        with self._lock:
-            running = dict(
-                self._conn.execute(
-                    "SELECT owner, COUNT(*) FROM jobs WHERE status = 'running' GROUP BY owner"
-                ).fetchall()
-            )
+        running = self._read(_sql.running_per_owner)
         now = time.time()
         host = socket.gethostname()
         return [
@@ -283,11 +270,7 @@ class SQLiteStore:
         ]
 
     def owned(self, owner: str) -> set[int]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT id FROM jobs WHERE status = 'running' AND owner = ?", (owner,)
-            ).fetchall()
-        return {row[0] for row in rows}
+        return self._read(lambda tx: _sql.owned(tx, owner))
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -314,20 +297,18 @@ class SQLiteStore:
         timeout: float | None,
         parent: int | None,
     ) -> int:
-        with self.transaction() as conn:
-            if (
-                parent is not None
-                and conn.execute("SELECT 1 FROM jobs WHERE id = ?", (parent,)).fetchone() is None
-            ):
-                raise InvalidJob(f"parent job {parent} does not exist")
-            cursor = conn.execute(
-                "INSERT INTO jobs (task, args, kwargs, name, priority, timeout, parent, "
-                "status, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
-                (task, args, kwargs, name, priority, timeout, parent, time.time()),
+        return self._write(
+            lambda tx: _sql.submit(
+                tx,
+                task,
+                args,
+                kwargs,
+                name=name,
+                priority=priority,
+                timeout=timeout,
+                parent=parent,
             )
-            job_id = cursor.lastrowid
-        assert job_id is not None
-        return job_id
+        )
 
     def request_cancel(
         self,
@@ -344,98 +325,18 @@ class SQLiteStore:
         and their servers (``owners``) must be woken. Unknown ids: JobNotFound, nothing
         changes.
         """
-        with self.transaction() as conn:
-            targets: list[int] = []
-            if ids:
-                found = {
-                    row[0]
-                    for row in conn.execute(
-                        f"SELECT id FROM jobs WHERE id IN ({','.join('?' * len(ids))})", ids
-                    )
-                }
-                missing = sorted(set(ids) - found)
-                if missing:
-                    raise JobNotFound(f"no job with id {', '.join(map(str, missing))}")
-                targets.extend(ids)
-            if pattern is not None:
-                targets.extend(
-                    row[0]
-                    for row in conn.execute(
-                        "SELECT id FROM jobs WHERE status IN ('queued', 'running') "
-                        "AND name_matches(name, ?)",
-                        (pattern,),
-                    )
-                )
-            return self._cancel_locked(conn, targets, reason, message, cascade)
-
-    def _cancel_locked(
-        self,
-        conn: sqlite3.Connection,
-        targets: Iterable[int],
-        reason: str,
-        message: str | None,
-        cascade: bool,
-    ) -> CancelOutcome:
-        cancelled: list[int] = []
-        requested: list[int] = []
-        finished: list[int] = []
-        owners: set[str] = set()
-        now = time.time()
-        seen: set[int] = set()
-        todo = [(job_id, reason, message) for job_id in targets]
-        while todo:
-            job_id, why, text = todo.pop(0)
-            if job_id in seen:
-                continue
-            seen.add(job_id)
-            row = conn.execute(
-                "SELECT status, owner, cancel_requested FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-            if row is None:
-                continue
-            text = text or f"job {job_id} was cancelled ({why})"
-            if row["status"] == "queued":
-                conn.execute(
-                    "UPDATE jobs SET status = 'cancelled', ended_at = ?, cancel_requested = 1, "
-                    "cancel_reason = ?, cancel_message = ? WHERE id = ? AND status = 'queued'",
-                    (now, why, text, job_id),
-                )
-                cancelled.append(job_id)
-            elif row["status"] == "running":
-                if not row["cancel_requested"]:
-                    conn.execute(
-                        "UPDATE jobs SET cancel_requested = 1, cancel_reason = ?, "
-                        "cancel_message = ? WHERE id = ? AND status = 'running'",
-                        (why, text, job_id),
-                    )
-                requested.append(job_id)
-                if row["owner"]:
-                    owners.add(row["owner"])
-            else:
-                finished.append(job_id)
-                continue
-            if cascade:
-                todo.extend(
-                    (child[0], "parent", f"its parent job {job_id} was cancelled")
-                    for child in conn.execute(
-                        "SELECT id FROM jobs WHERE parent = ? AND status IN ('queued', 'running')",
-                        (job_id,),
-                    )
-                )
-        return CancelOutcome(tuple(cancelled), tuple(requested), tuple(finished), tuple(owners))
+        return self._write(
+            lambda tx: _sql.request_cancel(
+                tx, ids, pattern=pattern, reason=reason, message=message, cascade=cascade
+            )
+        )
 
     # -- reading ----------------------------------------------------------------------------
     def get(self, job_id: int) -> JobRecord | None:
-        with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-        return None if row is None else _record(row)
+        return self._read(lambda tx: _sql.get(tx, job_id))
 
     def status_of(self, job_id: int) -> str | None:
-        with self._lock:
-            row = self._conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else str(row[0])
+        return self._read(lambda tx: _sql.status_of(tx, job_id))
 
     def list_jobs(
         self,
@@ -446,34 +347,19 @@ class SQLiteStore:
         limit: int | None = None,
         newest_first: bool = False,
     ) -> list[JobRecord]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if status:
-            clauses.append(f"status IN ({','.join('?' * len(status))})")
-            params.extend(status)
-        if pattern is not None:
-            clauses.append("name_matches(name, ?)")
-            params.append(pattern)
-        if ids:
-            clauses.append(f"id IN ({','.join('?' * len(ids))})")
-            params.extend(ids)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        order = "DESC" if newest_first else "ASC"
-        tail = f" LIMIT {int(limit)}" if limit is not None else ""
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY id {order}{tail}", params
-            ).fetchall()
-        return [_record(row) for row in rows]
+        return self._read(
+            lambda tx: _sql.list_jobs(
+                tx,
+                status=status,
+                pattern=pattern,
+                ids=ids,
+                limit=limit,
+                newest_first=newest_first,
+            )
+        )
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT status, COUNT(*) FROM jobs GROUP BY status"
-            ).fetchall()
-        counts = {status.value: 0 for status in JobStatus}
-        counts.update({row[0]: row[1] for row in rows})
-        return counts
+        return self._read(_sql.counts)
 
     def servers(self, *, live_only: bool = True) -> list[ServerInfo]:
         """Registered servers; ``live_only``: those whose liveness is derived as alive
@@ -558,119 +444,26 @@ class SQLiteStore:
             )
 
     def claim(self, owner: str, limit: int, allow: Sequence[str]) -> tuple[list[ClaimedJob], int]:
-        """Move up to ``limit`` queued jobs to ``running`` for ``owner``, priority first.
-
-        Jobs whose task no ``allow`` pattern matches fail here (refused at run time).
-        Returns the claimed jobs and how many were refused.
-        """
-        from ._model import task_allowed
-
-        claimed: list[ClaimedJob] = []
-        refused = 0
-        now = time.time()
-        with self.transaction() as conn:
-            rows = conn.execute(
-                "SELECT id, task, args, kwargs, name, timeout, parent FROM jobs "
-                "WHERE status = 'queued' ORDER BY priority DESC, id LIMIT ?",
-                (limit,),
-            ).fetchall()
-            for row in rows:
-                if not task_allowed(row["task"], allow):
-                    conn.execute(
-                        "UPDATE jobs SET status = 'failed', ended_at = ?, error = ? "
-                        "WHERE id = ? AND status = 'queued'",
-                        (
-                            now,
-                            f"TaskNotAllowed: task {row['task']!r} matches none of the "
-                            f"server's --allow patterns {list(allow)}",
-                            row["id"],
-                        ),
-                    )
-                    refused += 1
-                    continue
-                cursor = conn.execute(
-                    "UPDATE jobs SET status = 'running', owner = ?, attempts = attempts + 1, "
-                    "started_at = ?, ended_at = NULL WHERE id = ? AND status = 'queued'",
-                    (owner, now, row["id"]),
-                )
-                if cursor.rowcount == 1:
-                    claimed.append(
-                        ClaimedJob(
-                            row["id"],
-                            row["task"],
-                            row["args"],
-                            row["kwargs"],
-                            row["name"],
-                            row["timeout"],
-                            row["parent"],
-                        )
-                    )
-        return claimed, refused
+        """Move up to ``limit`` queued jobs to ``running`` for ``owner``, priority first
+        (see ``_sql.claim``); one ``BEGIN IMMEDIATE`` makes it atomic."""
+        return self._write(lambda tx: _sql.claim(tx, owner, limit, allow))
 
     def cancel_requests(self, owner: str) -> list[tuple[int, str | None]]:
         """Running jobs of ``owner`` whose cancellation was requested: (id, message)."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, cancel_message FROM jobs WHERE status = 'running' AND owner = ? "
-                "AND cancel_requested = 1",
-                (owner,),
-            ).fetchall()
-        return [(row[0], row[1]) for row in rows]
+        return self._read(lambda tx: _sql.cancel_requests(tx, owner))
 
     def record_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> list[int]:
         """Store finished jobs (one transaction). Returns the ids of cancelled jobs whose
         descendants must be cancelled too."""
-        now = time.time()
-        cascade: list[int] = []
-        with self.transaction() as conn:
-            for out in outcomes:
-                where, params = where_source(out.status)
-                cursor = conn.execute(
-                    "UPDATE jobs SET status = ?, ended_at = ?, result = ?, error = ?, "
-                    "traceback = ?, partial_result = COALESCE(?, partial_result), "
-                    "cancel_reason = COALESCE(cancel_reason, ?), "
-                    "cancel_message = COALESCE(cancel_message, ?) "
-                    f"WHERE id = ? AND owner = ? AND {where}",
-                    (
-                        out.status,
-                        now,
-                        out.result,
-                        out.error,
-                        out.traceback,
-                        out.partial_result,
-                        out.cancel_reason,
-                        out.cancel_message,
-                        out.id,
-                        owner,
-                        *params,
-                    ),
-                )
-                if cursor.rowcount and out.status == "cancelled":
-                    cascade.append(out.id)
-        return cascade
+        return self._write(lambda tx: _sql.record_outcomes(tx, owner, outcomes))
 
     def cascade_cancel(self, parents: Sequence[int]) -> CancelOutcome:
         """Cancel the unfinished descendants of jobs that ended cancelled."""
-        with self.transaction() as conn:
-            children = [
-                row[0]
-                for parent in parents
-                for row in conn.execute(
-                    "SELECT id FROM jobs WHERE parent = ? AND status IN ('queued', 'running')",
-                    (parent,),
-                )
-            ]
-            outcome = self._cancel_locked(conn, children, "parent", None, True)
-        return outcome
+        return self._write(lambda tx: _sql.cascade_cancel(tx, parents))
 
     def save_progress(self, updates: dict[int, tuple[str, str, str | None]]) -> None:
         """Store the last progress (message, metadata JSON, partial JSON) of running jobs."""
-        with self.transaction() as conn:
-            conn.executemany(
-                "UPDATE jobs SET progress_message = ?, progress = ?, "
-                "partial_result = COALESCE(?, partial_result) WHERE id = ? AND status = 'running'",
-                [(msg, meta, partial, job_id) for job_id, (msg, meta, partial) in updates.items()],
-            )
+        self._write(lambda tx: _sql.save_progress(tx, updates))
 
     def release(
         self,
@@ -683,28 +476,7 @@ class SQLiteStore:
         """Jobs a stopping server gave up, as (id, partial result JSON): back to the queue
         (or cancelled, reason signal), keeping their progress and partial results. A job
         whose cancellation was requested ends cancelled either way."""
-        now = time.time()
-        with self.transaction() as conn:
-            for job_id, partial in jobs:
-                conn.execute(
-                    "UPDATE jobs SET partial_result = COALESCE(?, partial_result) "
-                    "WHERE id = ? AND owner = ? AND status = 'running'",
-                    (partial, job_id, owner),
-                )
-                if requeue:
-                    conn.execute(
-                        "UPDATE jobs SET status = 'queued', owner = NULL, ended_at = NULL "
-                        "WHERE id = ? AND owner = ? AND status = 'running' "
-                        "AND cancel_requested = 0",
-                        (job_id, owner),
-                    )
-                conn.execute(
-                    "UPDATE jobs SET status = 'cancelled', ended_at = ?, "
-                    "cancel_reason = COALESCE(cancel_reason, 'signal'), "
-                    "cancel_message = COALESCE(cancel_message, ?) "
-                    "WHERE id = ? AND owner = ? AND status = 'running'",
-                    (now, message, job_id, owner),
-                )
+        self._write(lambda tx: _sql.release(tx, owner, jobs, requeue=requeue, message=message))
 
     def settle_orphan_cancel(self, job_id: int, owner: str) -> bool:
         """Mark ``cancelled`` a running job whose cancellation was requested and whose
@@ -716,14 +488,7 @@ class SQLiteStore:
         info = next((i for i in self.servers(live_only=False) if i.id == owner), None)
         if info is not None and server_alive(self.path, info.id, info.pid, info.proc_start):
             return False
-        with self.transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE jobs SET status = 'cancelled', ended_at = ?, "
-                "cancel_message = COALESCE(cancel_message, ?) "
-                "WHERE id = ? AND owner = ? AND status = 'running' AND cancel_requested = 1",
-                (time.time(), f"job {job_id} was cancelled; its server had died", job_id, owner),
-            )
-        return cursor.rowcount == 1
+        return self._write(lambda tx: _sql.settle_orphan_cancel(tx, job_id, owner))
 
     def recover(self, me: str | None, max_attempts: int) -> dict[str, int]:
         """Account for the jobs of servers that died without stopping (SIGKILL, crash).
@@ -742,46 +507,22 @@ class SQLiteStore:
         counts = {"queued": 0, "interrupted": 0, "cancelled": 0}
         if not dead:
             return counts
-        now = time.time()
-        with self.transaction() as conn:
+
+        def work(tx: _SQLiteTx) -> None:
             for info in dead:
-                row = conn.execute(
-                    "SELECT stopped_at FROM servers WHERE id = ?", (info.id,)
-                ).fetchone()
-                if row is None or row[0] is not None:
-                    continue  # another server recovered it first
-                for job in conn.execute(
-                    "SELECT id, attempts, cancel_requested FROM jobs "
-                    "WHERE status = 'running' AND owner = ?",
+                # Claimed in the same transaction: another server may have recovered
+                # it first.
+                if not tx.run(
+                    "UPDATE servers SET stopped_at = cancelpool_now(), stop_reason = 'died' "
+                    "WHERE id = ? AND stopped_at IS NULL",
                     (info.id,),
-                ).fetchall():
-                    if job["cancel_requested"]:  # a cancel requested meanwhile wins
-                        new = "cancelled"
-                    elif job["attempts"] < max_attempts:
-                        new = "queued"
-                    else:
-                        new = "interrupted"
-                    conn.execute(
-                        "UPDATE jobs SET status = ?, owner = CASE WHEN ? = 'queued' THEN NULL "
-                        "ELSE owner END, ended_at = CASE WHEN ? = 'queued' THEN NULL ELSE ? END, "
-                        "error = CASE WHEN ? = 'interrupted' THEN ? ELSE error END "
-                        "WHERE id = ? AND status = 'running'",
-                        (
-                            new,
-                            new,
-                            new,
-                            now,
-                            new,
-                            f"server {info.id} (pid {info.pid}) died while running it, "
-                            f"after {job['attempts']} attempt(s)",
-                            job["id"],
-                        ),
-                    )
-                    counts[new] += 1
-                conn.execute(
-                    "UPDATE servers SET stopped_at = ?, stop_reason = 'died' WHERE id = ?",
-                    (now, info.id),
-                )
+                ):
+                    continue
+                note = f"server {info.id} (pid {info.pid}) died while running it"
+                for status, n in _sql.recover_jobs(tx, info.id, note, max_attempts).items():
+                    counts[status] += n
+
+        self._write(work)
         for info in dead:
             remove_fifo(self.path, info.id)
         return counts
@@ -793,55 +534,35 @@ def _json_list(items: Iterable[str]) -> str:
     return encode_json(list(items), "list")
 
 
-def _record(row: sqlite3.Row) -> JobRecord:
-    """A stored row as a record. A damaged row (a value no cancelpool wrote: JSON that
-    does not decode, an unknown status) still becomes a record, shown as ``failed``
-    with what is wrong in ``error``, so one bad row never hides the others."""
-    damage: list[str] = []
+class _SQLiteTx:
+    """The SQLite side of ``_sql.Tx``: ``?`` as is, lists as one JSON parameter
+    (``json_each``: one statement for any length, kept in sqlite3's statement cache),
+    no row locks (the writer holds the database's)."""
 
-    def json_field(column: str, default: Any = None) -> Any:
-        try:
-            return decode_json(row[column])
-        except (ValueError, TypeError):
-            damage.append(f"{column} is not JSON")
-            return default
+    now = "cancelpool_now()"
+    lock_rows = ""
+    skip_locked = ""
 
-    try:
-        status = JobStatus(row["status"])
-    except ValueError:
-        damage.append(f"unknown status {str(row['status'])[:40]!r}")
-        status = JobStatus.FAILED
-    args = json_field("args", [])
-    kwargs = json_field("kwargs", {})
-    record = JobRecord(
-        id=row["id"],
-        task=row["task"],
-        args=args if isinstance(args, list) else [args],
-        kwargs=kwargs if isinstance(kwargs, dict) else {},
-        name=row["name"],
-        priority=row["priority"],
-        timeout=row["timeout"],
-        parent=row["parent"],
-        status=status,
-        owner=row["owner"],
-        attempts=row["attempts"],
-        submitted_at=row["submitted_at"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        progress_message=row["progress_message"],
-        progress=json_field("progress"),
-        result=json_field("result"),
-        partial_result=json_field("partial_result"),
-        error=row["error"],
-        traceback=row["traceback"],
-        cancel_requested=bool(row["cancel_requested"]),
-        cancel_reason=row["cancel_reason"],
-        cancel_message=row["cancel_message"],
-    )
-    if not damage:
-        return record
-    note = f"damaged row: {'; '.join(damage)}"
-    return dataclasses.replace(record, error=f"{note} ({record.error})" if record.error else note)
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._conn.execute(sql, params).rowcount
+
+    def many(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
+        self._conn.executemany(sql, params)
+
+    def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, Any]:
+        return f"{column} IN (SELECT value FROM json_each(?))", json.dumps(list(values))
+
+    def match_name(self, pattern: str) -> tuple[str, list[Any], bool]:
+        return "name_matches(name, ?)", [pattern], True
+
+    def rows_and_wake(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self.rows(sql, params)  # the client pokes the servers' FIFOs after it
 
 
 #: The SQLite store under its former name.
