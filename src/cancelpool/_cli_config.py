@@ -133,7 +133,7 @@ def _read(path: Path) -> dict[str, Any]:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, and int()'s digit limit on a huge number
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 

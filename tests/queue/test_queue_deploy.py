@@ -107,6 +107,15 @@ def test_bad_config_files_are_one_line_usage_errors(
     assert_terminal_safe(out.stderr.encode())  # a hostile value is shown escaped
 
 
+def test_a_config_file_with_a_huge_number_is_a_usage_error(tmp_path: Path) -> None:
+    # tomllib reads an integer with int(), which refuses more than 4300 digits with a
+    # plain ValueError, not a TOMLDecodeError: a one-line error, not a traceback.
+    config = write_config(tmp_path / "serve.toml", "allow = 'x:*'\nworkers = " + "9" * 5000)
+    out = serve("--db", str(tmp_path / "q.db"), "--config", str(config))
+    assert out.returncode == 2, out.stderr
+    assert one_line_error(out).startswith(f"Error: {config}: not valid TOML: ")
+
+
 def test_a_config_file_others_can_write_is_refused(tmp_path: Path) -> None:
     config = write_config(tmp_path / "serve.toml", "allow = 'x:*'\n", mode=0o620)
     out = serve("--db", str(tmp_path / "q.db"), "--config", str(config))
