@@ -110,7 +110,9 @@ def load_config(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO (or a device) opens at once and is refused below, instead
+        # of blocking the server's start until someone writes to it.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
     try:

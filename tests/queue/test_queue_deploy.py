@@ -116,6 +116,14 @@ def test_a_config_file_with_a_huge_number_is_a_usage_error(tmp_path: Path) -> No
     assert one_line_error(out).startswith(f"Error: {config}: not valid TOML: ")
 
 
+def test_a_fifo_as_config_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "serve.toml"
+    os.mkfifo(fifo, 0o600)  # nobody ever writes to it: opening it must not wait
+    out = serve("--db", str(tmp_path / "q.db"), "--config", str(fifo))
+    assert out.returncode == 2, out.stderr
+    assert one_line_error(out) == f"Error: {fifo}: not a regular file"
+
+
 def test_a_config_file_others_can_write_is_refused(tmp_path: Path) -> None:
     config = write_config(tmp_path / "serve.toml", "allow = 'x:*'\n", mode=0o620)
     out = serve("--db", str(tmp_path / "q.db"), "--config", str(config))
