@@ -32,6 +32,8 @@ from click.core import ParameterSource
 
 #: ``ctx.meta`` key: the config file read, for error messages.
 _META_FILE = "cancelpool.config_file"
+#: The largest config file read (a few settings take a few hundred bytes).
+_MAX_BYTES = 1 << 20
 
 
 class ConfigError(click.ClickException):
@@ -127,10 +129,12 @@ def _read(path: Path) -> dict[str, Any]:
             )
         with os.fdopen(fd, "rb") as file:
             fd = -1
-            data = file.read(1 << 20)
+            data = file.read(_MAX_BYTES + 1)
     finally:
         if fd >= 0:
             os.close(fd)
+    if len(data) > _MAX_BYTES:  # never parse a cut file: what is past the cut would be lost
+        raise ConfigError(f"{path}: larger than {_MAX_BYTES >> 20} MiB: not a config file")
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError:

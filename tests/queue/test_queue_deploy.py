@@ -124,6 +124,17 @@ def test_a_fifo_as_config_file_is_refused_without_blocking(tmp_path: Path) -> No
     assert one_line_error(out) == f"Error: {fifo}: not a regular file"
 
 
+def test_a_config_file_over_the_size_limit_is_refused_not_cut(tmp_path: Path) -> None:
+    # A bad setting past the first MiB: reading only that much and parsing it would
+    # drop the setting silently (a comment cut in half is still valid TOML).
+    padding = ("# " + "x" * 1000 + "\n") * 1100
+    text = f"allow = 'x:*'\n{padding}workers = 'not a number'\n"
+    config = write_config(tmp_path / "serve.toml", text)
+    out = serve("--db", str(tmp_path / "q.db"), "--config", str(config))
+    assert out.returncode == 2, out.stderr
+    assert one_line_error(out) == f"Error: {config}: larger than 1 MiB: not a config file"
+
+
 def test_a_config_file_others_can_write_is_refused(tmp_path: Path) -> None:
     config = write_config(tmp_path / "serve.toml", "allow = 'x:*'\n", mode=0o620)
     out = serve("--db", str(tmp_path / "q.db"), "--config", str(config))
