@@ -245,6 +245,33 @@ def test_serve_tells_systemd_when_it_serves_and_when_it_stops(
     assert server.proc.wait(BACKSTOP) == 0
 
 
+def test_a_notify_socket_nobody_reads_does_not_stall_the_server(notify_socket) -> None:
+    import threading
+
+    from cancelpool.queue._sd_notify import Notifier
+
+    sock, address = notify_socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as filler:
+        filler.connect(address)
+        try:  # fill the receiver's queue (a few datagrams: net.unix.max_dgram_qlen)
+            while True:
+                filler.send(b"x", socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+        said: list[str | None] = []
+        sender = threading.Thread(
+            target=lambda: said.append(Notifier(address, timeout=0.2).ready("serving")),
+            daemon=True,
+        )
+        sender.start()
+        sender.join(BACKSTOP)
+        alive = sender.is_alive()
+        sock.close()  # unblocks a sender stuck in send(): the test never hangs
+        sender.join(BACKSTOP)
+    assert not alive, "READY=1 blocked on a full notify socket"
+    assert said == [f"could not notify systemd at {address}: no room in its queue for 0.2s"]
+
+
 def test_an_abstract_notify_socket_and_a_missing_one(db, start_server) -> None:
     name = f"cancelpool-test-{uuid.uuid4().hex}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

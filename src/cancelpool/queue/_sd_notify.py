@@ -17,6 +17,10 @@ import socket
 
 from .._visible import visible
 
+#: How long one send may wait for room in the socket's queue: a notify socket nobody
+#: reads (full after a few datagrams) must not stall the server's start or its stop.
+SEND_TIMEOUT = 5.0
+
 
 class Notifier:
     """Sends state lines to systemd's notify socket, if there is one.
@@ -25,8 +29,9 @@ class Notifier:
     courtesy to the service manager and must not stop a server that works.
     """
 
-    def __init__(self, address: str | None) -> None:
+    def __init__(self, address: str | None, *, timeout: float = SEND_TIMEOUT) -> None:
         self.address = address
+        self.timeout = timeout
 
     @classmethod
     def from_environment(cls) -> Notifier:
@@ -54,10 +59,12 @@ class Notifier:
         payload = "\n".join(visible(line) for line in lines).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.settimeout(self.timeout)
                 sock.connect(target)
                 sock.send(payload)
         except OSError as exc:
-            return f"could not notify systemd at {visible(self.address or '')}: {exc.strerror}"
+            why = exc.strerror or f"no room in its queue for {self.timeout:g}s"  # timed out
+            return f"could not notify systemd at {visible(self.address or '')}: {why}"
         return None
 
     def ready(self, status: str) -> str | None:
