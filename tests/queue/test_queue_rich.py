@@ -81,6 +81,26 @@ def test_ls_fits_the_terminal_one_line_per_job(db, marked, columns) -> None:
 
 
 @pytest.mark.sqlite_only  # plants SQLite rows
+def test_ls_shows_wide_text_whole_where_it_fits(db, queue) -> None:
+    # 14 CJK characters take 28 cells: under ls's cut of names at 28 characters, and
+    # far under 200 columns, so nothing of them may be cut.
+    name = "日本語の名前です日本語の名前"
+    now = time.time()
+    plant(db, status="completed", name=name, started_at=now - 1, ended_at=now, result="1")
+    code, out = run_on_pty(["ls", "--db", str(db)], columns=200)
+    assert code == 0
+    text = assert_terminal_safe(out)
+    assert name in text, text
+    assert "…" not in text
+    # Where room is short, the row still fits the terminal (cut in cells, not letters).
+    code, out = run_on_pty(["ls", "--db", str(db)], columns=60)
+    assert code == 0
+    lines = assert_terminal_safe(out).rstrip("\n").splitlines()
+    assert len(lines) == 2
+    assert all(_cells(line) <= 60 for line in lines), lines
+
+
+@pytest.mark.sqlite_only  # plants SQLite rows
 def test_ls_colours_follow_rich_and_no_color(db, marked) -> None:
     code, out = run_on_pty(["ls", "--db", str(db)], colour=True)
     assert code == 0

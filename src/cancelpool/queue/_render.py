@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.cells import cell_len
 from rich.console import Console, Group, RenderableType
 from rich.progress import TaskID
 from rich.table import Table
@@ -40,7 +41,11 @@ def table(
     here, whatever the caller passed. Wider than ``width``, the wide columns (name,
     task, outcome, ...) are cut with an ellipsis, the widest first."""
     cells = [[" ".join(visible(cell).split()) for cell in row] for row in rows]
-    widths = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(headers)]
+    # In terminal cells, as rich lays them out (a CJK character takes two).
+    widths = [
+        max([cell_len(name), *(cell_len(row[i]) for row in cells)])
+        for i, name in enumerate(headers)
+    ]
     if width is not None:
         _shrink(widths, [name in _SHRINKING for name in headers], [len(h) for h in headers], width)
     grid = Table(
