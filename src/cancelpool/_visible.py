@@ -14,14 +14,20 @@ import re
 from typing import Any
 
 # Characters that move the cursor, change the terminal's state or reorder or hide text:
-# C0 and C1 controls and DEL (escape sequences, BEL, CR, backspace), the Unicode format
-# characters that matter in a terminal (bidi embeddings, overrides and isolates,
-# zero-width characters, the BOM, interlinear annotations, tag characters), line and
+# C0 and C1 controls and DEL (escape sequences, BEL, CR, backspace), every Unicode format
+# character (category Cf: bidi embeddings, overrides and isolates, zero-width characters,
+# the soft hyphen, the BOM, interlinear annotations, tag characters, ...), line and
 # paragraph separators, and lone surrogates (not encodable, so not printable).
 _UNSAFE_RANGES = (
     (0x00, 0x1F),
     (0x7F, 0x9F),
-    (0x061C, 0x061C),
+    (0x00AD, 0x00AD),  # soft hyphen: invisible in most terminals ("adm\xadin")
+    (0x0600, 0x0605),  # the other format characters (Unicode category Cf), which a
+    (0x061C, 0x061C),  # terminal shows as nothing, or as something else than they are
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
     (0x180E, 0x180E),
     (0x200B, 0x200F),
     (0x2028, 0x202E),
@@ -29,6 +35,11 @@ _UNSAFE_RANGES = (
     (0xFEFF, 0xFEFF),
     (0xFFF9, 0xFFFB),
     (0xD800, 0xDFFF),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
     (0xE0000, 0xE007F),
 )
 

@@ -177,6 +177,23 @@ def test_visible_escapes_what_drives_a_terminal() -> None:
     assert not _BAD.search(visible_json({"k": EVIL}).replace("\n", ""))
 
 
+def test_visible_escapes_every_control_and_format_character() -> None:
+    import unicodedata
+
+    # Every character of the categories that draw nothing of their own (controls,
+    # format characters such as the soft hyphen, separators, surrogates) is escaped, so
+    # a name cannot look like another one ("adm\xadin" as "admin") or hide text.
+    unsafe = [
+        chr(code)
+        for code in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(code)) in ("Cc", "Cf", "Zl", "Zp", "Cs")
+    ]
+    shown = [char for char in unsafe if visible(char) == char]
+    assert not shown, [hex(ord(char)) for char in shown]
+    assert visible("adm\xadin") == "adm\\xadin"
+    assert json.loads(visible_json(["adm\xadin"])) == ["adm\xadin"]
+
+
 @pytest.mark.sqlite_only  # writes or reads SQLite rows/files directly
 @pytest.mark.parametrize("colour", [True, False])
 def test_ls_on_a_terminal(db, planted, colour) -> None:
