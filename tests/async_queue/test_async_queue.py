@@ -298,6 +298,57 @@ async def test_a_cancel_mid_call_finishes_the_write_and_the_loop_keeps_turning(
         tg.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("how", ["task.cancel", "asyncio.timeout"])
+async def test_asyncios_own_cancel_mid_call_also_waits_for_the_write(db: Any, how: str) -> None:
+    # task.cancel() (and so wait_for and asyncio.timeout) goes through anyio's shielded
+    # scope: the call must still wait for its thread, not leave it writing behind the
+    # caller's back with its connection and its slot given back.
+    import asyncio
+
+    async with AsyncQueue(db, connections=1) as aq:
+        lock = DbLock(db)
+        outcome: dict[str, Any] = {}
+        timeouts: list[asyncio.Timeout] = []
+
+        async def call() -> None:
+            async with asyncio.timeout(None) as timeout:
+                timeouts.append(timeout)
+                outcome["id"] = await aq.submit(f"{DEMO}:add", 2, 3, name="held")
+                await asyncio.sleep(0)  # the pending cancel is raised here
+                outcome["went on"] = True
+
+        task = asyncio.ensure_future(call())
+        try:
+            await until(lambda: aq.connection_statistics().running == 1, "the call's thread")
+            await until(lambda: lock.someone_waits(), "the call to wait on the lock")
+            if how == "task.cancel":
+                task.cancel()
+            else:
+                timeouts[0].reschedule(asyncio.get_running_loop().time())
+            probe = Probe()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(probe.run)
+                await until(lambda: probe.ticks >= TICKS_WHILE_HELD, "the loop to turn")
+                tg.cancel_scope.cancel()
+            assert not task.done(), "the cancelled call left its write running"
+            assert aq.connection_statistics().running == 1  # its slot is still held
+            if how == "task.cancel":
+                task.cancel()  # a second cancel changes nothing
+                await anyio.sleep(PROBE_TICK)
+                assert not task.done()
+        finally:
+            lock.release()
+        # asyncio.timeout still tells its own cancel from others: TimeoutError.
+        expected = asyncio.CancelledError if how == "task.cancel" else TimeoutError
+        with pytest.raises(expected):
+            await task
+        assert "went on" not in outcome
+        held = await aq.list(name_pattern="held")
+        assert [(j.id, j.status) for j in held] == [(outcome["id"], JobStatus.QUEUED)]
+        assert_idle(aq)
+
+
 async def test_a_call_waiting_for_a_connection_is_cancelled_at_once(db: Any) -> None:
     async with AsyncQueue(db, connections=1) as aq, anyio.create_task_group() as tg:
         lock = DbLock(db)

@@ -21,7 +21,10 @@ Cancellation: a call waiting for the limiter is cancelled at once. A call whose 
 call already runs in a thread is *not* abandoned: that one transaction commits or rolls
 back as a whole (no half-written row, no thread or connection left running behind the
 caller's back), the call returns its result (a submitted job's id is not lost), and the
-cancel is raised at the caller's next checkpoint. A store call is short unless the
+cancel is raised at the caller's next checkpoint. That holds for asyncio's own
+cancellation too (``task.cancel()``, ``asyncio.wait_for``, ``asyncio.timeout``), which
+goes through anyio's shielded scopes: the call then waits for its thread itself. A store
+call is short unless the
 database holds it on a lock (SQLite: at most its 30 s busy timeout; PostgreSQL: until
 the lock is released); waits (:meth:`AsyncQueue.wait`, :meth:`AsyncQueue.watch`) sleep
 on the event loop between short queries, so they stop within one query.
@@ -29,6 +32,7 @@ on the event loop between short queries, so they stop within one query.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import threading
 import time
@@ -114,6 +118,10 @@ class AsyncQueue:
             raise ValueError(f"connections must be an integer >= 1, not {connections!r}")
         self._open = partial(Queue, path, create=create, pg_schema=pg_schema)
         self._limiter = anyio.CapacityLimiter(connections)
+        # The worker threads' own limiter: never waited on while ``_limiter`` is held
+        # (a call holds that until its thread has returned), so not the default one
+        # shared with every other ``to_thread`` user of the program.
+        self._threads = anyio.CapacityLimiter(connections)
         # Guards the idle list and the counters: touched by worker threads.
         self._lock = threading.Lock()
         self._idle: list[Queue] = []
@@ -199,10 +207,43 @@ class AsyncQueue:
         finally:
             self._give_back(queue)
 
+    def _run_hop(self, fn: Callable[[Queue], T], hop: _Hop) -> T | None:
+        with hop.lock:
+            if hop.given_up:  # its caller was cancelled before this thread began
+                return None
+            hop.started = True
+        try:
+            result = self._run(fn)
+        except BaseException as exc:
+            hop.outcome.set_exception(exc)
+            raise
+        hop.outcome.set_result(result)
+        return result
+
     async def _call(self, fn: Callable[[Queue], T]) -> T:
         if self._closed:
             raise QueueError("this AsyncQueue is closed")
-        return await anyio.to_thread.run_sync(self._run, fn, limiter=self._limiter)
+        hop = _Hop()
+        async with self._limiter:  # the wait for a connection: cancelled at once
+            try:
+                result = await anyio.to_thread.run_sync(
+                    self._run_hop, fn, hop, limiter=self._threads
+                )
+            except anyio.get_cancelled_exc_class():
+                # anyio's shield holds against its own cancellation, not against
+                # asyncio's (task.cancel(), wait_for, asyncio.timeout): then the thread
+                # runs on. Not begun, it never will; begun, wait for it (it holds a
+                # connection and its transaction), return its result and raise the
+                # cancel at the caller's next checkpoint, as for anyio's cancellation.
+                with hop.lock:
+                    if not hop.started:
+                        hop.given_up = True
+                        raise
+                try:
+                    return await _outlast(hop.outcome)
+                finally:
+                    _cancel_again()
+            return result  # type: ignore[return-value]  # None only when given up
 
     # -- the Queue API ---------------------------------------------------------------------
     async def live_servers(self, *, refresh: bool = False) -> tuple[ServerInfo, ...]:
@@ -426,6 +467,45 @@ def _watched_ids(ids: tuple[int, ...], pattern: str | None, queue: Queue) -> tup
 
 def _read_jobs(ids: tuple[int, ...], queue: Queue) -> list[JobRecord]:
     return queue.store.list_jobs(ids=ids)
+
+
+class _Hop:
+    """One call's trip to a worker thread: whether the thread began it, whether its
+    caller gave up first, and its outcome (for a caller whose cancel pierced anyio's
+    shield)."""
+
+    __slots__ = ("given_up", "lock", "outcome", "started")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started = False
+        self.given_up = False
+        self.outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+
+async def _outlast(outcome: concurrent.futures.Future[T]) -> T:
+    """Wait for a thread's outcome whatever cancels the waiting task meanwhile (asyncio
+    only: the one way here is a native cancel through a shielded scope)."""
+    import asyncio
+
+    waited = asyncio.wrap_future(outcome)
+    while not waited.done():
+        try:
+            await asyncio.shield(waited)
+        except asyncio.CancelledError:
+            continue
+    return waited.result()
+
+
+def _cancel_again() -> None:
+    """Raise the swallowed asyncio cancel again at the task's next checkpoint (its
+    count of requested cancels unchanged, so ``asyncio.timeout`` still sees its own)."""
+    import asyncio
+
+    task = asyncio.current_task()
+    if task is not None:
+        task.cancel()
+        task.uncancel()
 
 
 def _close_all(queues: list[Queue]) -> None:
