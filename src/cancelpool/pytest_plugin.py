@@ -18,7 +18,8 @@ it off with ``-p no:cancelpool``. The fixtures, each torn down after its test:
     registered (so submitted jobs run), stopped with SIGTERM after it; its processes are
     checked gone. It allows the tasks matching ``@pytest.mark.cancelpool(allow=[...])``
     (default: every module, ``*:*``) and sees the modules the tests see (the test
-    process's ``sys.path``). Its ``.queue`` is the test's queue.
+    process's ``sys.path``); no ``CANCELPOOL_*`` variable of the test's environment
+    reaches it. Its ``.queue`` is the test's queue.
 
 Loading the plugin costs the light ``import cancelpool`` only (the queue, sqlite3 and
 psutil are imported by the fixtures that need them): pytest loads every plugin at
@@ -151,8 +152,13 @@ def cancelpool_server(
     allow = _marker_options(request).get("allow", ["*:*"])
     if isinstance(allow, str) or not all(isinstance(pattern, str) for pattern in allow):
         raise pytest.UsageError(f"cancelpool(allow=...) takes a list of patterns, not {allow!r}")
-    env = dict(os.environ)
-    env.pop("CANCELPOOL_DB", None)
+    # Not the developer's serve settings ($CANCELPOOL_CONFIG, _HTTP, _PATH, ...: their
+    # service's, which would choose this server's code and ports) nor a systemd socket.
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("CANCELPOOL_") and key != "NOTIFY_SOCKET"
+    }
     env["NO_COLOR"] = "1"
     # The server imports the tasks the tests name: let it see what the tests see.
     paths = [p for p in sys.path if p and os.path.isdir(p)]

@@ -157,3 +157,30 @@ def test_a_user_project_uses_the_fixtures(pytester: pytest.Pytester) -> None:
     # for up to a backstop).
     _gone, alive = psutil.wait_procs(_processes_naming(str(pytester.path)), timeout=60)
     assert alive == []
+
+
+SERVER_TEST = """
+import pytest
+
+
+@pytest.mark.cancelpool(allow=["mytasks:*"])
+def test_a_real_server(cancelpool_server):
+    job = cancelpool_server.queue.submit("mytasks:add", 2, 3)
+    assert cancelpool_server.queue.wait(job, timeout=60, need_server=True).result == 5
+    assert "cancelpool serve: serving" in cancelpool_server.output()
+"""
+
+
+def test_the_server_fixture_ignores_the_developers_serve_settings(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A developer's shell (or a CI job on a deployed host) with their service's settings:
+    # a config file this user cannot read, a dashboard port, quiet logs.
+    monkeypatch.setenv("CANCELPOOL_CONFIG", str(tmp_path / "not-here.toml"))
+    monkeypatch.setenv("CANCELPOOL_HTTP", "not an address")
+    monkeypatch.setenv("CANCELPOOL_QUIET", "1")
+    pytester.makepyfile(mytasks=TASKS, test_server=SERVER_TEST)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cancelpool", "-p", "cancelpool.pytest_plugin", "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=1)
