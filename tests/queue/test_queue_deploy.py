@@ -270,6 +270,10 @@ def test_a_notify_socket_nobody_reads_does_not_stall_the_server(notify_socket) -
         sender.join(BACKSTOP)
     assert not alive, "READY=1 blocked on a full notify socket"
     assert said == [f"could not notify systemd at {address}: no room in its queue for 0.2s"]
+    too_long = "/" + "x" * 200  # longer than a unix socket address can be
+    assert Notifier(too_long).ready("serving") == (
+        f"could not notify systemd at {too_long}: AF_UNIX path too long"
+    )
 
 
 def test_an_abstract_notify_socket_and_a_missing_one(db, start_server) -> None:

@@ -62,10 +62,13 @@ class Notifier:
                 sock.settimeout(self.timeout)
                 sock.connect(target)
                 sock.send(payload)
+        except TimeoutError:
+            why = f"no room in its queue for {self.timeout:g}s"
         except OSError as exc:
-            why = exc.strerror or f"no room in its queue for {self.timeout:g}s"  # timed out
-            return f"could not notify systemd at {visible(self.address or '')}: {why}"
-        return None
+            why = exc.strerror or str(exc)  # "AF_UNIX path too long" has no errno
+        else:
+            return None
+        return f"could not notify systemd at {visible(self.address or '')}: {why}"
 
     def ready(self, status: str) -> str | None:
         """``READY=1`` with a status line."""
