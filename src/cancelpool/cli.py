@@ -1119,6 +1119,14 @@ def main() -> None:
         sys.exit(EXIT_RUNTIME)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception:
+        # A bug, or a value the store could not read (a row of invalid UTF-8 stops
+        # ``serve`` here): the traceback quotes what the database gave, so it is shown
+        # escaped too.
+        import traceback
+
+        sys.stderr.write(visible_lines(traceback.format_exc()))
+        sys.exit(EXIT_RUNTIME)
 
 
 if __name__ == "__main__":

@@ -305,6 +305,23 @@ def test_errors_quoting_input_on_a_terminal(db, queue) -> None:
     assert_terminal_safe(out)
 
 
+def test_an_unexpected_error_shows_its_traceback_escaped() -> None:
+    # What no handler expected (a bug; a row the store cannot decode, which stops
+    # serve) still quotes database text in its traceback: never raw on the terminal.
+    code = (
+        "import cancelpool.cli as c\n"
+        "@c.cli.command('boom')\n"
+        "def boom():\n"
+        "    raise RuntimeError('\\x1b]0;PWNED\\x07 row text')\n"
+        "c.main()\n"
+    )
+    status, out = run_on_pty([], command=[sys.executable, "-c", code, "boom"])
+    assert status == 1
+    text = assert_terminal_safe(out)
+    assert "Traceback (most recent call last):" in text
+    assert "RuntimeError: \\x1b]0;PWNED\\x07 row text" in text
+
+
 def test_a_job_and_the_server_log_on_a_terminal(tmp_path) -> None:
     # The db's directory name is hostile too: the server log names it.
     where = tmp_path / "q\x1b]0;PWNED\x07"
