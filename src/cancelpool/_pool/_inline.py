@@ -27,6 +27,12 @@ or ``retries`` applies (no worker can die); a job that ignores its cancellation 
 grace resolves as forced (``forced=True``, its last partial result), but its code, which
 no process kill can stop here, runs on unobserved until it returns (its thread is a
 daemon). Done and progress callbacks run in the inline thread, not a supervisor thread.
+Every job shares the caller's process: what one job or the test changes (module globals,
+``os.environ``, the working directory, a ``monkeypatch``) every later job sees, where
+each worker process has its own; and every job shares one event loop, so an async job
+that blocks it (``time.sleep`` in an ``async def``) stalls all the others, their
+cancellation included, where a real pool's other workers go on (``workers`` only bounds
+how many jobs run at once here). Test such code with ``inline=False``.
 """
 
 from __future__ import annotations
