@@ -728,6 +728,7 @@ def _watch_lines(
     on_tick: Callable[[], list[str]] | None,
 ) -> None:
     """``watch`` on a pipe or with ``--json``: one line per change of a job."""
+    from ._visible import json_visible
     from .queue._format import changes, progress_text, to_json, visible
 
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -743,7 +744,7 @@ def _watch_lines(
                 delta = changes(sent.get(job.id), record)
                 sent[job.id] = record
                 if delta:
-                    click.echo(to_json(delta))
+                    click.echo(json_visible(to_json(delta)))
                 continue
             state = (job.status.value, job.progress_message or "")
             if last.get(job.id) != state:
@@ -1093,9 +1094,12 @@ def web(db: Path | None, bind: str, token: str | None) -> None:
 
 
 def _json(value: Any) -> str:
-    from .queue._format import pretty_json
+    """``--json`` output: the exact values, with the characters that would drive a
+    terminal (C1 controls, bidi overrides, line separators) written as JSON ``\\uXXXX``
+    escapes, so ``--json`` read on a terminal is as safe as the tables."""
+    from .queue._format import visible_json
 
-    return pretty_json(value)
+    return visible_json(value)
 
 
 def main() -> None:

@@ -244,6 +244,23 @@ def test_result_json_stays_exact(db, planted) -> None:
 
 
 @pytest.mark.sqlite_only  # writes or reads SQLite rows/files directly
+def test_json_on_a_terminal_is_safe_and_exact(db, planted) -> None:
+    # --json is for programs, but people read it on terminals too: the same values,
+    # with C1 controls, bidi overrides and line separators as \\u escapes.
+    code, out = run_on_pty(["ls", "--db", str(db), "--json"])
+    assert code == 0
+    assert {job["name"] for job in json.loads(assert_terminal_safe(out))} == {EVIL}
+    code, out = run_on_pty(["result", "--db", str(db), "--json", str(planted["failed"])])
+    assert code == 4
+    assert json.loads(assert_terminal_safe(out))["error"] == f"ValueError: {EVIL}"
+    ids = [str(i) for i in planted.values()]
+    code, out = run_on_pty(["watch", "--db", str(db), "--json", "--timeout", "0.3", *ids])
+    assert code == 0
+    lines = assert_terminal_safe(out).splitlines()
+    assert {json.loads(line).get("name") for line in lines} == {EVIL}
+
+
+@pytest.mark.sqlite_only  # writes or reads SQLite rows/files directly
 def test_watch_on_a_terminal_and_in_a_pipe(db, planted) -> None:
     ids = [str(i) for i in planted.values()]
     code, out = run_on_pty(["watch", "--db", str(db), "--timeout", "0.3", *ids])

@@ -5,7 +5,8 @@ Text that jobs or other users control (names, tasks, progress messages, metadata
 results, errors, tracebacks, paths and patterns read from the database) is data: every
 human-readable line passes it through :func:`visible` (one-line cells) or
 :func:`visible_lines` (tracebacks), so no escape sequence, bidi override or forged line
-reaches a terminal or a log. ``--json`` output is exact JSON and is not touched.
+reaches a terminal or a log. ``--json`` output is exact JSON (the same values), with
+those characters written as ``\\uXXXX`` escapes (:func:`visible_json`).
 """
 
 from __future__ import annotations
