@@ -407,6 +407,7 @@ class Supervisor:
         resolved: list[JobRecord] = []
         broken: list[proto.InitFailed] = []
         loop_reports: list[Any] = []
+        listening = bool(self.events.listeners)  # once per batch: the hot path
         with self._lock:
             jobs = self._job_table.live
             for message in messages:
@@ -418,7 +419,7 @@ class Supervisor:
                     blocker = self._canceller.loop_report(proc, message)
                     who = f"job {blocker.id} ({blocker.handle.name or '-'})" if blocker else None
                     loop_reports.append((proc.pid, who, message))
-                    if self.events.listeners and kind is proto.LoopBlocked:
+                    if listening and kind is proto.LoopBlocked:
                         self.events.put(
                             LoopStalled(
                                 pid=proc.pid,
@@ -447,7 +448,7 @@ class Supervisor:
                 job = jobs.get(message.job)
                 if job is None:
                     continue
-                if self.events.listeners and job.seen_started is None:
+                if listening and job.seen_started is None:
                     # The first word of this attempt. A job that ends within one turn
                     # of its worker's loop sends no Started: subscribers hear it all
                     # the same.
