@@ -59,6 +59,18 @@ from ._core._sources import TimeoutSource as TimeoutSource
 from ._core._token import CancelationToken as CancelationToken
 from ._core._token import CancelNotice as CancelNotice
 from ._core._token import LinkedCancelationToken as LinkedCancelationToken
+from ._events import Event as Event
+from ._events import EventCallback as EventCallback
+from ._events import JobFinished as JobFinished
+from ._events import JobProgress as JobProgress
+from ._events import JobRetried as JobRetried
+from ._events import JobStarted as JobStarted
+from ._events import JobSubmitted as JobSubmitted
+from ._events import LoopStalled as LoopStalled
+from ._events import QueueDepth as QueueDepth
+from ._events import WorkerDied as WorkerDied
+from ._events import WorkerRecycled as WorkerRecycled
+from ._events import WorkerStarted as WorkerStarted
 from ._pool._handle import JobHandle as JobHandle
 from ._pool._handle import ProgressEvent as ProgressEvent
 from ._pool._pool import CancelPool as CancelPool
@@ -113,10 +125,18 @@ __all__ = (
     "ContextBridge",
     "ErrorCallback",
     "ErrorCallbackType",
+    "Event",
+    "EventCallback",
     "JobCancelled",
+    "JobFinished",
     "JobHandle",
+    "JobProgress",
+    "JobRetried",
+    "JobStarted",
+    "JobSubmitted",
     "LinkedCancelationToken",
     "LinkedCancellationToken",
+    "LoopStalled",
     "ManualCancelation",
     "OperationContext",
     "OperationRegistry",
@@ -130,6 +150,7 @@ __all__ = (
     "ProgressCallbackType",
     "ProgressEvent",
     "Queue",
+    "QueueDepth",
     "RegistryStatistics",
     "RemotePool",
     "ResourceConditionSource",
@@ -141,8 +162,11 @@ __all__ = (
     "TimeoutCancelation",
     "TimeoutSource",
     "WorkerCrashed",
+    "WorkerDied",
     "WorkerKilled",
     "WorkerLost",
+    "WorkerRecycled",
+    "WorkerStarted",
     "WorkerStatistics",
     "call_soon_threadsafe",
     "cancelable",

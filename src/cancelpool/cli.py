@@ -245,6 +245,12 @@ def _check_http_option(ctx: click.Context, param: click.Parameter, value: str | 
     return value
 
 
+def _check_metrics_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is not None:
+        return _check_metrics(value)
+    return value
+
+
 def serve_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     """A ``serve`` option, also read from ``$CANCELPOOL_<NAME>`` and the config file,
     whose bad value names its source."""
@@ -342,6 +348,14 @@ def serve_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     "printed).",
 )
 @serve_option(
+    "--metrics",
+    default=None,
+    metavar="HOST:PORT",
+    callback=_check_metrics_option,
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs "
+    "cancelpool[metrics]; port 0: any free port, logged).",
+)
+@serve_option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -369,6 +383,7 @@ def serve(
     cancel_grace: float,
     node_name: str | None,
     http: str | None,
+    metrics: tuple[str, int] | None,
     log_level: str,
     log_format: str,
     quiet: bool,
@@ -403,22 +418,25 @@ def serve(
         grace=grace,
         cancel_grace=cancel_grace,
     )
-    try:
-        server = Server(
-            db or default_db_target(),
-            options,
-            logger,
-            node_name=node_name,
-            notifier=Notifier.from_environment(),
-        )
-    except QueueFileError as exc:
-        raise NoQueue(str(exc)) from None
-    except QueueUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
-    except QueueError as exc:
-        raise click.ClickException(str(exc)) from None
-    with _dashboard(db or default_db_target(), http, logger):
-        code = server.run()
+    with _metrics_endpoint(metrics, logger) as pool_metrics:
+        try:
+            server = Server(
+                db or default_db_target(),
+                options,
+                logger,
+                node_name=node_name,
+                notifier=Notifier.from_environment(),
+            )
+        except QueueFileError as exc:
+            raise NoQueue(str(exc)) from None
+        except QueueUnavailable as exc:
+            raise click.ClickException(str(exc)) from None
+        except QueueError as exc:
+            raise click.ClickException(str(exc)) from None
+        if pool_metrics is not None:
+            server.subscribe(pool_metrics)
+        with _dashboard(db or default_db_target(), http, logger):
+            code = server.run()
     stop_helper_processes()  # its fork server too is gone when serve's exit is seen
     sys.exit(code)
 
@@ -435,6 +453,48 @@ def _check_http(bind: str) -> None:
         parse_bind(bind)
     except WebError as exc:
         raise BadInput(f"--http: {exc}") from None
+
+
+def _check_metrics(bind: str) -> tuple[str, int]:
+    """``serve --metrics``'s address and extra, checked before anything starts."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError as exc:
+        raise click.ClickException(
+            f"serve --metrics needs the metrics extra: pip install 'cancelpool[metrics]' ({exc})"
+        ) from None
+    from .web._server import WebError, parse_bind
+
+    try:
+        address = parse_bind(bind)
+    except WebError as exc:
+        raise click.BadParameter(str(exc).replace("--bind", "--metrics")) from None
+    return address.host, address.port
+
+
+@contextmanager
+def _metrics_endpoint(bind: tuple[str, int] | None, logger: logging.Logger) -> Iterator[Any]:
+    """``serve --metrics``: ``/metrics`` in a thread of the server, bound before the
+    server creates anything (a bad address leaves nothing behind). Yields the
+    subscriber that keeps the metrics, or None without ``--metrics``."""
+    if bind is None:
+        yield None
+        return
+    from prometheus_client import CollectorRegistry
+
+    from .metrics import PoolMetrics, serve_metrics
+
+    registry = CollectorRegistry()
+    try:
+        endpoint = serve_metrics(bind[0], bind[1], registry)
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise BadInput(f"--metrics: cannot listen on {bind[0]}:{bind[1]}: {why}") from None
+    logger.info("metrics %s", endpoint.url, extra={"always": True})
+    try:
+        yield PoolMetrics(registry)
+    finally:
+        endpoint.stop()
 
 
 @contextmanager

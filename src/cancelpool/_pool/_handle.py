@@ -127,6 +127,9 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         self.submitted_at = time.time()
         self.started_at: float | None = None
         self.ended_at: float | None = None
+        #: When the pool was first asked to cancel it (None: never, or the job's own
+        #: worker decided, e.g. its timeout passed there).
+        self.cancel_requested_at: float | None = None
         #: Where the job was when its worker's watchdog last saw it block the event
         #: loop (traceback text, outermost first), or None: it never did.
         self.blocked_stack: str | None = None
@@ -160,8 +163,13 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         """Where the job was when its worker's watchdog saw it block the event loop."""
         self.blocked_stack = stack
 
-    def _mark_cancelled(self, reason: CancelationReason, message: str | None) -> None:
-        """Record why the job is (being) cancelled."""
+    def _mark_cancelled(
+        self, reason: CancelationReason, message: str | None, *, requested: bool = True
+    ) -> None:
+        """Record why the job is (being) cancelled; ``requested``: the pool asked for
+        it now (the start of its cancel latency), rather than its worker reporting it."""
+        if requested and self.cancel_requested_at is None:
+            self.cancel_requested_at = time.time()
         self._cancel_reason = reason
         self._cancel_message = message
 

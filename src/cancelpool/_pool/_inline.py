@@ -59,6 +59,15 @@ from .._core._enums import CancelationReason, OperationStatus
 from .._core._exceptions import CancelationError, JobCancelled, PoolBroken, PoolClosed, PoolError
 from .._core._sources import TimeoutSource
 from .._core._token import CancelationToken
+from .._events import (
+    EventHub,
+    JobProgress,
+    JobStarted,
+    JobSubmitted,
+    Outcome,
+    finished_event,
+    job_fields,
+)
 from . import _protocol as proto
 from . import _remote
 from ._handle import JobHandle
@@ -168,6 +177,9 @@ class InlineSupervisor:
         self._idle = threading.Event()  # no live job (shutdown(wait=True) waits on it)
         self._idle.set()
         self._pool_ref = weakref.ref(pool, self._pool_dropped)
+        #: Lifecycle events, delivered on the inline thread (its event loop).
+        self.events = EventHub()
+        self.events.attach(self._wake_events, None)
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -308,6 +320,20 @@ class InlineSupervisor:
             return error
         return PoolClosed("this CancelPool is shut down; create a new one to submit jobs")
 
+    def subscribe(self, callback: Any) -> Callable[[], None]:
+        """See :meth:`CancelPool.subscribe` (no worker events: there are no workers)."""
+        return self.events.subscribe(callback)
+
+    def _wake_events(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self.events.deliver, context=contextvars.Context())
+                return
+            except RuntimeError:
+                pass  # closed meanwhile
+        self.events.deliver()  # no loop any more: here
+
     def _call_in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         loop = self._loop
         if loop is None:
@@ -390,6 +416,14 @@ class InlineSupervisor:
             job = _Job(handle, fn, args, is_async, parent_job, request, slots)
             self._counts["submitted"] += 1
             self._live[handle.id] = job
+            if self.events.listeners:
+                self.events.put(
+                    JobSubmitted(
+                        **job_fields(handle),
+                        at=handle.submitted_at,
+                        parent_id=None if parent is None else parent.id,
+                    )
+                )
             self._idle.clear()
             orphan = parent is not None and (parent_job is None or parent.cancel_reason is not None)
             if orphan:
@@ -616,6 +650,10 @@ class InlineSupervisor:
             self._running += 1
             job.counted = True
             handle._set_running()
+            if self.events.listeners:
+                self.events.put(
+                    JobStarted(**job_fields(handle), at=time.time(), worker_pid=os.getpid())
+                )
         try:
             async with op:
                 if job.is_async:
@@ -629,7 +667,7 @@ class InlineSupervisor:
                 handle._set_partial(load_partial(dump_partial(op.context.partial_result)))
                 with self._lock:
                     if handle.cancel_reason is None or exc.reason is not handle.cancel_reason:
-                        handle._mark_cancelled(exc.reason, exc.message)
+                        handle._mark_cancelled(exc.reason, exc.message, requested=False)
                 self._resolve_cancelled(job)
             else:
                 self._fail(job, exc)
@@ -676,7 +714,17 @@ class InlineSupervisor:
             job.op.cancel_sync(CancelationReason.ERROR, str(job.failure))
             return
         if not job.resolved:
-            job.handle._report(job.handle.id, str(message), msgspec.msgpack.decode(raw))
+            decoded = msgspec.msgpack.decode(raw)
+            if self.events.listeners:
+                self.events.put(
+                    JobProgress(
+                        **job_fields(job.handle),
+                        at=time.time(),
+                        message=str(message),
+                        progress=dict(decoded) if isinstance(decoded, dict) else {},
+                    )
+                )
+            job.handle._report(job.handle.id, str(message), decoded)
 
     # -- resolving ------------------------------------------------------------------------
     def _fail(self, job: _Job, exc: BaseException, text: str | None = None) -> None:
@@ -726,6 +774,8 @@ class InlineSupervisor:
             key = {"completed": "completed", "cancelled": "cancelled"}.get(status.value, "failed")
             self._counts[key] += 1
             feeds = handle._close(status)
+            if self.events.listeners:
+                self.events.put(_finished(handle, status, error))
             orphans = self._cascade(job, f"has ended ({status.value})")
             if not self._live:
                 self._idle.set()
@@ -792,3 +842,15 @@ class InlineSupervisor:
             return
         self._settle_child(proto.ChildAccepted(message.request, child.handle.id))
         self._dispatch()
+
+
+def _finished(handle: JobHandle[Any], status: OperationStatus, error: BaseException | None) -> Any:
+    outcome: Outcome = "succeeded"
+    message = None
+    if status is OperationStatus.CANCELLED:
+        outcome = "forced" if getattr(error, "forced", False) else "cancelled"
+        message = handle.cancel_message or str(error)
+    elif error is not None:
+        outcome = "failed"
+        message = repr(error)
+    return finished_event(handle, outcome, handle.ended_at or time.time(), message)

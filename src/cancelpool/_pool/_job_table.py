@@ -38,6 +38,7 @@ class JobRecord:
         "is_async",
         "parent",
         "remote",
+        "seen_started",
         "slot",
         "told_parent",
         "worker",
@@ -71,6 +72,9 @@ class JobRecord:
         self.checkpoint: bytes | None = None
         #: The parent job's worker has been told how this one ended.
         self.told_parent = False
+        #: When an event subscriber was told it started, though its worker sent no
+        #: ``Started`` (a job that ends within one turn of its worker's loop).
+        self.seen_started: float | None = None
 
     def placed(self, slot: SlotRef, worker: int) -> None:
         """The job was sent to worker ``worker`` with token slot ``slot``."""
@@ -83,6 +87,7 @@ class JobRecord:
         self.worker = None
         self.attempts += 1  # the old attempt's timers no longer apply
         self.checkpoint = None
+        self.seen_started = None
         self.handle._requeue()
 
     def claim_parent_notice(self) -> bool:

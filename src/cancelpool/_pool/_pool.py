@@ -22,7 +22,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._core import _validate
 from .._core._enums import CancelationReason, OperationStatus
@@ -38,6 +38,9 @@ from ._settings import (
     PoolSettings,
 )
 from ._statistics import PoolStatistics as PoolStatistics
+
+if TYPE_CHECKING:
+    from .._events import EventCallback
 from ._statistics import WorkerStatistics as WorkerStatistics
 from ._supervisor import Supervisor
 
@@ -439,6 +442,25 @@ class CancelPool(concurrent.futures.Executor):
             if (match is None or (handle.name is not None and match(handle.name)))
             and (status is None or handle.status is status)
         ]
+
+    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` for each lifecycle event of this pool from now on.
+
+        The events (``cancelpool.JobSubmitted``, ``JobStarted``, ``JobProgress``,
+        ``JobFinished``, ``JobRetried``, ``WorkerStarted``, ``WorkerDied``,
+        ``WorkerRecycled``, ``LoopStalled``) are frozen records, delivered in order on
+        the pool's supervisor thread (the event-loop thread of an ``inline`` pool),
+        outside the pool's lock, soon after the fact: a callback must be quick, as the
+        pool reads no worker's messages while it runs; one that raises is logged and
+        the pool and the other subscribers go on. A job's ``JobFinished`` may arrive
+        just after its ``result()`` returned. Cancelling a job is reported by its
+        ``JobFinished`` (``outcome`` ``cancelled`` or ``forced``, with its reason and
+        cancel latency). Nobody subscribed costs the pool nothing but an attribute check.
+
+        Returns:
+            A function that ends this subscription (calling it again does nothing).
+        """
+        return self._sup.subscribe(callback)
 
     def statistics(self) -> PoolStatistics:
         """Counters: submitted, queued, running, completed, cancelled, failed, per worker."""

@@ -12,14 +12,17 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from .._core._enums import CancelationReason, OperationStatus
 from .._core._exceptions import JobCancelled, PoolError
+from .._events import Outcome, finished_event
 from . import _protocol as proto
 from ._payload import dump_error, dump_partial, load_error, load_partial, rewrap
 
 if TYPE_CHECKING:
+    from .._events import EventHub
     from ._job_table import JobRecord, JobTable
     from ._worker_set import WorkerSet
 
@@ -29,10 +32,13 @@ logger = logging.getLogger("cancelpool")
 class Resolver:
     """Writes outcomes to handles: completed, failed or cancelled."""
 
-    def __init__(self, lock: threading.RLock, jobs: JobTable, workers: WorkerSet) -> None:
+    def __init__(
+        self, lock: threading.RLock, jobs: JobTable, workers: WorkerSet, events: EventHub
+    ) -> None:
         self._lock = lock
         self._jobs = jobs
         self._workers = workers
+        self._events = events
 
     def finished(self, job: JobRecord, message: Any) -> None:
         """Resolve a job from the worker's last word on it (``Done``, ``Failed`` or
@@ -67,6 +73,8 @@ class Resolver:
                 self.failed(job, error)
                 return
             self._close(job, OperationStatus.COMPLETED)
+            if self._events.listeners:
+                self._emit(job, "succeeded", None)
             handle.set_result(result)
         elif kind is proto.Failed:
             self.failed(job, load_error(message.error, message.traceback, job.id))
@@ -74,7 +82,7 @@ class Resolver:
             handle._set_partial(load_partial(message.partial))
             reason = CancelationReason(message.reason)
             if handle.cancel_reason is None or reason is not handle.cancel_reason:
-                handle._mark_cancelled(reason, message.message)
+                handle._mark_cancelled(reason, message.message, requested=False)
             self.cancelled(job)
 
     def failed(self, job: JobRecord, error: BaseException) -> None:
@@ -85,6 +93,8 @@ class Resolver:
                 self.tell_parent(job, outcome)
                 self._workers.send_posts()
         self._close(job, OperationStatus.FAILED)
+        if self._events.listeners:
+            self._emit(job, "failed", repr(error))
         job.handle.set_exception(error)
 
     def cancelled(self, job: JobRecord, *, forced: bool = False) -> None:
@@ -100,6 +110,8 @@ class Resolver:
                 self.tell_parent(job, outcome)
                 self._workers.send_posts()
         self._close(job, OperationStatus.CANCELLED)
+        if self._events.listeners:
+            self._emit(job, "forced" if forced else "cancelled", message)
         error = JobCancelled(
             reason,
             message,
@@ -117,6 +129,8 @@ class Resolver:
             return
         try:
             self._close(job, OperationStatus.FAILED)
+            if self._events.listeners:
+                self._emit(job, "failed", repr(error))
         except BaseException:
             pass
         if not handle.done():
@@ -135,6 +149,11 @@ class Resolver:
         # counts its requests from 1 again.
         if target.alive and target.pid == remote[1]:
             self._workers.post(target, proto.ChildOutcome(remote[2], outcome))
+
+    def _emit(self, job: JobRecord, outcome: Outcome, message: str | None) -> None:
+        handle = job.handle
+        at = handle.ended_at or time.time()
+        self._events.put(finished_event(handle, outcome, at, message, job.seen_started))
 
     def _close(self, job: JobRecord, status: OperationStatus) -> None:
         """Record how a job ended and end its progress() streams (before it resolves).

@@ -44,6 +44,16 @@ import msgspec
 
 from .._core._enums import CancelationReason, OperationStatus
 from .._core._exceptions import JobCancelled, PoolBroken, PoolClosed, PoolError
+from .._events import (
+    EventHub,
+    JobProgress,
+    JobRetried,
+    JobStarted,
+    JobSubmitted,
+    LoopStalled,
+    WorkerDied,
+    job_fields,
+)
 from ..shm import TokenTable
 from . import _exit, _poll
 from . import _protocol as proto
@@ -89,10 +99,12 @@ class Supervisor:
         self._state = "new"
         self._thread: threading.Thread | None = None
         self._wakeup = Wakeup()
-        self._ws = WorkerSet(settings, self._lock, self._wakeup, self._is_running)
+        #: Lifecycle events: put wherever a fact is decided, delivered by this thread.
+        self.events = EventHub()
+        self._ws = WorkerSet(settings, self._lock, self._wakeup, self._is_running, self.events)
         self._timers = Timers(self._wakeup)
         self._dispatcher = Dispatcher(self._job_table, self._ws, self._timers)
-        self._resolver = Resolver(self._lock, self._job_table, self._ws)
+        self._resolver = Resolver(self._lock, self._job_table, self._ws, self.events)
         self._canceller = Canceller(
             settings, self._job_table, self._ws, self._timers, self._dispatcher
         )
@@ -198,6 +210,10 @@ class Supervisor:
         return f"{self._state} jobs={len(self._job_table.live)}"
 
     # -- the caller's requests (any thread) -------------------------------------------------
+    def subscribe(self, callback: Any) -> Callable[[], None]:
+        """See :meth:`CancelPool.subscribe`."""
+        return self.events.subscribe(callback)
+
     def owns(self, handle: JobHandle[Any]) -> bool:
         """Whether ``handle`` is a job of this pool."""
         return handle._belongs_to(self)
@@ -311,6 +327,7 @@ class Supervisor:
 
     # -- the loop ---------------------------------------------------------------------------------
     def _supervise(self) -> None:
+        self.events.attach(self._wakeup.wake_from_anywhere, threading.get_ident())
         try:
             self._loop()
         except BaseException as exc:
@@ -327,10 +344,14 @@ class Supervisor:
                 if self._state != "broken":
                     self._state = "closed"
             _exit.live.discard(self)
+            self.events.attach(None, threading.get_ident())
+            self.events.deliver()  # what the last turn decided
 
     def _loop(self) -> None:
         stop_deadline: float | None = None
+        events = self.events
         while True:
+            events.deliver()  # outside the lock: subscribers may call the pool
             with self._lock:
                 if self._dropped and self._state == "running":
                     self._state = "closing"  # the pool became garbage
@@ -386,6 +407,7 @@ class Supervisor:
         resolved: list[JobRecord] = []
         broken: list[proto.InitFailed] = []
         loop_reports: list[Any] = []
+        listening = bool(self.events.listeners)  # once per batch: the hot path
         with self._lock:
             jobs = self._job_table.live
             for message in messages:
@@ -397,6 +419,16 @@ class Supervisor:
                     blocker = self._canceller.loop_report(proc, message)
                     who = f"job {blocker.id} ({blocker.handle.name or '-'})" if blocker else None
                     loop_reports.append((proc.pid, who, message))
+                    if listening and kind is proto.LoopBlocked:
+                        self.events.put(
+                            LoopStalled(
+                                pid=proc.pid,
+                                at=time.time(),
+                                job_id=None if blocker is None else blocker.id,
+                                blocked_for=message.seconds,
+                                stack=message.stack,
+                            )
+                        )
                     continue
                 if kind is proto.SubmitChild:
                     error = self._submit_child(proc, message)
@@ -416,6 +448,19 @@ class Supervisor:
                 job = jobs.get(message.job)
                 if job is None:
                     continue
+                if listening and job.seen_started is None:
+                    # The first word of this attempt. A job that ends within one turn
+                    # of its worker's loop sends no Started: subscribers hear it all
+                    # the same.
+                    job.seen_started = time.time()
+                    self.events.put(
+                        JobStarted(
+                            **job_fields(job.handle),
+                            at=job.seen_started,
+                            worker_pid=proc.pid,
+                            attempt=job.attempts,
+                        )
+                    )
                 if kind is proto.Started:
                     job.handle._set_running()
                 elif kind is proto.Progress:
@@ -447,6 +492,15 @@ class Supervisor:
         for handle, message in progress:
             try:
                 metadata = _decode_metadata(message.metadata)
+                if self.events.listeners:
+                    self.events.put(
+                        JobProgress(
+                            **job_fields(handle),
+                            at=time.time(),
+                            message=message.message,
+                            progress=dict(metadata),
+                        )
+                    )
                 handle._report(handle.id, message.message, metadata)
             except BaseException:
                 # A progress callback that raised SystemExit, say: the report is lost,
@@ -537,6 +591,14 @@ class Supervisor:
         parent_job = None if parent is None else self._job_table.of(parent)
         job = JobRecord(handle, parent_job, fn, args, is_async, remote)
         self._job_table.register(job)
+        if self.events.listeners:
+            self.events.put(
+                JobSubmitted(
+                    **job_fields(handle),
+                    at=handle.submitted_at,
+                    parent_id=None if parent is None else parent.id,
+                )
+            )
         if parent is not None:
             if parent_job is None or parent.cancel_reason is not None:
                 # A child of a cancelled or finished job never starts.
@@ -598,9 +660,15 @@ class Supervisor:
         assert process is not None
         process.join(0)
         code = process.exitcode
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        how = _exit_how(code)
         cancelled: list[tuple[JobRecord, bool]] = []  # with: forced by the kill
         lost: list[tuple[JobRecord, BaseException]] = []
+        if self.events.listeners:
+            self.events.put(
+                WorkerDied(
+                    pid=proc.pid, at=time.time(), index=proc.index, how=how, expected=proc.stop_sent
+                )
+            )
         with self._lock:
             proc.alive = False
             live = self._job_table.live
@@ -623,6 +691,16 @@ class Supervisor:
                         self._table.release(job.slot)
                     job.requeue()
                     self._job_table.queued.appendleft(job)
+                    if self.events.listeners:
+                        self.events.put(
+                            JobRetried(
+                                **job_fields(job.handle),
+                                at=time.time(),
+                                attempt=job.attempts,
+                                worker_pid=proc.pid,
+                                why=f"its worker process (pid {proc.pid}) died ({how})",
+                            )
+                        )
                     continue
                 self._dispatcher.retire(job)
                 reason = job.handle.cancel_reason
@@ -687,6 +765,19 @@ class Supervisor:
             self._ws.spares.remove(spare)
             if spare.process is not None:
                 spare.process.join(0)
+                if self.events.listeners:
+                    code = spare.process.exitcode
+                    self.events.put(
+                        WorkerDied(
+                            pid=spare.pid,
+                            at=time.time(),
+                            index=-1,
+                            how=f"exit code {code}"
+                            if code is None or code >= 0
+                            else f"killed by signal {-code}",
+                            expected=spare.stop_sent,
+                        )
+                    )
             self._ws.bury(spare)
             self._ws.add_spares()
         if self._state == "closing":
@@ -706,6 +797,10 @@ class Supervisor:
             error = PoolBroken(f"job {job.id} was lost: {why}")
             error.__cause__ = why.__cause__
             self._resolver.broken(job, error)
+
+
+def _exit_how(code: int | None) -> str:
+    return f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
 
 
 def _how_it_ended(message: Any) -> str:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .._events import WorkerRecycled, WorkerStarted
 from ..shm import Doorbell, TokenTable
 from . import _protocol as proto
 from . import _worker_process
@@ -29,6 +30,7 @@ from ._wakeup import Wakeup
 if TYPE_CHECKING:
     import multiprocessing.process
 
+    from .._events import EventHub
     from ._settings import PoolSettings
 
 logger = logging.getLogger("cancelpool")
@@ -98,7 +100,9 @@ class WorkerSet:
         lock: threading.RLock,
         wakeup: Wakeup,
         running: Callable[[], bool],
+        events: EventHub,
     ) -> None:
+        self._events = events
         self._settings = settings
         self._mp: Any = settings.context  # a multiprocessing context
         self._use_uvloop = settings.use_uvloop
@@ -172,6 +176,8 @@ class WorkerSet:
         proc.exclusive = False
         proc.forced_for = None
         proc.loop = LoopState()
+        if self._events.listeners:
+            self._events.put(WorkerStarted(pid=proc.pid, at=time.time(), index=proc.index))
 
     def bury(self, proc: WorkerProc) -> None:
         """Release everything of a worker process that has exited."""
@@ -307,17 +313,27 @@ class WorkerSet:
         ``max_tasks_per_child`` or ``max_memory_per_worker`` is retired, asked to stop
         once its last job ends (its death then starts a replacement)."""
         proc.tasks += count
-        if self._max_tasks is not None and proc.tasks >= self._max_tasks:
+        if proc.retiring:
+            pass
+        elif self._max_tasks is not None and proc.tasks >= self._max_tasks:
             proc.retiring = True
-        if self._max_memory is not None and proc.pid is not None:
+            self._recycled(proc, "max_tasks_per_child")
+        elif self._max_memory is not None and proc.pid is not None:
             now = time.monotonic()
             if now - proc.memory_checked >= MEMORY_CHECK_INTERVAL:
                 proc.memory_checked = now
                 if _rss(proc.pid) > self._max_memory:
                     proc.retiring = True
+                    self._recycled(proc, "max_memory_per_worker")
         if proc.retiring and not proc.inflight and not proc.stop_sent:
             proc.stop_sent = True
             self.post(proc, proto.Stop())
+
+    def _recycled(self, proc: WorkerProc, why: Any) -> None:
+        if self._events.listeners:
+            self._events.put(
+                WorkerRecycled(pid=proc.pid, at=time.time(), index=proc.index, why=why)
+            )
 
     # -- writing to workers ------------------------------------------------------------------
     def write(self, proc: WorkerProc, data: bytes) -> None:

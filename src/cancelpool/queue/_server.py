@@ -38,6 +38,7 @@ from types import FrameType
 from typing import Any
 
 from .._core._exceptions import JobCancelled
+from .._events import EventCallback, QueueDepth
 from .._pool._handle import JobHandle
 from .._pool._pool import CancelPool
 from .._pool._settings import DEFAULT_CANCEL_GRACE
@@ -138,6 +139,9 @@ class Server:
         self._db_down_since: float | None = None
         self._rfd = self._wfd = -1
         self.stats = {"completed": 0, "failed": 0, "cancelled": 0, "released": 0}
+        # Event subscribers, and the functions that end their pool subscriptions.
+        self._subscribers: dict[object, EventCallback] = {}
+        self._pool_subscriptions: dict[object, Callable[[], None]] = {}
 
     def _log(
         self,
@@ -253,6 +257,25 @@ class Server:
 
         return on_progress
 
+    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+        """Hear this server's lifecycle events: its pool's (see
+        :meth:`CancelPool.subscribe`; on the pool's supervisor thread, their
+        ``metadata`` holds the job's queue id as ``queue_id``) and, every housekeeping
+        round, :class:`cancelpool.QueueDepth` (on the server's main thread). Call it
+        before :meth:`run`. Returns the function that ends the subscription."""
+        if not callable(callback):
+            raise TypeError(f"subscribe() wants a callable, not {callback!r}")
+        key = object()
+        self._subscribers[key] = callback
+
+        def unsubscribe() -> None:
+            self._subscribers.pop(key, None)
+            stop = self._pool_subscriptions.pop(key, None)
+            if stop is not None:
+                stop()
+
+        return unsubscribe
+
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> int:
         """Serve until a signal or :meth:`stop`; returns the exit status (0)."""
@@ -272,7 +295,10 @@ class Server:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     old_handlers[sig] = signal.signal(sig, self._on_signal)
                 old_wakeup = signal.set_wakeup_fd(self._wfd, warn_on_full_buffer=False)
-            with CancelPool(options.workers, cancel_grace=options.cancel_grace) as pool:
+            pool = CancelPool(options.workers, cancel_grace=options.cancel_grace)
+            for key, callback in self._subscribers.items():
+                self._pool_subscriptions[key] = pool.subscribe(callback)
+            with pool:
                 now = time.time()
                 self.store.register_server(
                     ServerInfo(
@@ -373,6 +399,13 @@ class Server:
             for job_id in lost:
                 self._cancel_sent.add(job_id)
                 self._running[job_id].cancel("this node lost its claim on the job")
+        if self._subscribers:
+            depth = QueueDepth(at=time.time(), counts=dict(self.store.counts()))
+            for callback in list(self._subscribers.values()):
+                try:
+                    callback(depth)
+                except Exception:
+                    self.logger.exception("an event subscriber failed on QueueDepth")
         recovered = self.store.recover(self.id, self.options.max_attempts)
         if any(recovered.values()):
             self._log(
