@@ -397,3 +397,29 @@ def test_a_job_and_the_server_log_on_a_terminal(tmp_path) -> None:
     text = assert_terminal_safe(out)
     assert "| Traceback (most recent call last):" in text  # the remote one, quoted
     assert "| ValueError: \\x1b]0;PWNED\\x07" in text
+
+
+@pytest.mark.sqlite_only
+def test_a_row_that_is_not_utf8_is_read_replaced_and_served(db, queue, cli, start_server) -> None:
+    # Another program wrote bytes that are not UTF-8 into a text column: every reader
+    # shows them replaced, and the server still claims and runs the job (it used to
+    # exit in claim(), and again on every restart).
+    done = plant(db, status="completed", ended_at=time.time(), result="[1]")
+    queued = plant(db, task="cancelpool.demo_tasks:add", args="[1, 2]")
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE jobs SET name = CAST(X'ff41' AS TEXT) WHERE id IN (?, ?)", (done, queued)
+        )
+    conn.close()
+    for argv in (["ls"], ["ls", "--json"], ["result", str(done)], ["stats"]):
+        out = cli(*argv)
+        assert out.returncode == 0, (argv, out)
+        assert "Traceback" not in out.stderr, out
+    names = {job["id"]: job["name"] for job in json.loads(cli("ls", "--json").stdout)}
+    assert names[done] == names[queued] == "\ufffdA"
+    start_server(allow=("cancelpool.demo_tasks:*",))
+    wait_status(queue, queued, "completed")
+    job = queue.get(queued)
+    assert job is not None
+    assert job.result == 3
+    assert job.name == "\ufffdA"

@@ -76,6 +76,26 @@ def test_password_is_never_printed(db: str, cli: Runner, pg_server: PgServer) ->
     assert "cannot be reached" in outputs[-1].stderr
 
 
+def test_a_password_in_the_query_string_is_never_printed(
+    db: str, cli: Runner, pg_server: PgServer
+) -> None:
+    # libpq also takes the password as a parameter: ?password=... (and sslpassword).
+    in_query = db.replace(f":{PASSWORD}@", "@") + f"?password={PASSWORD}&sslpassword={PASSWORD}"
+    assert in_query.count(PASSWORD) == 2
+    assert f":{PASSWORD}@" not in in_query
+    query_cli = Runner(in_query)  # type: ignore[arg-type]
+    outputs = [query_cli("ls"), query_cli("ls", "--json"), query_cli("stats", "--json")]
+    outputs += [query_cli("nodes", "--json"), query_cli("health")]
+    dead = in_query.replace(f":{pg_server.port}/", f":{_closed_port()}/")
+    outputs.append(Runner(dead)("ls"))  # type: ignore[arg-type]
+    for out in outputs:
+        assert PASSWORD not in out.stdout + out.stderr, out
+        assert "Traceback" not in out.stderr, out
+    assert outputs[0].returncode == 0, outputs[0]
+    assert outputs[-1].returncode == 1
+    assert "password=***" in outputs[-1].stderr
+
+
 def _closed_port() -> int:
     import socket
 

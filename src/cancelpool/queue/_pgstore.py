@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from . import _sql
 from ._exceptions import InvalidJob, QueueError, QueueFileError, QueueUnavailable
@@ -105,18 +105,35 @@ CREATE TABLE IF NOT EXISTS servers (
 _NOW = "extract(epoch from clock_timestamp())::double precision"
 
 
+#: Query parameters of a libpq URL that carry a secret.
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+
+
 def redact(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``: what may be printed."""
+    """``url`` with its password replaced by ``***``, in the user part and in the query
+    (``?password=``, ``?sslpassword=``): what may be printed."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
+        netloc = parts.netloc
+        if parts.password is not None:
+            user = quote(parts.username or "", safe="")
+            host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            if any(key.lower() in _SECRET_PARAMS for key, _ in pairs):
+                query = urlencode(
+                    [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs],
+                    safe="*",
+                )
+        if netloc == parts.netloc and query == parts.query:
             return url
-        user = quote(parts.username or "", safe="")
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        # Spelled out: urlunsplit drops the "//" of an empty host ("postgresql:///db").
+        text = f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+        return text + (f"#{parts.fragment}" if parts.fragment else "")
     except ValueError:
         return "postgresql://<a URL that does not parse>"
 

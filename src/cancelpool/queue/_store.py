@@ -133,6 +133,10 @@ class ServerInfo:
     lease_until: float | None = None
 
 
+def _decode_text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
 def _name_matches(name: str | None, pattern: str) -> bool:
     return name is not None and fnmatch.fnmatchcase(name, pattern)
 
@@ -178,6 +182,9 @@ class SQLiteStore:
     def _prepare(self, create: bool) -> None:
         conn = self._conn
         conn.row_factory = sqlite3.Row
+        # A text column holding bytes that are not UTF-8 (written by another program)
+        # is read with U+FFFD in their place: it never stops ls, result or a claim.
+        conn.text_factory = _decode_text
         conn.create_function("name_matches", 2, _name_matches, deterministic=True)
         conn.create_function("cancelpool_now", 0, time.time)  # the Tx.now of _sql
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
