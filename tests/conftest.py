@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,8 +24,22 @@ THREAD_GRACE_SECONDS = 10.0
 JOIN_SECONDS = 10.0
 
 
+# The temporary directory of every process the tests start: removed at the end of the
+# run, with what a process killed by its test (SIGKILL of a serve node) could not remove
+# itself (multiprocessing's pymp-* directories and their sockets).
+_CHILD_TMPDIR: str | None = None
+_OLD_TMPDIR: str | None = None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    global _CHILD_TMPDIR, _OLD_TMPDIR
+    tempfile.gettempdir()  # this process keeps its own (cached before TMPDIR changes)
+    _OLD_TMPDIR = os.environ.get("TMPDIR")
+    _CHILD_TMPDIR = tempfile.mkdtemp(prefix="cancelpool-tests-")
+    # Traversable (not listable): the test PostgreSQL server runs as another user.
+    os.chmod(_CHILD_TMPDIR, 0o711)
+    os.environ["TMPDIR"] = _CHILD_TMPDIR
     # pytest-benchmark, when installed, warns at start-up that xdist disables it; with
     # filterwarnings = error that warning would abort the whole run.
     config.addinivalue_line(
@@ -33,6 +50,15 @@ def pytest_configure(config: pytest.Config) -> None:
         "allow_thread_leak: the test may leave non-daemon threads running "
         "(they are owned by a longer-lived fixture)",
     )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OLD_TMPDIR is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = _OLD_TMPDIR
+    if _CHILD_TMPDIR is not None:
+        shutil.rmtree(_CHILD_TMPDIR, ignore_errors=True)
 
 
 @pytest.fixture(
