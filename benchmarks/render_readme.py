@@ -54,7 +54,11 @@ def render(run: dict[str, Any]) -> str:
         if not row["subject"].startswith("cancelpool") or not (row["ref"] or row["target"]):
             continue
         ref = by_key.get(tuple(row["ref"])) if row["ref"] else None
-        ref_text = f"{_value(ref['value'], ref['unit'])} ({ref['subject']})" if ref else ""
+        ref_text = ""
+        if ref:
+            # Another row of cancelpool's own: say which.
+            who = ref["measure"] if ref["subject"] == row["subject"] else ref["subject"]
+            ref_text = f"{_value(ref['value'], ref['unit'])} ({who})"
         ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else ""
         met = {True: "ok", False: "**MISS**", None: "not judged"}[row["target_met"]]
         target = f"{row['target']}: {met}" if row["target"] else ""
