@@ -74,6 +74,19 @@ def visible(text: str) -> str:
     return _UNSAFE.sub(_escape, text)
 
 
+#: Characters of one value that a table cell or a progress line shows at most: more
+#: than any terminal is wide, and a bound on the work (escaping, folding and fitting a
+#: 10 MB progress message took seconds per frame of ``watch``).
+MAX_CELL_CHARS = 4096
+
+
+def one_line(text: str) -> str:
+    """``text`` as one cell: :func:`visible`, whitespace runs folded to one space, and
+    only its first :data:`MAX_CELL_CHARS` characters (then an ellipsis)."""
+    shown = " ".join(visible(text[:MAX_CELL_CHARS]).split())
+    return shown + "…" if len(text) > MAX_CELL_CHARS else shown
+
+
 def visible_lines(text: str) -> str:
     """Like :func:`visible`, but newlines and tabs stay (tracebacks)."""
     return _UNSAFE_BUT_NEWLINE.sub(_escape, text)

@@ -38,7 +38,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID
 from rich.table import Table
 from rich.text import Text
 
-from ._visible import done_total, visible
+from ._visible import done_total, one_line
 
 if TYPE_CHECKING:
     from ._pool._handle import JobHandle
@@ -90,7 +90,7 @@ def new_console(*, stderr: bool = False, file: Any = None) -> Console:
 
 def _cell(text: str, width: int | None = None) -> Text:
     """One cell of job text: escaped, whitespace folded, cut with an ellipsis."""
-    shown = " ".join(visible(text).split())
+    shown = one_line(text)
     if width is not None and len(shown) > width:
         shown = shown[: max(0, width - 1)] + "…"
     return Text(shown)

@@ -423,3 +423,19 @@ def test_a_row_that_is_not_utf8_is_read_replaced_and_served(db, queue, cli, star
     assert job is not None
     assert job.result == 3
     assert job.name == "\ufffdA"
+
+
+def test_a_huge_value_is_cut_before_it_is_escaped_and_fitted() -> None:
+    # A 10 MB progress message (or name, or result) is shown by its first
+    # MAX_CELL_CHARS characters: escaping, folding and fitting all of it took seconds
+    # per frame of watch.
+    from cancelpool._visible import MAX_CELL_CHARS, one_line
+    from cancelpool.queue._render import table
+
+    huge = "\x1b[2J" + "word \n" * 2_000_000
+    shown = one_line(huge)
+    assert shown == one_line(huge[:MAX_CELL_CHARS]) + "…"
+    assert shown.startswith("\\x1b[2Jword \\nword")
+    assert len(shown) <= 10 * MAX_CELL_CHARS + 1  # an escape is at most 10 characters
+    grid = table(["NAME"], [[huge]])
+    assert grid.columns[0].max_width == len(shown)

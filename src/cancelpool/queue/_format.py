@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from .._visible import done_total, json_visible
+from .._visible import done_total, json_visible, one_line
 from .._visible import visible as visible
 from .._visible import visible_lines as visible_lines
 from ._model import JobRecord, JobStatus
@@ -39,7 +39,7 @@ def visible_json(value: Any) -> str:
 def cut(text: str, width: int) -> str:
     """One table cell: whitespace runs folded, unsafe characters made visible, at most
     ``width`` characters."""
-    text = " ".join(visible(text).split())
+    text = one_line(text)
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 

@@ -17,8 +17,9 @@ from rich.progress import TaskID
 from rich.table import Table
 from rich.text import Text
 
+from .._visible import one_line
 from ..progress_display import STATUS_STYLES, job_progress, new_console, set_job_task
-from ._format import JOB_HEADERS, job_rows, visible
+from ._format import JOB_HEADERS, job_rows
 from ._model import JobRecord
 
 __all__ = ("WatchView", "jobs_table", "new_console", "table")
@@ -40,7 +41,7 @@ def table(
     it); ``status_column`` is styled by its own text (a job status). Cells are escaped
     here, whatever the caller passed. Wider than ``width``, the wide columns (name,
     task, outcome, ...) are cut with an ellipsis, the widest first."""
-    cells = [[" ".join(visible(cell).split()) for cell in row] for row in rows]
+    cells = [[one_line(cell) for cell in row] for row in rows]
     # In terminal cells, as rich lays them out (a CJK character takes two).
     widths = [
         max([cell_len(name), *(cell_len(row[i]) for row in cells)])
