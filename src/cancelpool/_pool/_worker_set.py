@@ -37,6 +37,14 @@ logger = logging.getLogger("cancelpool")
 
 #: How long shutdown waits for a worker to exit after asking it to, before killing it.
 WORKER_EXIT_GRACE = 5.0
+#: Held around ``start()`` and ``close()`` of every worker process, and around the polls
+#: of a dead one's exit status. ``start()`` polls every child process of the interpreter
+#: (multiprocessing's ``_cleanup``); a poll racing a ``close()`` in another thread read
+#: the closed sentinel's fd number after a new worker's pipe had reused it, and took
+#: the pid the fork server sent for that worker, whose start then waited for ever
+#: (the stress test, once in a few runs: the spares thread started a worker while the
+#: supervisor thread buried one). Innermost: never held while taking the pool's lock.
+PROCESS_LOCK = threading.RLock()
 #: Minimum seconds between two RSS readings of one worker (``max_memory_per_worker``):
 #: a reading costs tens of microseconds, so not after every job.
 MEMORY_CHECK_INTERVAL = 0.2
@@ -146,7 +154,8 @@ class WorkerSet:
             daemon=True,
         )
         try:
-            process.start()
+            with PROCESS_LOCK:
+                process.start()
         except BaseException:
             for conn in (in_r, in_w, out_r, out_w):
                 conn.close()
@@ -190,7 +199,8 @@ class WorkerSet:
             proc.bell = None
         if proc.process is not None:
             try:
-                proc.process.close()
+                with PROCESS_LOCK:
+                    proc.process.close()
             except ValueError:  # still running: only after a failed kill
                 pass
             proc.process = None
