@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -134,3 +137,42 @@ def gate() -> Iterator[Gate]:
 def backstop() -> float:
     """Seconds to wait for anything that should happen at once; a deadlock backstop."""
     return BACKSTOP
+
+
+def _pgserver() -> Any:
+    # tests/queue is not a package: its server module is loaded once, by path, under
+    # the name the queue suites import it by, so that every suite shares it.
+    module = sys.modules.get("pgserver")
+    if module is None:
+        path = Path(__file__).resolve().parent / "queue" / "pgserver.py"
+        spec = importlib.util.spec_from_file_location("pgserver", path)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["pgserver"] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """The test process's one private PostgreSQL server (queue, AsyncQueue and
+    integration suites alike): skipped where none can run, a failure under CI=true."""
+    pgserver = _pgserver()
+    bindir = pgserver.find_bin()
+    missing = None
+    if bindir is None:
+        missing = "no PostgreSQL server binaries found"
+    elif importlib.util.find_spec("psycopg") is None:
+        missing = "the psycopg driver is not installed"
+    if missing is not None:
+        message = f"PostgreSQL tests skipped: {missing}; to run them, {pgserver.ENABLE}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"under CI=true a skip is a failure: {message}")
+        pytest.skip(message)
+    server = pgserver.PgServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()

@@ -8,8 +8,6 @@ shared, not copied: tests/queue is put on ``sys.path`` as its own conftest does 
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -20,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "queue"))
 
-from pgserver import ENABLE, PgServer, find_bin
+from pgserver import PgServer
 from qhelpers import BACKSTOP, DEMO, TASKS, ServerProc, env, wait_for
 
 from cancelpool.queue import Queue
@@ -35,28 +33,6 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    bindir = find_bin()
-    missing = None
-    if bindir is None:
-        missing = "no PostgreSQL server binaries found"
-    elif importlib.util.find_spec("psycopg") is None:
-        missing = "the psycopg driver is not installed"
-    if missing is not None:
-        message = f"PostgreSQL AsyncQueue tests skipped: {missing}; to run them, {ENABLE}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"under CI=true a skip is a failure: {message}")
-        pytest.skip(message)
-    assert bindir is not None
-    server = PgServer(bindir)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ a database of its own, dropped after it.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -18,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgserver import ENABLE, PgServer, find_bin
+from pgserver import PgServer
 from qhelpers import BACKSTOP, DEMO, TASKS, Runner, ServerProc, env, wait_for
 
 from cancelpool.queue import Queue
@@ -40,28 +38,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.definition.get_closest_marker("pg_only"):
         kinds = ["postgresql"]
     metafunc.parametrize("store_kind", kinds, scope="function")
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    bindir = find_bin()
-    missing = None
-    if bindir is None:
-        missing = "no PostgreSQL server binaries found"
-    elif importlib.util.find_spec("psycopg") is None:
-        missing = "the psycopg driver is not installed"
-    if missing is not None:
-        message = f"PostgreSQL queue tests skipped: {missing}; to run them, {ENABLE}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"under CI=true a skip is a failure: {message}")
-        pytest.skip(message)
-    assert bindir is not None
-    server = PgServer(bindir)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture
