@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -130,6 +131,21 @@ async def bad_progress_then_return() -> str:
 
 async def kill_own_worker() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def signal_own_worker(signum: int) -> int:
+    """Send ``signum`` to this job's worker (delivered before ``kill`` returns); its pid."""
+    os.kill(os.getpid(), signum)
+    return os.getpid()
+
+
+def ignored_signals_of_a_subprocess() -> int:
+    """The SigIgn mask of a program this job runs (a bit per signal, bit 0 is signal 1)."""
+    status = subprocess.run(
+        ["cat", "/proc/self/status"], check=True, capture_output=True, text=True
+    ).stdout
+    (line,) = [line for line in status.splitlines() if line.startswith("SigIgn:")]
+    return int(line.split()[1], 16)
 
 
 # -- jobs that wait at the gate -------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
@@ -91,6 +92,53 @@ def test_a_killed_worker_fails_only_its_own_jobs_and_is_replaced(
     assert len(workers) == 2
     assert victim_pid not in {w.pid for w in workers}
     assert all(w.pid is not None and psutil.pid_exists(w.pid) for w in workers)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_worker_outlives_a_stop_signal_meant_for_its_pool(pool: CancelPool, signum: int) -> None:
+    # systemd (KillMode=control-group), `kill -TERM -PGID`, supervisord's stopasgroup and
+    # Ctrl-C signal every process of the group, the workers too. What becomes of their
+    # jobs is the supervisor's decision (serve requeues them); a worker that died of the
+    # signal first turned a requeue into WorkerCrashed. (A signal a process sends itself
+    # is delivered before kill() returns.)
+    pid = pool.submit(_jobs.signal_own_worker, signum).result(BACKSTOP)
+    assert psutil.pid_exists(pid)
+    assert pid in {w.pid for w in pool.statistics().workers}
+
+
+def test_a_program_a_job_runs_does_not_inherit_ignored_stop_signals(pool: CancelPool) -> None:
+    # exec keeps SIG_IGN: had the worker ignored SIGTERM that way, a job's subprocess
+    # would ignore the terminate() that its own cancellation sends.
+    mask = pool.submit(_jobs.ignored_signals_of_a_subprocess).result(BACKSTOP)
+    assert not mask & (1 << (signal.SIGTERM - 1))
+    assert not mask & (1 << (signal.SIGINT - 1))
+
+
+def test_workers_outlive_their_fork_server(gate: Gate) -> None:
+    # Under forkserver, multiprocessing's sentinel of a worker is a pipe from the fork
+    # server: when the fork server died (a SIGTERM to the process group), every live
+    # worker looked dead, its jobs failed with WorkerCrashed, and the workers were left
+    # running. A worker is dead when its own pidfd says so.
+    with CancelPool(workers=2, start_method="forkserver") as pool:
+        held = [pool.submit(_jobs.hold, gate.path, f"held-{n}") for n in range(2)]
+        arrivals = gate.wait(2)
+        pids = {arrival.pid for arrival in arrivals}
+        (fork_server,) = {psutil.Process(pid).parent() for pid in pids}
+        assert fork_server is not None
+        assert fork_server.pid != os.getpid()
+        # Wait for its exit without reaping it (multiprocessing reaps its fork server).
+        pidfd = os.pidfd_open(fork_server.pid)
+        try:
+            fork_server.send_signal(signal.SIGTERM)
+            assert select.select([pidfd], [], [], PROMPT)[0], "the fork server did not exit"
+        finally:
+            os.close(pidfd)
+        # A job placed after the fork server died runs on the same, live workers.
+        assert pool.submit(_jobs.where).result(BACKSTOP)["pid"] in pids
+        gate.release(*arrivals)
+        assert [handle.result(BACKSTOP) for handle in held] == ["released", "released"]
+        assert {w.pid for w in pool.statistics().workers} == pids
+        assert pool.statistics().failed == 0
 
 
 def test_a_job_that_kills_its_own_worker(pool: CancelPool) -> None:

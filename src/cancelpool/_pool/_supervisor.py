@@ -68,7 +68,7 @@ from ._resolver import Resolver
 from ._statistics import PoolStatistics, snapshot
 from ._timers import Timers
 from ._wakeup import Wakeup
-from ._worker_set import PROCESS_LOCK, WORKER_EXIT_GRACE, WorkerProc, WorkerSet
+from ._worker_set import WORKER_EXIT_GRACE, WorkerProc, WorkerSet
 
 if TYPE_CHECKING:
     from ._settings import PoolSettings
@@ -656,11 +656,8 @@ class Supervisor:
     def _worker_died(self, proc: WorkerProc) -> None:
         """A worker's sentinel says it exited: settle its jobs (see :mod:`._deaths`),
         replace it, and place the queued jobs."""
-        process = proc.process
-        assert process is not None
-        with PROCESS_LOCK:  # see PROCESS_LOCK: one poll at a time reads the status
-            process.join(0)
-            code = process.exitcode
+        assert proc.process is not None
+        code = proc.exit_code()
         how = _exit_how(code)
         cancelled: list[tuple[JobRecord, bool]] = []  # with: forced by the kill
         lost: list[tuple[JobRecord, BaseException]] = []
@@ -765,9 +762,7 @@ class Supervisor:
                 return  # it replaced a worker meanwhile: its death is a worker's death
             self._ws.spares.remove(spare)
             if spare.process is not None:
-                with PROCESS_LOCK:
-                    spare.process.join(0)
-                    code = spare.process.exitcode
+                code = spare.exit_code()
                 if self.events.listeners:
                     self.events.put(
                         WorkerDied(

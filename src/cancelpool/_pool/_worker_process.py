@@ -34,6 +34,7 @@ import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from types import FrameType
 from typing import Any
 
 import msgspec
@@ -560,6 +561,10 @@ def _exit_when_readable(fd: int) -> None:
     os._exit(0)
 
 
+def _supervisors_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGINT/SIGTERM in a worker: the supervisor acts on them, not the worker."""
+
+
 def main(
     table: TokenTable,
     bell: Doorbell,
@@ -574,8 +579,15 @@ def main(
     ``(initializer, initargs)`` and whether it is async; ``loop_block_threshold``:
     seconds without a turn of the loop before the watchdog reports it, None: no
     watchdog)."""
-    # Ctrl-C is the supervisor's to handle: it cancels our jobs through their tokens.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C and SIGTERM are the supervisor's to handle: it cancels our jobs through
+    # their tokens and stops us (SIGKILL when it must). Both often reach the whole process
+    # group (a terminal, systemd's KillMode=control-group, `kill -TERM -PGID`); a worker
+    # that died of one would fail its jobs before the supervisor could requeue them. If
+    # the supervisor dies, the orphan watch ends us. A handler that does nothing, not
+    # SIG_IGN: an ignored signal stays ignored in the programs a job runs (exec keeps
+    # SIG_IGN), and a job's subprocess must still stop on SIGTERM.
+    signal.signal(signal.SIGINT, _supervisors_signal)
+    signal.signal(signal.SIGTERM, _supervisors_signal)
     worker = Worker(table, bell, inbox, outbox, supervisor_pid, loop_block_threshold)
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if use_uvloop:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
 import time
 from collections import deque
@@ -45,6 +46,10 @@ WORKER_EXIT_GRACE = 5.0
 #: (the stress test, once in a few runs: the spares thread started a worker while the
 #: supervisor thread buried one). Innermost: never held while taking the pool's lock.
 PROCESS_LOCK = threading.RLock()
+#: Seconds a death waits for the worker's exit status once its pidfd said it exited:
+#: under forkserver the status comes from the fork server, a moment after the exit (or,
+#: if the fork server itself is dead, never: the status is then unknown).
+EXIT_STATUS_WAIT = 2.0
 #: Minimum seconds between two RSS readings of one worker (``max_memory_per_worker``):
 #: a reading costs tens of microseconds, so not after every job.
 MEMORY_CHECK_INTERVAL = 0.2
@@ -63,7 +68,13 @@ class WorkerProc:
         self.bell: Doorbell | None = None
         self.in_fd = -1
         self.out_fd = -1
+        # What the supervisor polls for this process's exit: a pidfd of the process
+        # itself where the system has them, else multiprocessing's sentinel. Under
+        # forkserver the sentinel is a pipe from the fork server, which also becomes
+        # readable when the fork server dies (a SIGTERM to the process group): every
+        # live worker would have looked dead.
         self.sentinel = -1
+        self.pidfd = -1
         self.conns: list[Connection] = []
         self.reader = proto.FrameReader()
         self.write_buffer = bytearray()
@@ -80,6 +91,24 @@ class WorkerProc:
         self.forced_for: int | None = None
         # What the supervisor knows of this process's event loop (a new one per process).
         self.loop = LoopState()
+
+    def exited(self) -> bool:
+        """Whether the process has exited (its own pidfd says so; without one,
+        multiprocessing's view)."""
+        if self.pidfd >= 0:
+            poller = select.poll()  # not select(): fds above 1024 are fine
+            poller.register(self.pidfd, select.POLLIN)
+            return bool(poller.poll(0))
+        return self.process is None or self.process.exitcode is not None
+
+    def exit_code(self) -> int | None:
+        """The exit status of a process that has exited (None: not known)."""
+        process = self.process
+        if process is None:
+            return None
+        with PROCESS_LOCK:  # see PROCESS_LOCK: one poll at a time reads the status
+            process.join(EXIT_STATUS_WAIT if self.pidfd >= 0 else 0)
+            return process.exitcode
 
     def accepts(self, concurrency: int, max_tasks: int | None) -> bool:
         """Whether new jobs may be sent to this worker now."""
@@ -171,7 +200,8 @@ class WorkerSet:
         proc.out_fd = out_r.fileno()
         os.set_blocking(proc.in_fd, False)
         os.set_blocking(proc.out_fd, False)
-        proc.sentinel = process.sentinel
+        proc.pidfd = _open_pidfd(process.pid)
+        proc.sentinel = proc.pidfd if proc.pidfd >= 0 else process.sentinel
         proc.reader = proto.FrameReader()
         proc.write_buffer = bytearray()
         proc.outbox = []
@@ -197,6 +227,9 @@ class WorkerSet:
         if proc.bell is not None:
             proc.bell.close()
             proc.bell = None
+        if proc.pidfd >= 0:
+            os.close(proc.pidfd)
+            proc.pidfd = -1
         if proc.process is not None:
             try:
                 with PROCESS_LOCK:
@@ -246,7 +279,7 @@ class WorkerSet:
         """Put a spare worker in place ``index`` (lock held), if one is ready."""
         while self.spares:
             spare = self.spares.pop(0)
-            if spare.alive and spare.process is not None and spare.process.exitcode is None:
+            if spare.alive and spare.process is not None and not spare.exited():
                 spare.index = index
                 self.procs[index] = spare
                 return spare
@@ -265,14 +298,14 @@ class WorkerSet:
         are handled as they come. ``forced``: as a forced stop that blames no job
         (``terminate()``)."""
         for proc in (*self.procs, *self.spares):
-            if proc.alive and proc.process is not None and proc.process.exitcode is None:
+            if proc.alive and proc.process is not None and not proc.exited():
                 if forced:
                     proc.forced_for = proc.forced_for or 0
                 proc.process.kill()
 
     def kill_all(self) -> None:
         for proc in self.spares:
-            if proc.process is not None and proc.process.exitcode is None:
+            if proc.process is not None and not proc.exited():
                 proc.process.kill()
         for proc in self.spares:
             if proc.process is not None:
@@ -283,7 +316,7 @@ class WorkerSet:
             process = proc.process
             if process is None:
                 continue
-            if process.exitcode is None:
+            if not proc.exited():
                 process.kill()
             process.join(WORKER_EXIT_GRACE)
             self.bury(proc)
@@ -411,3 +444,14 @@ def _rss(pid: int) -> int:
         return int(psutil.Process(pid).memory_info().rss)
     except psutil.Error:
         return 0
+
+
+def _open_pidfd(pid: int | None) -> int:
+    """A pidfd of a worker just started, or -1 (no pidfd on this system, or it is gone:
+    the sentinel reports that)."""
+    if pid is None:
+        return -1
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return -1
