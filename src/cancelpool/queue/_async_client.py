@@ -35,7 +35,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -47,15 +46,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from ._client import (
-    LIVENESS_CHECK_INTERVAL,
-    NO_SERVER_GRACE,
-    WAIT_POLL_FIRST,
-    WAIT_POLL_MAX,
-    Queue,
-    QueueStatistics,
-)
-from ._exceptions import InvalidJob, JobNotFinished, JobNotFound, NoLiveServer, QueueError
+from ._client import Queue, QueueStatistics, Waiting, poll_job
+from ._exceptions import InvalidJob, JobNotFound, QueueError
 from ._model import JobRecord, JobStatus, check_job_id, check_pattern, check_seconds
 
 if TYPE_CHECKING:
@@ -348,33 +340,13 @@ class AsyncQueue:
             JobNotFinished: it has not finished within ``timeout`` seconds.
             NoLiveServer: ``need_server`` and nothing can finish the job.
         """
-        check_job_id(job_id)
-        timeout = check_seconds(timeout, "timeout")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = WAIT_POLL_FIRST
-        next_check = time.monotonic()
-        unserved_since: float | None = None
+        waiting = Waiting(job_id, timeout, need_server)
         while True:
-            check_now = time.monotonic() >= next_check
-            status, record, reason = await self._call(partial(_poll, job_id, check_now))
+            polled = partial(poll_job, job_id, waiting.check_due())
+            status, record, reason = await self._call(polled)
             if record is not None:
                 return record
-            now = time.monotonic()
-            if check_now:
-                next_check = now + LIVENESS_CHECK_INTERVAL
-                if reason is None:
-                    unserved_since = None
-                elif unserved_since is None:
-                    unserved_since = now
-                elif need_server and now - unserved_since >= NO_SERVER_GRACE:
-                    raise NoLiveServer(reason)
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise JobNotFinished(f"job {job_id} is still {status} after {timeout} s")
-                pause = min(pause, remaining)
-            await anyio.sleep(pause)
-            pause = min(pause * 2, WAIT_POLL_MAX)
+            await anyio.sleep(waiting.pause(status, reason))
 
     def watch(
         self,
@@ -438,21 +410,6 @@ class _Watch:
                     self._seen[job.id] = job
                     self._pending.append(job)
         return self._pending.pop(0)
-
-
-def _poll(
-    job_id: int, check_liveness: bool, queue: Queue
-) -> tuple[str, JobRecord | None, str | None]:
-    # One thread hop per poll of AsyncQueue.wait: the status, the record once finished,
-    # and (every LIVENESS_CHECK_INTERVAL) why nothing can serve it.
-    status = queue.store.status_of(job_id)
-    if status is None:
-        raise JobNotFound(f"no job with id {job_id}")
-    if JobStatus(status).finished:
-        record = queue.store.get(job_id)
-        assert record is not None
-        return status, record, None
-    return status, None, queue.unserved_reason(job_id) if check_liveness else None
 
 
 def _watched_ids(ids: tuple[int, ...], pattern: str | None, queue: Queue) -> tuple[int, ...]:

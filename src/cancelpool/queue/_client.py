@@ -351,39 +351,12 @@ class Queue:
             JobNotFinished: it has not finished within ``timeout`` seconds.
             NoLiveServer: ``need_server`` and nothing can finish the job.
         """
-        from ._exceptions import JobNotFound, NoLiveServer
-
-        check_job_id(job_id)
-        timeout = check_seconds(timeout, "timeout")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = WAIT_POLL_FIRST
-        next_check = time.monotonic()
-        unserved_since: float | None = None
+        waiting = Waiting(job_id, timeout, need_server)
         while True:
-            status = self._store.status_of(job_id)
-            if status is None:
-                raise JobNotFound(f"no job with id {job_id}")
-            if JobStatus(status).finished:
-                record = self._store.get(job_id)
-                assert record is not None
+            status, record, reason = poll_job(job_id, waiting.check_due(), self)
+            if record is not None:
                 return record
-            now = time.monotonic()
-            if now >= next_check:
-                next_check = now + LIVENESS_CHECK_INTERVAL
-                reason = self.unserved_reason(job_id)
-                if reason is None:
-                    unserved_since = None
-                elif unserved_since is None:
-                    unserved_since = now
-                elif need_server and now - unserved_since >= NO_SERVER_GRACE:
-                    raise NoLiveServer(reason)
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise JobNotFinished(f"job {job_id} is still {status} after {timeout} s")
-                pause = min(pause, remaining)
-            time.sleep(pause)
-            pause = min(pause * 2, WAIT_POLL_MAX)
+            time.sleep(waiting.pause(status, reason))
 
     def unserved_reason(self, job_id: int) -> str | None:
         """Why no live server can finish this unfinished job, or None if one can.
@@ -445,3 +418,75 @@ class Queue:
 
 def _module_of(task: str) -> str:
     return task.partition(":")[0]
+
+
+class Waiting:
+    """When ``Queue.wait`` and ``AsyncQueue.wait`` read a job again, when they ask
+    whether a live server can still finish it, and when they give up: the one policy
+    of both, which only does the sleeping its own way."""
+
+    def __init__(self, job_id: int, timeout: float | None, need_server: bool) -> None:
+        self.job_id = check_job_id(job_id)
+        self.timeout = check_seconds(timeout, "timeout")
+        start = time.monotonic()
+        self._deadline = None if self.timeout is None else start + self.timeout
+        self._need_server = need_server
+        self._pause = WAIT_POLL_FIRST
+        self._next_check = start
+        self._checking = False
+        self._unserved_since: float | None = None
+
+    def check_due(self) -> bool:
+        """Whether the next poll also asks why nothing can serve the job."""
+        self._checking = time.monotonic() >= self._next_check
+        return self._checking
+
+    def pause(self, status: str, unserved: str | None) -> float:
+        """Seconds to sleep after a poll that found the job ``status`` (not finished)
+        and, when the poll checked, why nothing can serve it (None: something can).
+
+        Raises:
+            NoLiveServer: ``need_server`` and nothing could serve the job for
+                ``NO_SERVER_GRACE`` seconds.
+            JobNotFinished: the timeout has passed.
+        """
+        from ._exceptions import NoLiveServer
+
+        now = time.monotonic()
+        if self._checking:
+            self._next_check = now + LIVENESS_CHECK_INTERVAL
+            if unserved is None:
+                self._unserved_since = None
+            elif self._unserved_since is None:
+                self._unserved_since = now
+            elif self._need_server and now - self._unserved_since >= NO_SERVER_GRACE:
+                raise NoLiveServer(unserved)
+        pause = self._pause
+        self._pause = min(pause * 2, WAIT_POLL_MAX)
+        if self._deadline is not None:
+            remaining = self._deadline - now
+            if remaining <= 0:
+                raise JobNotFinished(f"job {self.job_id} is still {status} after {self.timeout} s")
+            pause = min(pause, remaining)
+        return pause
+
+
+def poll_job(
+    job_id: int, check_liveness: bool, queue: Queue
+) -> tuple[str, JobRecord | None, str | None]:
+    """One poll of a waited-for job: its status, its record once finished, and (when
+    ``check_liveness``) why no live server can finish it.
+
+    Raises:
+        JobNotFound: no such job.
+    """
+    from ._exceptions import JobNotFound
+
+    status = queue.store.status_of(job_id)
+    if status is None:
+        raise JobNotFound(f"no job with id {job_id}")
+    if JobStatus(status).finished:
+        record = queue.store.get(job_id)
+        assert record is not None
+        return status, record, None
+    return status, None, queue.unserved_reason(job_id) if check_liveness else None
