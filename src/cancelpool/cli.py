@@ -7,7 +7,7 @@ temporary database. Every client verb has ``--json`` for scripts.
 Exit codes (docs/cli.md): 0 ok; 1 a runtime error (an unknown job id, a busy or
 failing database); 2 bad usage or input, and nothing was written; 3 no queue at that
 path or a file refused as unsafe. ``result`` and ``submit --wait`` report the job: 0
-completed, 4 failed, 5 cancelled, 6 interrupted, 7 not finished yet.
+completed, 4 failed, 5 cancelled, 6 interrupted, 7 not finished yet. Ctrl-C: 130.
 
 Human output is drawn with rich (``queue._render``): tables, colours, width-aware
 truncation and live progress bars, with ``NO_COLOR`` and pipes handled by rich. Every
@@ -45,6 +45,7 @@ EXIT_FAILED = 4
 EXIT_CANCELLED = 5
 EXIT_INTERRUPTED = 6
 EXIT_NOT_FINISHED = 7
+EXIT_INTERRUPTED_BY_USER = 130  # 128 + SIGINT, as shells report a Ctrl-C
 _STATUS_EXIT = {
     "completed": 0,
     "failed": EXIT_FAILED,
@@ -721,7 +722,40 @@ def watch(
         if not watched:
             click.echo("no unfinished job to watch")
             return
-        _watch_loop(queue, watched, timeout=timeout, as_json=as_json)
+        notice = _UnservedNotice(queue, watched)
+        _watch_loop(queue, watched, timeout=timeout, as_json=as_json, on_tick=notice)
+
+
+class _UnservedNotice:
+    """``watch``'s on_tick: says once on stderr, per job, that no live server can finish
+    it (it would otherwise wait in silence), from the same checks as ``result --wait``,
+    every ``LIVENESS_CHECK_INTERVAL`` once the job stayed unserved ``NO_SERVER_GRACE``."""
+
+    def __init__(self, queue: Queue, ids: list[int]) -> None:
+        self._queue = queue
+        self._ids = ids
+        self._next = 0.0
+        self._unserved_since: dict[int, float] = {}
+        self._told: set[int] = set()
+
+    def __call__(self) -> list[str]:
+        from .queue._client import LIVENESS_CHECK_INTERVAL, NO_SERVER_GRACE
+        from .queue._format import visible
+
+        now = time.monotonic()
+        if now < self._next:
+            return []
+        self._next = now + LIVENESS_CHECK_INTERVAL
+        for job_id in self._ids:
+            if job_id in self._told:
+                continue
+            reason = self._queue.unserved_reason(job_id)
+            if reason is None:
+                self._unserved_since.pop(job_id, None)
+            elif now - self._unserved_since.setdefault(job_id, now) >= NO_SERVER_GRACE:
+                self._told.add(job_id)
+                click.echo(visible(reason), err=True)
+        return []
 
 
 def _watch_loop(
@@ -840,7 +874,8 @@ def result(
 ) -> None:
     """Print a job's result (JSON), or its error / partial result.
 
-    Exit code: 0 completed, 3 failed, 4 cancelled, 5 interrupted, 6 not finished.
+    Exit code: 0 completed, 4 failed, 5 cancelled, 6 interrupted, 7 not finished
+    (1 unknown job, 3 no queue).
     """
     with open_queue(db, create=False) as queue:
         _show_result(
@@ -907,6 +942,9 @@ def _show_result(
         click.echo(visible_json(job.partial_result))
     elif not told:  # else the reason it is unfinished was said already
         _say(f"job {job_id} is {status}", status)
+        unserved = queue.unserved_reason(job_id)  # e.g. its server was killed
+        if unserved is not None:
+            _say(visible(unserved), "dim")
     sys.exit(_STATUS_EXIT.get(status, EXIT_NOT_FINISHED))
 
 
@@ -1178,9 +1216,9 @@ def main() -> None:
         exc.show(file=shown)
         sys.stderr.write(visible_lines(shown.getvalue()))
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
         click.echo("Aborted!", err=True)
-        sys.exit(EXIT_RUNTIME)
+        sys.exit(EXIT_INTERRUPTED_BY_USER)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception:

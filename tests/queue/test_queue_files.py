@@ -175,6 +175,15 @@ def test_a_planted_side_file_is_refused(tmp_path: Path) -> None:
     _refused(Runner(db)("ls"), "symbolic link")
 
 
+def test_a_planted_side_file_of_a_new_queue_leaves_nothing_created(tmp_path: Path) -> None:
+    # submit creates a missing queue; a planted side file refuses it before it does.
+    (tmp_path / "queue.db-wal").symlink_to(tmp_path / "elsewhere")
+    before = _tree(tmp_path)
+    out = Runner(tmp_path / "queue.db")("submit", f"{DEMO}:add", "[1]")
+    _refused(out, "queue.db-wal is a symbolic link; remove the link")
+    assert _tree(tmp_path) == before
+
+
 def test_a_symlinked_database_is_refused(tmp_path: Path) -> None:
     real = tmp_path / "real.db"
     Queue(real).close()

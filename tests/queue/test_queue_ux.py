@@ -149,3 +149,39 @@ def test_watch_json_prints_changes(cli, queue, start_server, tmp_path) -> None:
         assert change["id"] == job_id
         assert len(change) > 1
     wait_for(lambda: queue.get(job_id).finished, "the job to be finished")
+
+
+def test_result_of_an_unserved_job_says_why_it_does_not_finish(cli, queue) -> None:
+    job = queue.submit(f"{TASKS}:record", "x", "y")  # no server runs on this queue
+    out = cli("result", str(job))
+    assert out.returncode == 7
+    first, second = out.stderr.strip().splitlines()
+    assert first == f"job {job} is queued"
+    assert f"job {job} is queued and no live server serves" in second
+    assert "start one: cancelpool serve" in second
+
+
+def test_watch_says_when_no_server_can_finish_a_job_and_ctrl_c_ends_it(db, queue) -> None:
+    job = queue.submit(f"{TASKS}:record", "x", "y")  # no server: watch would wait for ever
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cancelpool.cli", "watch", "--db", str(db), str(job)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env(),
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # blocks until watch says it (or exits: "")
+        assert f"job {job} is queued and no live server serves" in line, line
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(BACKSTOP) == 130
+        rest = proc.stderr.read()
+        assert rest.strip() == "Aborted!", rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(BACKSTOP)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()

@@ -124,6 +124,9 @@ def check_queue_dir(directory: Path, *, create: bool) -> None:
         )
 
 
+SIDE_FILE = "database's side file"
+
+
 def check_private_file(path: Path, *, what: str) -> bool:
     """Check a queue file if it exists; True if it does.
 
@@ -135,9 +138,12 @@ def check_private_file(path: Path, *, what: str) -> bool:
     except FileNotFoundError:
         return False
     if stat.S_ISLNK(info.st_mode):
-        raise QueueFileError(
-            f"{path} is a symbolic link; give the {what}'s real path (links are not followed)"
+        fix = (
+            "remove the link (SQLite makes this file itself)"
+            if what == SIDE_FILE
+            else f"give the {what}'s real path"
         )
+        raise QueueFileError(f"{path} is a symbolic link; {fix} (links are not followed)")
     if stat.S_ISDIR(info.st_mode):
         raise QueueFileError(
             f"{path} is a directory; a queue is a file: give a path such as {path / 'queue.db'}"
@@ -175,13 +181,15 @@ def check_db_files(path: Path, *, create: bool) -> None:
         create: create the database (0600) if it does not exist; otherwise a missing
             database means there is no queue.
     """
-    if not check_private_file(path, what="database"):
-        if not create:
-            raise QueueFileError(f"no queue at {path} (nothing was created)")
+    exists = check_private_file(path, what="database")
+    if not exists and not create:
+        raise QueueFileError(f"no queue at {path} (nothing was created)")
+    # The side files first: a refused one leaves nothing created.
+    for suffix in SIDE_SUFFIXES:
+        check_private_file(path.with_name(path.name + suffix), what=SIDE_FILE)
+    if not exists:
         create_db_file(path)
         check_private_file(path, what="database")
-    for suffix in SIDE_SUFFIXES:
-        check_private_file(path.with_name(path.name + suffix), what="database's side file")
 
 
 def control_dir(db_path: Path) -> Path:

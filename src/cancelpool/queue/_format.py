@@ -36,11 +36,13 @@ def visible_json(value: Any) -> str:
     return json_visible(pretty_json(value))
 
 
-def cut(text: str, width: int) -> str:
+def cut(text: str, width: int | None = None) -> str:
     """One table cell: whitespace runs folded, unsafe characters made visible, at most
-    ``width`` characters."""
+    ``width`` characters (None: as wide as it is; the table fits it to a terminal)."""
     text = one_line(text)
-    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+    if width is None or len(text) <= width:
+        return text
+    return text[: max(0, width - 1)] + "…"
 
 
 def to_json(value: Any) -> str:
@@ -119,7 +121,7 @@ def changes(before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, A
     return {"id": after["id"], **delta} if delta else {}
 
 
-def outcome(job: JobRecord, width: int = 48) -> str:
+def outcome(job: JobRecord, width: int | None = None) -> str:
     status = job.status.value
     if status == "completed":
         return cut(to_json(job.result), width)
@@ -146,8 +148,8 @@ def job_rows(jobs: Sequence[JobRecord]) -> list[list[str]]:
         [
             str(job.id),
             job.status.value,
-            cut(job.name or "-", 28),
-            cut(job.task, 36),
+            cut(job.name or "-"),
+            cut(job.task),
             str(job.attempts),
             progress_text(job),
             elapsed(job, now),
