@@ -563,10 +563,7 @@ def submit(
         # One byte past the limit tells a payload too large without reading all of it.
         data = sys.stdin.buffer.read(MAX_ARGS_BYTES + 1)
         if len(data) > MAX_ARGS_BYTES:
-            raise BadInput(
-                f"the arguments on stdin are over {MAX_ARGS_BYTES} bytes; the limit is "
-                f"{MAX_ARGS_BYTES} bytes"
-            )
+            raise BadInput(f"the arguments on stdin are over the limit of {MAX_ARGS_BYTES} bytes")
         try:
             args_json = data.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -112,7 +112,7 @@ def test_unencodable_progress_metadata_fails_the_job(shared_pool: CancelPool) ->
     handle = shared_pool.submit(_jobs.bad_progress_then_wait)
     exc = handle.exception(BACKSTOP)
     assert isinstance(exc, TypeError)
-    assert f"progress metadata of job {handle.id} cannot be encoded" in str(exc)
+    assert "this job's progress metadata cannot be encoded" in str(exc)
     assert "report JSON-like data" in str(exc)
     assert handle.status is OperationStatus.FAILED
     assert shared_pool.submit(_jobs.add, 2, 2).result(BACKSTOP) == 4  # the pool is fine

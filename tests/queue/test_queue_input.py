@@ -32,6 +32,9 @@ def test_a_task_no_running_server_allows_is_refused_at_submit(cli, start_server)
         (["os:system; rm -rf /"], "is not an import path"),
         ([f"{DEMO}:add", "[1,"], "not valid JSON"),
         ([f"{DEMO}:add", "{'a': 1}"], "not valid JSON"),
+        ([f"{DEMO}:add", '"\\ud800"'], "lone surrogate"),
+        ([f"{DEMO}:add", '["\\ude00\\ud83d"]'], "lone surrogate"),
+        ([f"{DEMO}:add", '["\\ud83d\\ude00", 1'], "not valid JSON (Input data was truncated)"),
         ([f"{DEMO}:add", "[1]", "--name", "two words"], "characters other than"),
         ([f"{DEMO}:add", "[1]", "--name", "user_*"], "characters other than"),
         ([f"{DEMO}:add", "[1]", "--name", "$(reboot)"], "characters other than"),
@@ -56,7 +59,7 @@ def test_huge_payload_is_refused(cli) -> None:
     payload = json.dumps(["x" * (2 << 20)])
     out = cli("submit", f"{DEMO}:echo", "-", input=payload)
     assert out.returncode == 2
-    assert "the limit is 1048576 bytes" in out.stderr
+    assert "over the limit of 1048576 bytes" in out.stderr
     assert _jobs(cli) == []
 
 

@@ -707,8 +707,8 @@ class InlineSupervisor:
             raw = msgspec.msgpack.encode(metadata)
         except Exception as problem:
             job.failure = TypeError(
-                f"progress metadata of job {job.handle.id} cannot be encoded ({problem}); "
-                "report JSON-like data: dict, list, str, int, float, bool, None"
+                f"this job's progress metadata cannot be encoded ({problem}); "
+                "report JSON-like data: dict, list, str, int (64-bit), float, bool, None"
             )
             assert job.op is not None
             job.op.cancel_sync(CancelationReason.ERROR, str(job.failure))

@@ -336,8 +336,8 @@ class Worker:
                 raw = msgspec.msgpack.encode(metadata)
             except Exception as problem:
                 job.failure = TypeError(
-                    f"progress metadata of job {job_id} cannot be encoded ({problem}); "
-                    "report JSON-like data: dict, list, str, int, float, bool, None"
+                    f"this job's progress metadata cannot be encoded ({problem}); "
+                    "report JSON-like data: dict, list, str, int (64-bit), float, bool, None"
                 )
                 job.op.cancel_sync(CancelationReason.ERROR, str(job.failure))
                 return

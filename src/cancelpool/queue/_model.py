@@ -334,6 +334,11 @@ def decode_json(text: str | bytes | None) -> Any:
     return msgspec.json.decode(text)
 
 
+#: A JSON escape of a UTF-16 surrogate, and the pair of a high and a low one.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE_PAIR = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
 def parse_args_json(text: str) -> tuple[list[Any], dict[str, Any]]:
     """Arguments from the command line: a JSON array is positional, an object keyword
     arguments, anything else one positional argument (``'[{"a": 1}]'`` passes a dict)."""
@@ -343,6 +348,12 @@ def parse_args_json(text: str) -> tuple[list[Any], dict[str, Any]]:
     try:
         value = msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
+        # msgspec says "truncated" or "malformed" for an unpaired one: say what it is.
+        if _SURROGATE_ESCAPE.search(_SURROGATE_PAIR.sub("", text)):
+            raise InvalidJob(
+                "the arguments hold a \\uD800-\\uDFFF escape outside a valid pair (a lone "
+                "surrogate, which is not text); write the character itself or its pair"
+            ) from None
         raise InvalidJob(f"the arguments are not valid JSON ({exc}): {text[:80]!r}") from None
     except RecursionError:
         raise InvalidJob(

@@ -319,7 +319,8 @@ class Server:
                 self._log(
                     f"serving {self.store.display} (server {self.id}, pid {os.getpid()}, "
                     + (f"node {self.node_name}, " if self.node_name else "")
-                    + f"{options.workers} workers, allow {' '.join(options.allow)})"
+                    + f"{options.workers} worker{'' if options.workers == 1 else 's'}, "
+                    + f"allow {' '.join(options.allow)})"
                 )
                 self._notify("ready", f"serving {self.store.display} as node {self.id}")
                 try:
