@@ -85,6 +85,10 @@ def test_non_json_result_fails_clearly(queue, start_server) -> None:
     job = queue.wait(queue.submit(f"{TASKS}:not_json"), timeout=60)
     assert job.status == "failed"
     assert "must be JSON data" in (job.error or "")
+    assert job.traceback is None  # the queue's refusal: only cancelpool's frames
+    raised = queue.wait(queue.submit(f"{DEMO}:fail", "boom"), timeout=60)
+    assert raised.status == "failed"
+    assert "demo_tasks.py" in (raised.traceback or "")  # the job's own error keeps its
 
 
 def test_unimportable_or_refused_tasks_fail_at_run_time(queue, start_server) -> None:
@@ -93,8 +97,10 @@ def test_unimportable_or_refused_tasks_fail_at_run_time(queue, start_server) -> 
     not_callable = queue.submit(f"{TASKS}:NOT_CALLABLE")
     refused = queue.submit("os:getcwd")
     start_server()
-    assert "has no 'no_such_function'" in (queue.wait(missing, timeout=60).error or "")
-    assert "not callable" in (queue.wait(not_callable, timeout=60).error or "")
+    for job_id, words in ((missing, "has no 'no_such_function'"), (not_callable, "not callable")):
+        job = queue.wait(job_id, timeout=60)
+        assert words in (job.error or "")
+        assert job.traceback is None
     job = queue.wait(refused, timeout=60)
     assert job.status == "failed"
     assert "TaskNotAllowed" in (job.error or "")

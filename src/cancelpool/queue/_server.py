@@ -57,7 +57,7 @@ from ._protocol import Store, open_store
 from ._records import Outcome
 from ._sd_notify import Notifier
 from ._store import ServerInfo
-from ._task import run_task
+from ._task import REFUSAL, run_task
 
 #: How often the server looks at the database when nobody wakes it: the safety net for
 #: a lost wake-up (a client killed between its commit and its poke) and the pace at
@@ -599,7 +599,8 @@ def _outcome(job_id: int, handle: JobHandle[Any], cancel_grace: float) -> Outcom
             if exc.forced
             else None,
         )
-    remote = getattr(exc.__cause__, "tb", None)
+    # The worker's traceback, but not of the queue's own refusal (only its frames).
+    remote = None if getattr(exc, REFUSAL, False) else getattr(exc.__cause__, "tb", None)
     partial = getattr(exc, "partial_result", None)  # WorkerCrashed keeps the last one
     return Outcome(
         job_id,

@@ -26,7 +26,7 @@ from typing import Any
 
 from .._core._cancelable import current_operation
 from .._core._validate import is_async_callable
-from ._exceptions import InvalidJob, QueueFileError, TaskNotAllowed
+from ._exceptions import InvalidJob, QueueError, QueueFileError, TaskNotAllowed
 from ._model import MAX_RESULT_BYTES, encode_json
 from ._taskref import parse_task_ref, ref_allowed
 
@@ -121,7 +121,10 @@ async def run_task(task: str, args: list[Any], kwargs: dict[str, Any], allow: Se
     Cancellation: an async task is cancelled at its next ``await``; a plain function
     runs in a thread and should poll ``current_operation().token.check()``.
     """
-    fn = load_task(task, allow)
+    try:
+        fn = load_task(task, allow)
+    except QueueError as exc:
+        raise _refusal(exc) from None
     if is_async_callable(fn):  # the one test of "is this async" (core, pool, queue)
         result = await fn(*args, **kwargs)
     else:
@@ -130,4 +133,18 @@ async def run_task(task: str, args: list[Any], kwargs: dict[str, Any], allow: Se
             result = fn(*args, **kwargs)
         else:
             result = await op.run_in_thread(fn, *args, **kwargs)
-    return encode_json(result, f"the result of task {task!r}", MAX_RESULT_BYTES)
+    try:
+        return encode_json(result, f"the result of task {task!r}", MAX_RESULT_BYTES)
+    except QueueError as exc:
+        raise _refusal(exc) from None
+
+
+#: Set on an error the queue raised about a job (its task cannot be loaded, its result
+#: cannot be stored), not the job's code: its traceback, all frames of cancelpool's own,
+#: is not worth showing the user. An attribute, so it survives pickling to the server.
+REFUSAL = "cancelpool_refusal"
+
+
+def _refusal(exc: QueueError) -> QueueError:
+    setattr(exc, REFUSAL, True)
+    return exc
