@@ -8,17 +8,25 @@ import time (``CANCELPOOL_TEST_MARKER``).
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 from qhelpers import DEMO
 
 from cancelpool.cli import cli as cli_group
 from cancelpool.queue import InvalidJob
-from cancelpool.queue._taskref import check_allow_pattern, parse_task_ref, task_allowed
+from cancelpool.queue._taskref import (
+    allow_regex,
+    check_allow_pattern,
+    parse_task_ref,
+    task_allowed,
+)
 
 VICTIM = "qallow_victim"
 ALLOW = (f"{DEMO}:*", f"{VICTIM}:*", "qallow_pkg:*")
@@ -272,3 +280,30 @@ def test_the_worker_checks_again_before_each_run(marker) -> None:
     with pytest.raises(TaskNotAllowed):
         anyio.run(attempt)
     assert not marker.exists()
+
+
+# -- the claim's filter: one regex, the same answers as task_allowed --------------------
+_SEGMENT = st.text(alphabet="ab_1*?", min_size=1, max_size=4)
+_NAME = st.text(alphabet="ab_1", min_size=1, max_size=4)
+
+
+@given(
+    patterns=st.lists(
+        st.tuples(st.lists(_SEGMENT, min_size=0, max_size=2), _SEGMENT).map(
+            lambda p: ".".join(["pkg", *p[0]]) + ":" + p[1]
+        ),
+        max_size=3,
+    ),
+    task=st.tuples(st.lists(_NAME, min_size=0, max_size=3), _NAME).map(
+        lambda t: ".".join(["pkg", *t[0]]) + ":" + t[1]
+    ),
+)
+def test_the_claim_filter_admits_exactly_what_task_allowed_admits(
+    patterns: list[str], task: str
+) -> None:
+    regex = re.compile(allow_regex(patterns))
+    try:
+        parse_task_ref(task)
+    except InvalidJob:
+        return  # a reference submit refuses; load_task refuses it if a row holds it
+    assert bool(regex.search(task)) == task_allowed(task, patterns)

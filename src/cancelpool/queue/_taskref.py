@@ -142,6 +142,21 @@ def ref_allowed(ref: TaskRef, patterns: Iterable[str]) -> bool:
     return False
 
 
+def allow_regex(patterns: Iterable[str]) -> str:
+    """One anchored regular expression that matches exactly the task references the
+    valid ``patterns`` admit (none valid: it matches nothing), written in the syntax
+    Python's ``re`` and PostgreSQL's ``~`` share, so a claim can select only the jobs a
+    server may run (an invalid reference can still match: ``load_task`` refuses it)."""
+    parts = []
+    for pattern in patterns:
+        try:
+            regex, _ = _compile(pattern)
+        except InvalidJob:
+            continue
+        parts.append(regex.pattern)
+    return "^(" + "|".join(parts) + ")$" if parts else "^$"  # no task is empty
+
+
 def task_allowed(task: str, patterns: Iterable[str]) -> bool:
     """True if ``task`` is a valid reference that one of ``patterns`` admits."""
     try:
