@@ -1,0 +1,257 @@
+"""OpenTelemetry spans of a ``CancelPool``'s jobs, from real worker processes (each
+writes its finished spans to a file: ``_spans.install``) and from the inline pool."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from _handshake import Gate
+from cancelpool import CancelPool, JobCancelled
+from cancelpool import _tracing as tracing
+from otel import _spans
+
+tracer = trace.get_tracer("tests.otel")
+
+
+def ids(span: Any) -> tuple[str, str]:
+    context = span.get_span_context()
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
+def by_name(spans: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    found = [span for span in spans if span["name"] == name]
+    assert len(found) == 1, f"{name!r} in {[span['name'] for span in spans]}"
+    return found[0]
+
+
+@pytest.mark.parametrize("job", [_spans.inner_span, _spans.inner_span_sync])
+def test_job_span_is_a_child_of_the_submitter_and_parent_of_the_jobs_spans(
+    make_pool: Callable[..., CancelPool],
+    traced_options: dict[str, Any],
+    span_file: Path,
+    caller_spans: InMemorySpanExporter,
+    job: Callable[..., Any],
+) -> None:
+    pool = make_pool(**traced_options)
+    with tracer.start_as_current_span("submitter") as submitter:
+        handle = pool.submit(job, 42, name="answer")
+    assert handle.result() == 42
+    trace_id, submitter_id = ids(submitter)
+    spans = _spans.read(span_file)
+    job_span = by_name(spans, "cancelpool.job answer")
+    inner = by_name(spans, "inner work")
+    assert job_span["trace_id"] == inner["trace_id"] == trace_id
+    assert job_span["parent_id"] == submitter_id
+    assert inner["parent_id"] == job_span["span_id"]
+    assert job_span["status"] == "OK"
+    assert job_span["pid"] != os.getpid()  # exported by the worker's own provider
+    assert job_span["attributes"] == {
+        "cancelpool.job.id": handle.id,
+        "cancelpool.job.name": "answer",
+        "cancelpool.job.attempt": 1,
+        "cancelpool.worker.pid": job_span["pid"],
+        "cancelpool.job.outcome": "succeeded",
+    }
+    # The caller's process exported only the submitter's span.
+    assert [span.name for span in caller_spans.get_finished_spans()] == ["submitter"]
+
+
+def test_a_child_jobs_span_nests_under_its_parent_jobs_span(
+    make_pool: Callable[..., CancelPool], traced_options: dict[str, Any], span_file: Path
+) -> None:
+    pool = make_pool(**traced_options)
+    with tracer.start_as_current_span("submitter"):
+        assert pool.submit(_spans.parent_of, "x").result() == "x"
+    spans = _spans.read(span_file)
+    parent = by_name(spans, "cancelpool.job parent_of")
+    child = by_name(spans, "cancelpool.job inner_span")
+    assert child["parent_id"] == parent["span_id"]
+    assert by_name(spans, "inner work")["parent_id"] == child["span_id"]
+
+
+def test_a_failed_job_has_status_error_and_its_exception_recorded(
+    make_pool: Callable[..., CancelPool], traced_options: dict[str, Any], span_file: Path
+) -> None:
+    pool = make_pool(**traced_options)
+    with tracer.start_as_current_span("submitter"):
+        handle = pool.submit(_spans.boom, "on purpose")
+    with pytest.raises(ValueError, match="on purpose"):
+        handle.result()
+    span = by_name(_spans.read(span_file), "cancelpool.job boom")
+    assert span["status"] == "ERROR"
+    assert span["description"] == "ValueError: on purpose"
+    assert span["attributes"]["cancelpool.job.outcome"] == "failed"
+    [event] = span["events"]
+    assert event["name"] == "exception"
+    assert event["attributes"]["exception.type"] == "ValueError"
+    assert event["attributes"]["exception.message"] == "on purpose"
+
+
+def test_a_cancelled_job_records_its_reason_and_message(
+    make_pool: Callable[..., CancelPool], traced_options: dict[str, Any], span_file: Path
+) -> None:
+    pool = make_pool(**traced_options)
+    with Gate() as gate:
+        with tracer.start_as_current_span("submitter"):
+            handle = pool.submit(_spans.hold_at_gate, gate.path)
+        gate.wait(1)
+        handle.cancel("the user pressed stop")
+        with pytest.raises(JobCancelled):
+            handle.result()
+    span = by_name(_spans.read(span_file), "cancelpool.job hold_at_gate")
+    assert span["status"] == "UNSET"  # a cancel is not a failure
+    assert span["attributes"]["cancelpool.cancel.reason"] == "manual"
+    assert span["attributes"]["cancelpool.job.outcome"] == "cancelled"
+    [event] = span["events"]
+    assert event["name"] == "cancelpool.cancelled"
+    # The worker knows the reason (from the job's shared-memory slot); the caller's
+    # message stays with the caller's handle.
+    assert event["attributes"]["cancelpool.cancel.reason"] == "manual"
+    assert event["attributes"]["cancelpool.cancel.forced"] is False
+    assert "manual" in event["attributes"]["cancelpool.cancel.message"]
+
+
+def test_a_timed_out_job_records_reason_timeout_with_status_error(
+    make_pool: Callable[..., CancelPool], traced_options: dict[str, Any], span_file: Path
+) -> None:
+    pool = make_pool(**traced_options)
+    with Gate() as gate:  # never released: the job's timeout ends it
+        with tracer.start_as_current_span("submitter"):
+            handle = pool.submit(_spans.hold_at_gate, gate.path, timeout=0.2)
+        with pytest.raises(JobCancelled):
+            handle.result()
+    span = by_name(_spans.read(span_file), "cancelpool.job hold_at_gate")
+    assert span["status"] == "ERROR"
+    assert span["description"].startswith("timed out")
+    assert span["attributes"]["cancelpool.cancel.reason"] == "timeout"
+
+
+def test_progress_reports_are_span_events_up_to_the_cap_then_counted(
+    make_pool: Callable[..., CancelPool], traced_options: dict[str, Any], span_file: Path
+) -> None:
+    cap = tracing.MAX_PROGRESS_EVENTS
+    pool = make_pool(**traced_options)
+    with tracer.start_as_current_span("submitter"):
+        assert pool.submit(_spans.report, cap + 10).result() == cap + 10
+    span = by_name(_spans.read(span_file), "cancelpool.job report")
+    events = span["events"]
+    assert len(events) == cap
+    assert events[0] == {
+        "name": "cancelpool.progress",
+        "attributes": {
+            "cancelpool.progress.message": "step 0",
+            "cancelpool.progress.step": 0,
+            "cancelpool.progress.of": cap + 10,  # "nested" (a list) is not an attribute
+        },
+    }
+    assert events[-1]["attributes"]["cancelpool.progress.step"] == cap - 1
+    assert span["attributes"]["cancelpool.progress.count"] == cap + 10
+    assert span["attributes"]["cancelpool.progress.dropped"] == 10
+
+
+def test_a_forced_stop_is_recorded_by_the_supervisor(
+    make_pool: Callable[..., CancelPool],
+    traced_options: dict[str, Any],
+    span_file: Path,
+    caller_spans: InMemorySpanExporter,
+) -> None:
+    pool = make_pool(**traced_options, cancel_grace=0.2)
+    with Gate() as gate:
+        with tracer.start_as_current_span("submitter") as submitter:
+            handle = pool.submit(_spans.ignore_cancel_at_gate, gate.path)
+        gate.wait(1)
+        handle.cancel("stop now")
+        with pytest.raises(JobCancelled) as caught:
+            handle.result()
+    assert caught.value.forced
+    # The worker died with its span open: the supervisor wrote the job's span.
+    assert _spans.read(span_file) == []
+    span = next(s for s in caller_spans.get_finished_spans() if s.name.startswith("cancelpool.job"))
+    assert span.name == "cancelpool.job ignore_cancel_at_gate"
+    assert span.parent is not None
+    assert span.parent.span_id == submitter.get_span_context().span_id
+    assert span.status.status_code.name == "ERROR"
+    assert span.attributes is not None
+    assert span.attributes["cancelpool.cancel.forced"] is True
+    assert span.attributes["cancelpool.cancel.reason"] == "manual"
+    assert span.attributes["cancelpool.job.outcome"] == "forced"
+
+
+def test_a_job_submitted_outside_any_span_is_not_traced(
+    make_pool: Callable[..., CancelPool], traced_options: dict[str, Any], span_file: Path
+) -> None:
+    pool = make_pool(**traced_options)
+    assert pool.submit(_spans.current_span_ids).result()[2] is False
+    assert _spans.read(span_file) == []
+
+
+def test_the_inline_pool_traces_jobs_the_same_way(caller_spans: InMemorySpanExporter) -> None:
+    with CancelPool(inline=True) as pool, Gate() as gate:
+        with tracer.start_as_current_span("submitter") as submitter:
+            assert pool.submit(_spans.inner_span, 1).result() == 1
+            held = pool.submit(_spans.hold_at_gate, gate.path)
+        gate.wait(1)
+        held.cancel("enough")
+        with pytest.raises(JobCancelled):
+            held.result()
+    spans = {span.name: span for span in caller_spans.get_finished_spans()}
+    job = spans["cancelpool.job inner_span"]
+    assert job.parent is not None
+    assert job.parent.span_id == submitter.get_span_context().span_id
+    inner = spans["inner work"]
+    assert inner.parent is not None
+    assert inner.parent.span_id == job.context.span_id
+    assert job.status.status_code.name == "OK"
+    cancelled = spans["cancelpool.job hold_at_gate"]
+    assert cancelled.attributes is not None
+    assert cancelled.attributes["cancelpool.cancel.reason"] == "manual"
+    assert [event.name for event in cancelled.events] == ["cancelpool.cancelled"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "garbage",
+        "00-00000000000000000000000000000000-0000000000000000-01",  # all-zero ids
+        "00-" + "a" * 32 + "-" + "b" * 16 + "-01\n" + "x" * tracing.MAX_CONTEXT,
+        "zz-" + "a" * 32 + "-" + "b" * 16 + "-01",
+        "00-" + "a" * 32 + "-" + "b" * 16 + "-01-extra\ntracestate",
+        "\x00\udcff",
+    ],
+)
+def test_a_malformed_context_is_ignored(text: str) -> None:
+    assert tracing.parse(text) is None
+    with tracing.activate(text):
+        assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_a_valid_context_round_trips() -> None:
+    with tracer.start_as_current_span("submitter") as span:
+        text = tracing.capture()
+    assert text is not None
+    with tracing.activate(text):
+        assert ids(trace.get_current_span()) == ids(span)
+
+
+def test_import_cancelpool_does_not_import_opentelemetry() -> None:
+    code = (
+        "import sys, cancelpool, cancelpool.queue\n"
+        "from cancelpool import CancelPool\n"
+        "loaded = [m for m in sys.modules if m.startswith('opentelemetry')]\n"
+        "assert not loaded, loaded\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
