@@ -294,6 +294,26 @@ def start_job(text: str, attempt: int, name: str | None, job_id: int) -> JobSpan
     return JobSpan(span, token)
 
 
+#: Seconds a worker that exits waits for its provider to export the spans it holds.
+#: Longer loses fewer spans to a slow collector; shorter ends a pool's shutdown sooner.
+FLUSH_TIMEOUT = 5.0
+
+
+def flush() -> None:
+    """Export what this process's tracer provider still holds (a worker that exits:
+    nothing is loaded, nothing is done). Never raises."""
+    if _API not in sys.modules:
+        return
+    try:
+        from opentelemetry import trace
+
+        force_flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+        if force_flush is not None:
+            force_flush(int(FLUSH_TIMEOUT * 1000))
+    except Exception:
+        pass
+
+
 def forced_span(
     text: str,
     attempt: int,

@@ -139,3 +139,15 @@ def install_from_env() -> None:
     """``cancelpool serve --worker-init``: this worker exports its spans to the file
     named by ``$CANCELPOOL_TEST_SPANS``."""
     install(os.environ[SPANS_VARIABLE])
+
+
+def install_batched(path: str) -> None:
+    """A pool's ``initializer`` with a batch processor that exports nothing by itself
+    (its delay is longer than any test): only the worker's flush at exit sends spans."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(
+        BatchSpanProcessor(JsonLinesExporter(path), schedule_delay_millis=3_600_000)
+    )
+    trace.set_tracer_provider(provider)

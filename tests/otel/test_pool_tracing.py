@@ -255,3 +255,32 @@ def test_import_cancelpool_does_not_import_opentelemetry() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_worker_that_exits_flushes_its_batch_processor(span_file: Path) -> None:
+    pool = CancelPool(1, initializer=_spans.install_batched, initargs=(str(span_file),))
+    with pool, tracer.start_as_current_span("submitter"):
+        assert pool.submit(_spans.inner_span, 7).result() == 7
+        assert _spans.read(span_file) == []  # held by the batch processor
+    # shutdown() has joined the worker, which flushed its provider on the way out.
+    names = sorted(span["name"] for span in _spans.read(span_file))
+    assert names == ["cancelpool.job inner_span", "inner work"]
+
+
+def test_the_public_module_round_trips_a_context() -> None:
+    from cancelpool import otel
+
+    assert otel.current_context_text() is None  # no span current
+    with tracer.start_as_current_span("mine", context=otel.context_from_text(None)) as span:
+        text = otel.current_context_text()
+    assert text is not None
+    assert text.startswith("00-")
+    context = otel.context_from_text(text)
+    assert context is not None
+    assert ids(trace.get_current_span(context)) == ids(span)
+    assert otel.context_from_text(text + "x" * otel.MAX_CONTEXT) is None
+    assert otel.context_from_text(42) is None
+    assert set(otel.__all__) == {name for name in dir(otel) if name.isupper()} | {
+        "context_from_text",
+        "current_context_text",
+    }

@@ -612,4 +612,7 @@ def main(
             pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(worker.run(initializer))
+    # A forked worker ends in os._exit, which runs no atexit handler: the spans an
+    # OpenTelemetry batch processor still holds go out now (a killed worker's are lost).
+    _tracing.flush()
     sys.stdout.flush()

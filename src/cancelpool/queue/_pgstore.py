@@ -210,7 +210,11 @@ class PostgresStore:
         self._cancel_polled: dict[str, float] = {}
         with self._lock:
             self._connect()
-            self._prepare(create)
+            try:
+                self._prepare(create)
+            except BaseException:
+                self._drop()  # a refused queue (no queue, a newer version) leaks nothing
+                raise
 
     # -- connection -------------------------------------------------------------------------
     @property
