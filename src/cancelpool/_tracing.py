@@ -90,10 +90,20 @@ def capture() -> str | None:
         return None
 
 
-def _capture() -> str | None:
-    from opentelemetry import trace
+# opentelemetry.trace's get_current_span and INVALID_SPAN (what it returns when no span
+# is current: the common case, told apart by identity), once loaded.
+_current_span: Any = None
+_no_span: Any = None
 
-    if not trace.get_current_span().get_span_context().is_valid:
+
+def _capture() -> str | None:
+    global _current_span, _no_span
+    if _current_span is None:
+        from opentelemetry.trace import INVALID_SPAN, get_current_span
+
+        _current_span, _no_span = get_current_span, INVALID_SPAN
+    span = _current_span()
+    if span is _no_span or not span.get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
     _w3c().inject(carrier)
@@ -110,6 +120,10 @@ def parse(text: object) -> Any | None:
     """The OpenTelemetry context in ``text`` (untrusted: a row, a message), or None if
     it is not a valid W3C trace context, is too long, or the API is not installed."""
     if not isinstance(text, str) or not text or len(text) > MAX_CONTEXT:
+        return None
+    # W3C headers are printable ASCII; one newline separates ours. Anything else never
+    # reaches the propagator (which logs what it rejects: no control characters there).
+    if not text.isascii() or not text.replace("\n", "", 1).isprintable():
         return None
     try:
         from opentelemetry import trace
@@ -326,22 +340,52 @@ def forced_span(
     """A span for a job whose worker was killed to stop it (its own span died with the
     worker), written by the supervisor through the caller's provider: the same name
     and parent, from the job's start to now, status ERROR, ``cancelpool.cancel.forced``."""
+    span = _supervisor_span(text, attempt, name, job_id, started_at)
+    if span is not None:
+        try:
+            _record_cancel(span, reason, message, True)
+            span.end()
+        except Exception:  # never in the supervisor's way
+            pass
+
+
+def lost_span(
+    text: str,
+    attempt: int,
+    name: str | None,
+    job_id: int,
+    started_at: float | None,
+    error: BaseException,
+) -> None:
+    """A span for a job lost with its worker (the process crashed or was killed under
+    it; its own span died with it): written by the supervisor as :func:`forced_span`,
+    status ERROR with ``error`` (``WorkerCrashed``, ...) recorded."""
+    span = _supervisor_span(text, attempt, name, job_id, started_at)
+    if span is not None:
+        try:
+            JobSpan(span, None).failed(error)
+            span.end()
+        except Exception:  # never in the supervisor's way
+            pass
+
+
+def _supervisor_span(
+    text: str, attempt: int, name: str | None, job_id: int, started_at: float | None
+) -> Any | None:
     parent = parse(text)
     if parent is None:
-        return
+        return None
     try:
         from opentelemetry import trace
 
         attributes = _attributes(job_id, name, attempt)
         del attributes[WORKER_PID]  # this is the supervisor's process, not the worker's
-        span = trace.get_tracer(TRACER_NAME).start_span(
+        return trace.get_tracer(TRACER_NAME).start_span(
             f"{SPAN_PREFIX} {name}" if name else SPAN_PREFIX,
             context=parent,
             kind=trace.SpanKind.CONSUMER,
             attributes=attributes,
             start_time=None if started_at is None else int(started_at * 1e9),
         )
-        _record_cancel(span, reason, message, True)
-        span.end()
     except Exception:  # never in the supervisor's way
-        return
+        return None

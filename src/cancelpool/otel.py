@@ -30,9 +30,10 @@ Tracing needs no call: a job submitted while a span is current is traced.
 - Progress reports are events ``cancelpool.progress`` (the message, and the metadata's
   top-level strings, numbers and booleans), the first :data:`MAX_PROGRESS_EVENTS` of
   them; ``cancelpool.progress.count`` and ``cancelpool.progress.dropped`` count them all.
-- A forced stop kills the worker and its open span: the pool's supervisor then writes
-  the job's span itself (same name and parent, ``cancelpool.cancel.forced`` true), through
-  the *submitting* process's provider.
+- A forced stop kills the worker and its open span, as does a worker crash: the pool's
+  supervisor then writes the job's span itself (same name and parent, status ERROR,
+  ``cancelpool.cancel.forced`` true or the crash recorded), through the *submitting*
+  process's provider. A job cancelled before it started has no span.
 - A job submitted outside any span is not traced (one ``sys.modules`` lookup at submit,
   one ``is None`` test as it starts). Children a traced job submits nest under its span.
 - Trace context read back from a queue row is untrusted text: it is parsed by the W3C

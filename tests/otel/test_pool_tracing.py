@@ -186,6 +186,31 @@ def test_a_forced_stop_is_recorded_by_the_supervisor(
     assert span.attributes["cancelpool.job.outcome"] == "forced"
 
 
+def test_a_job_lost_with_its_worker_is_recorded_by_the_supervisor(
+    make_pool: Callable[..., CancelPool],
+    traced_options: dict[str, Any],
+    span_file: Path,
+    caller_spans: InMemorySpanExporter,
+) -> None:
+    from cancelpool import WorkerCrashed
+    from pool import _jobs
+
+    pool = make_pool(**traced_options)
+    with tracer.start_as_current_span("submitter") as submitter:
+        handle = pool.submit(_jobs.kill_own_worker)
+    with pytest.raises(WorkerCrashed):
+        handle.result()
+    assert _spans.read(span_file) == []  # the worker died before its span ended
+    [span] = [s for s in caller_spans.get_finished_spans() if s.name != "submitter"]
+    assert span.name == "cancelpool.job kill_own_worker"
+    assert span.parent is not None
+    assert span.parent.span_id == submitter.get_span_context().span_id
+    assert span.status.status_code.name == "ERROR"
+    assert span.attributes is not None
+    assert span.attributes["cancelpool.job.outcome"] == "failed"
+    assert [event.name for event in span.events] == ["exception"]
+
+
 def test_a_job_submitted_outside_any_span_is_not_traced(
     make_pool: Callable[..., CancelPool], traced_options: dict[str, Any], span_file: Path
 ) -> None:
@@ -227,6 +252,9 @@ def test_the_inline_pool_traces_jobs_the_same_way(caller_spans: InMemorySpanExpo
         "zz-" + "a" * 32 + "-" + "b" * 16 + "-01",
         "00-" + "a" * 32 + "-" + "b" * 16 + "-01-extra\ntracestate",
         "\x00\udcff",
+        "00-" + "a" * 32 + "-" + "b" * 16 + "-01\nk=v\nforged log line",
+        "00-" + "a" * 32 + "-" + "b" * 16 + "-01\x1b[31m",
+        "00-" + "a" * 32 + "-" + "b" * 16 + "-01\nk=\u00e9",
     ],
 )
 def test_a_malformed_context_is_ignored(text: str) -> None:
@@ -284,3 +312,25 @@ def test_the_public_module_round_trips_a_context() -> None:
         "context_from_text",
         "current_context_text",
     }
+
+
+def test_the_tracestate_travels_too_unless_it_is_too_long() -> None:
+    def context_with(state: list[tuple[str, str]]) -> Any:
+        span_context = trace.SpanContext(
+            0x0AF7651916CD43DD8448EB211C80319C,
+            0xB7AD6B7169203331,
+            is_remote=False,
+            trace_flags=trace.TraceFlags(1),
+            trace_state=trace.TraceState(state),
+        )
+        return trace.use_span(trace.NonRecordingSpan(span_context))
+
+    with context_with([("vendor", "value")]):
+        text = tracing.capture()
+    assert text == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\nvendor=value"
+    context = tracing.parse(text)
+    assert trace.get_current_span(context).get_span_context().trace_state == {"vendor": "value"}
+    huge = [(f"k{i}", "v" * 200) for i in range(8)]  # 1.6k characters of tracestate
+    with context_with(huge):
+        text = tracing.capture()
+    assert text == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

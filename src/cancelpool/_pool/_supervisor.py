@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .. import _tracing
 from .._core._enums import CancelationReason, OperationStatus
 from .._core._exceptions import JobCancelled, PoolBroken, PoolClosed, PoolError
 from .._events import (
@@ -727,6 +728,11 @@ class Supervisor:
         for job, forced in cancelled:
             self._resolver.cancelled(job, forced=forced)
         for job, error in lost:
+            if job.trace is not None:  # its span (if it had started) died with the worker
+                handle = job.handle
+                _tracing.lost_span(
+                    job.trace, job.attempts, handle.name, job.id, handle.started_at, error
+                )
             self._resolver.failed(job, error)
         if self._state == "closing":
             self._wake()
