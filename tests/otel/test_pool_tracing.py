@@ -211,6 +211,24 @@ def test_a_job_lost_with_its_worker_is_recorded_by_the_supervisor(
     assert [event.name for event in span.events] == ["exception"]
 
 
+def test_a_retried_job_spans_its_second_attempt(
+    make_pool: Callable[..., CancelPool],
+    traced_options: dict[str, Any],
+    span_file: Path,
+    tmp_path: Path,
+) -> None:
+    from pool import _jobs
+
+    pool = make_pool(**traced_options)
+    with tracer.start_as_current_span("submitter") as submitter:
+        handle = pool.submit(_jobs.die_once_then_finish, str(tmp_path / "marker"), 0, retries=1)
+    assert handle.result() == "second attempt"
+    [span] = _spans.read(span_file)  # the first attempt's span died with its worker
+    assert span["attributes"]["cancelpool.job.attempt"] == 2
+    assert span["parent_id"] == ids(submitter)[1]
+    assert span["status"] == "OK"
+
+
 def test_a_job_submitted_outside_any_span_is_not_traced(
     make_pool: Callable[..., CancelPool], traced_options: dict[str, Any], span_file: Path
 ) -> None:
@@ -240,6 +258,28 @@ def test_the_inline_pool_traces_jobs_the_same_way(caller_spans: InMemorySpanExpo
     assert cancelled.attributes is not None
     assert cancelled.attributes["cancelpool.cancel.reason"] == "manual"
     assert [event.name for event in cancelled.events] == ["cancelpool.cancelled"]
+
+
+def test_the_inline_pool_records_a_forced_stop(caller_spans: InMemorySpanExporter) -> None:
+    from pool import _jobs
+
+    with CancelPool(inline=True, cancel_grace=0.2) as pool, Gate() as gate:
+        with tracer.start_as_current_span("submitter"):
+            handle = pool.submit(_jobs.stubborn, gate.path, "kept")
+        gate.wait(1)
+        handle.cancel("stop it")
+        with pytest.raises(JobCancelled) as caught:
+            handle.result()
+        assert caught.value.forced
+        # Recorded and ended at once, while the job's code still waits at the gate.
+        [span] = [s for s in caller_spans.get_finished_spans() if s.name != "submitter"]
+    assert span.name == "cancelpool.job stubborn"
+    assert span.status.status_code.name == "ERROR"
+    assert span.attributes is not None
+    assert span.attributes["cancelpool.cancel.forced"] is True
+    assert span.attributes["cancelpool.job.outcome"] == "forced"
+    # The job's code returned when the gate closed: nothing more was recorded.
+    assert [s.name for s in caller_spans.get_finished_spans()].count(span.name) == 1
 
 
 @pytest.mark.parametrize(
