@@ -185,3 +185,39 @@ def test_db_upgrade_brings_a_version_1_queue_to_version_2(db: Path, queue: Queue
         timeout=BACKSTOP,
     )
     assert "already at version 2" in again2.stdout, again2
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("not a reference", "is not an import path"),
+        ("os:path", "is not callable as a task"),
+        ("no_such_module_here:setup", "cannot import module"),
+    ],
+)
+def test_a_bad_worker_init_is_a_usage_error_and_creates_nothing(
+    db: Path, value: str, said: str
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cancelpool.cli",
+            "serve",
+            "--db",
+            str(db),
+            "--allow",
+            "cancelpool.demo_tasks:*",
+            "--worker-init",
+            value,
+        ],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=BACKSTOP,
+    )
+    assert done.returncode == 2, done
+    assert "--worker-init" in done.stderr
+    assert said in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not db.parent.exists()
