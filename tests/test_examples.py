@@ -86,6 +86,17 @@ EXPECTED = {
         "too-big: cancelled (too big for today), kept ",
         "batch-60",
     ],
+    "integration_otel.py": [
+        "[worker] span 'load' status=UNSET",
+        "[worker] span 'cancelpool.job resize' status=OK",
+        "events=['cancelpool.progress']",
+        "[worker] span 'cancelpool.job wait_forever' status=UNSET",
+        "events=['cancelpool.cancelled'] reason=manual",
+        "stuck job: cancelled, reason manual",
+        "[caller] span 'batch'",
+        "the job ran in the batch's trace: True",
+        "Tracing example complete.",
+    ],
     "integration_fastapi.py": [
         "the client hangs up",
         "request stopped: Client disconnected (signal)",

@@ -333,6 +333,14 @@ def serve_option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     "from it.",
 )
 @serve_option(
+    "--worker-init",
+    default=None,
+    metavar="MODULE:FUNCTION",
+    help="A function each worker process runs once before its first job (the pool's "
+    "initializer): e.g. one that configures an OpenTelemetry TracerProvider, so that "
+    "the jobs' spans are exported (see docs/otel.md).",
+)
+@serve_option(
     "--node-name",
     default=None,
     metavar="LABEL",
@@ -382,6 +390,7 @@ def serve(
     on_shutdown: str,
     grace: float,
     cancel_grace: float,
+    worker_init: str | None,
     node_name: str | None,
     http: str | None,
     metrics: tuple[str, int] | None,
@@ -408,6 +417,17 @@ def serve(
         set_server_import_path(paths)
     except QueueFileError as exc:
         raise NoQueue(str(exc)) from None
+    initializer = None
+    if worker_init is not None:
+        from .queue._exceptions import InvalidJob, TaskNotAllowed
+        from .queue._task import load_task
+
+        try:
+            # The same rules as a task (a module's own public function), admitted by
+            # itself: the operator named it.
+            initializer = load_task(worker_init, (worker_init,))
+        except (InvalidJob, TaskNotAllowed) as exc:
+            raise click.BadParameter(str(exc), param_hint="--worker-init") from None
 
     logger = configure("error" if quiet else log_level, log_format)
     options = ServerOptions(
@@ -418,6 +438,7 @@ def serve(
         on_shutdown=on_shutdown,
         grace=grace,
         cancel_grace=cancel_grace,
+        worker_init=initializer,
     )
     with _metrics_endpoint(metrics, logger) as pool_metrics:
         try:
@@ -1132,13 +1153,17 @@ def db_upgrade(db: Path | str | None) -> None:
 
     with open_queue(db, create=True) as queue:
         store: Any = queue.store
-        if store.kind == "sqlite":
-            click.echo(f"queue {visible(str(queue.path))}: schema version 1 (SQLite)")
-            return
+        # Opening the queue created it or upgraded it already; upgrade() is idempotent.
         now = store.upgrade()[1]
         before = store.found_version
-        said = "already at" if before == now else "created at"
-        click.echo(f"queue {visible(str(queue.path))}: schema {store.schema} {said} version {now}")
+        if before == now:
+            said = f"already at version {now}"
+        elif before is None:
+            said = f"created at version {now}"
+        else:
+            said = f"upgraded from version {before} to {now}"
+        where = "(SQLite)" if store.kind == "sqlite" else f"schema {store.schema}"
+        click.echo(f"queue {visible(str(queue.path))}: {where} {said}")
 
 
 # -- demo ------------------------------------------------------------------------------------

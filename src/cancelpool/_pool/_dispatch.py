@@ -77,6 +77,7 @@ class Dispatcher:
                     job.handle.name,
                     timeout,
                     job.is_async,
+                    None if job.trace is None else proto.JobTrace(job.trace, job.attempts),
                 )
             )
         if messages:

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
+from .. import _tracing
 from .._core._cancelable import Cancelable
 from .._core._enums import CancelationReason, OperationStatus
 from .._core._exceptions import CancelationError, JobCancelled, PoolBroken, PoolClosed, PoolError
@@ -101,9 +102,11 @@ class _Job:
         "request",
         "resolved",
         "slots",
+        "span",
         "started",
         "timer",
         "token",
+        "trace",
     )
 
     def __init__(
@@ -115,6 +118,7 @@ class _Job:
         parent: _Job | None,
         request: int | None,
         slots: int,
+        trace: str | None = None,
     ) -> None:
         self.handle = handle
         self.fn = fn
@@ -134,6 +138,8 @@ class _Job:
         self.deadline = 0.0  # when the timer fires (monotonic)
         self.counted = False  # counted as running in the statistics
         self.holds_slots = False  # its share of the pool's capacity is taken
+        self.trace = trace  # the submitter's trace context (OpenTelemetry), if traced
+        self.span: _tracing.JobSpan | None = None
 
 
 class _Host:
@@ -374,11 +380,21 @@ class InlineSupervisor:
         parent: JobHandle[Any] | None,
         retries: int,
         cancel_grace: float | None,
+        trace: str | None = None,
     ) -> JobHandle[Any]:
         """Register a job (already pickled and validated) and queue it."""
         # retries: kept on the handle; no worker dies here to use them.
         job = self._new_job(
-            fn, args, is_async, name, timeout, metadata, parent, cancel_grace, retries=retries
+            fn,
+            args,
+            is_async,
+            name,
+            timeout,
+            metadata,
+            parent,
+            cancel_grace,
+            retries=retries,
+            trace=trace,
         )
         self._call_in_loop(self._dispatch)
         return job.handle
@@ -395,6 +411,7 @@ class InlineSupervisor:
         cancel_grace: float | None,
         request: int | None = None,
         retries: int = 0,
+        trace: str | None = None,
     ) -> _Job:
         with self._lock:
             if self._state != "running":
@@ -413,7 +430,7 @@ class InlineSupervisor:
             )
             parent_job = None if parent is None else self._live.get(parent.id)
             slots = 1 if is_async else self._settings.concurrency
-            job = _Job(handle, fn, args, is_async, parent_job, request, slots)
+            job = _Job(handle, fn, args, is_async, parent_job, request, slots, trace)
             self._counts["submitted"] += 1
             self._live[handle.id] = job
             if self.events.listeners:
@@ -615,6 +632,8 @@ class InlineSupervisor:
         try:
             await self._run_job(job, host)
         finally:
+            if job.span is not None:
+                job.span.close()
             del host.jobs[job_id]
             self._release_slots(job)
             self._dispatch()
@@ -642,6 +661,10 @@ class InlineSupervisor:
                 job, handle.timeout + (self._settings.cancel_grace if grace is None else grace)
             )
         op.on_progress(functools.partial(self._on_progress, job))
+        if job.trace is not None:
+            span = job.span = _tracing.start_job(job.trace, 1, handle.name, handle.id)
+            if span is not None:
+                op.on_progress(span.progress)
         job.op = op
         _remote.enter_job(cast("Worker", host), handle.id)
         with self._lock:
@@ -732,6 +755,8 @@ class InlineSupervisor:
         # job's traceback as its __cause__.
         if text is None:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        if job.span is not None:
+            job.span.failed(exc)
         error = load_error(dump_error(exc), text, job.handle.id)
         self._resolve(job, OperationStatus.FAILED, error=error)
 
@@ -739,6 +764,11 @@ class InlineSupervisor:
         handle = job.handle
         reason = handle.cancel_reason or CancelationReason.MANUAL
         message = handle.cancel_message or f"job {handle.id} was cancelled ({reason.value})"
+        if job.span is not None:
+            if forced:
+                job.span.forced(reason, message)
+            else:
+                job.span.cancelled(reason, message)
         error = JobCancelled(
             reason,
             message,
@@ -836,6 +866,7 @@ class InlineSupervisor:
                 parent.handle,
                 None,
                 request=message.request,
+                trace=message.trace,
             )
         except BaseException as exc:
             self._settle_child(proto.ChildRefused(message.request, dump_error(exc)))

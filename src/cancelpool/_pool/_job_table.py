@@ -41,6 +41,7 @@ class JobRecord:
         "seen_started",
         "slot",
         "told_parent",
+        "trace",
         "worker",
     )
 
@@ -52,6 +53,7 @@ class JobRecord:
         args: bytes,
         is_async: bool,
         remote: tuple[int, int, int] | None,
+        trace: str | None = None,
     ) -> None:
         self.handle = handle
         self.id = handle.id
@@ -75,6 +77,8 @@ class JobRecord:
         #: When an event subscriber was told it started, though its worker sent no
         #: ``Started`` (a job that ends within one turn of its worker's loop).
         self.seen_started: float | None = None
+        #: The submitter's trace context (OpenTelemetry), None when it was not traced.
+        self.trace = trace
 
     def placed(self, slot: SlotRef, worker: int) -> None:
         """The job was sent to worker ``worker`` with token slot ``slot``."""

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from .. import _tracing
 from .._core import _validate
 from .._core._enums import CancelationReason, OperationStatus
 from .._core._exceptions import PoolClosed
@@ -339,6 +340,7 @@ class CancelPool(concurrent.futures.Executor):
             parent=parent,
             retries=retries,
             cancel_grace=cancel_grace,
+            trace=_tracing.capture(),
         )
 
     def map(

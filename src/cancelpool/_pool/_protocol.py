@@ -17,6 +17,13 @@ import msgspec
 # -- supervisor -> worker -------------------------------------------------------------------
 
 
+class JobTrace(msgspec.Struct, array_like=True, frozen=True):
+    """A traced job's submitter context (see ``_tracing``) and which attempt this is."""
+
+    context: str
+    attempt: int
+
+
 class Run(msgspec.Struct, tag=1, array_like=True, frozen=True):
     """Start a job. ``fn`` and ``args`` are pickles; ``fn`` is shared by many jobs."""
 
@@ -28,6 +35,8 @@ class Run(msgspec.Struct, tag=1, array_like=True, frozen=True):
     name: str | None
     timeout: float | None
     is_async: bool
+    #: Set only when the submitter was traced (OpenTelemetry): one nil byte otherwise.
+    trace: JobTrace | None = None
 
 
 class Stop(msgspec.Struct, tag=2, array_like=True, frozen=True):
@@ -132,6 +141,8 @@ class SubmitChild(msgspec.Struct, tag=20, array_like=True, frozen=True):
     name: str | None
     timeout: float | None
     is_async: bool
+    #: The parent job's trace context, when it is traced (see ``Run.trace``).
+    trace: str | None = None
 
 
 class CancelChild(msgspec.Struct, tag=21, array_like=True, frozen=True):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator, Iterable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from .. import _tracing
 from .._core import _validate
 from .._core._enums import CancelationReason
 from .._core._exceptions import JobCancelled
@@ -151,6 +152,7 @@ class RemotePool:
                 child.name,
                 timeout,
                 _validate.is_async_callable(fn),
+                _tracing.capture(),  # a traced job's children nest under its span
             )
         )
         return child

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from .. import _tracing
 from .._core._enums import CancelationReason, OperationStatus
 from .._core._exceptions import JobCancelled, PoolError
 from .._events import Outcome, finished_event
@@ -110,6 +111,11 @@ class Resolver:
                 self.tell_parent(job, outcome)
                 self._workers.send_posts()
         self._close(job, OperationStatus.CANCELLED)
+        if forced and job.trace is not None:
+            # The job's span died with its worker: say how it ended from here.
+            _tracing.forced_span(
+                job.trace, job.attempts, handle.name, job.id, handle.started_at, reason, message
+            )
         if self._events.listeners:
             self._emit(job, "forced" if forced else "cancelled", message)
         error = JobCancelled(

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .. import _tracing
 from .._core._enums import CancelationReason, OperationStatus
 from .._core._exceptions import JobCancelled, PoolBroken, PoolClosed, PoolError
 from .._events import (
@@ -230,8 +231,10 @@ class Supervisor:
         parent: JobHandle[Any] | None,
         retries: int,
         cancel_grace: float | None,
+        trace: str | None = None,
     ) -> JobHandle[Any]:
-        """Register a job (already pickled and validated) and queue or dispatch it."""
+        """Register a job (already pickled and validated) and queue or dispatch it
+        (``trace``: the submitter's trace context, see ``_tracing``)."""
         with self._lock:
             return self._new_job(
                 fn,
@@ -243,6 +246,7 @@ class Supervisor:
                 parent=parent,
                 retries=retries,
                 cancel_grace=cancel_grace,
+                trace=trace,
             ).handle
 
     def warm(self, function: bytes) -> None:
@@ -574,6 +578,7 @@ class Supervisor:
         retries: int,
         cancel_grace: float | None,
         remote: tuple[int, int, int] | None = None,
+        trace: str | None = None,
     ) -> JobRecord:
         """Register a job and queue or dispatch it (lock held)."""
         if self._state != "running":
@@ -589,7 +594,7 @@ class Supervisor:
             cancel_grace=cancel_grace,
         )
         parent_job = None if parent is None else self._job_table.of(parent)
-        job = JobRecord(handle, parent_job, fn, args, is_async, remote)
+        job = JobRecord(handle, parent_job, fn, args, is_async, remote, trace)
         self._job_table.register(job)
         if self.events.listeners:
             self.events.put(
@@ -642,6 +647,7 @@ class Supervisor:
             retries=0,
             cancel_grace=None,
             remote=(proc.index, proc.pid or 0, message.request),
+            trace=message.trace,
         )
         self._ws.post(proc, proto.ChildAccepted(message.request, job.id))
         return None
@@ -719,6 +725,11 @@ class Supervisor:
         for job, forced in cancelled:
             self._resolver.cancelled(job, forced=forced)
         for job, error in lost:
+            if job.trace is not None:  # its span (if it had started) died with the worker
+                handle = job.handle
+                _tracing.lost_span(
+                    job.trace, job.attempts, handle.name, job.id, handle.started_at, error
+                )
             self._resolver.failed(job, error)
         if self._state == "closing":
             self._wake()

@@ -39,6 +39,7 @@ from typing import Any
 
 import msgspec
 
+from .. import _tracing
 from .._core._cancelable import Cancelable
 from .._core._enums import CancelationReason, OperationStatus
 from .._core._exceptions import CancelationError
@@ -75,7 +76,16 @@ _SEND_NOW_PATIENCE = 1.0
 
 
 class _Job:
-    __slots__ = ("checkpoint_at", "checkpoint_due", "failure", "forwarder", "op", "task", "token")
+    __slots__ = (
+        "checkpoint_at",
+        "checkpoint_due",
+        "failure",
+        "forwarder",
+        "op",
+        "span",
+        "task",
+        "token",
+    )
 
     def __init__(self, token: SharedToken, op: Cancelable, task: asyncio.Task[Any] | None) -> None:
         self.token = token
@@ -85,6 +95,7 @@ class _Job:
         self.forwarder: Callable[..., Any] | None = None
         self.checkpoint_at = 0.0
         self.checkpoint_due = False
+        self.span: _tracing.JobSpan | None = None  # its OpenTelemetry span, if traced
 
 
 class Worker:
@@ -261,6 +272,12 @@ class Worker:
         job = self.jobs[job_id] = _Job(token, op, asyncio.current_task())
         job.forwarder = self._progress_callback(job_id, job)
         op.on_progress(job.forwarder)
+        if run.trace is not None:
+            span = job.span = _tracing.start_job(
+                run.trace.context, run.trace.attempt, run.name, job_id
+            )
+            if span is not None:
+                op.on_progress(span.progress)
         _remote.enter_job(self, job_id)
         # Announced at the next flush, and only if it is still running then: a job
         # that finishes within one loop iteration needs no Started message.
@@ -311,6 +328,8 @@ class Worker:
             else:
                 self._send(proto.Done(job_id, data))
         finally:
+            if job.span is not None:
+                job.span.close()
             del self.jobs[job_id]
             if not self.jobs:
                 # The last job ended: nothing else is about to be batched with its
@@ -323,8 +342,14 @@ class Worker:
     def _send_failure(self, job_id: int, exc: BaseException) -> None:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         self._send(proto.Failed(job_id, dump_error(exc), text))
+        job = self.jobs.get(job_id)
+        if job is not None and job.span is not None:
+            job.span.failed(exc)
 
     def _send_cancelled(self, job_id: int, exc: CancelationError, op: Cancelable) -> None:
+        job = self.jobs.get(job_id)
+        if job is not None and job.span is not None:
+            job.span.cancelled(exc.reason, exc.message)
         data = dump_partial(op.context.partial_result)
         self._send(proto.Cancelled(job_id, exc.reason.value, exc.message, data, True))
 
@@ -599,4 +624,7 @@ def main(
             pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(worker.run(initializer))
+    # A forked worker ends in os._exit, which runs no atexit handler: the spans an
+    # OpenTelemetry batch processor still holds go out now (a killed worker's are lost).
+    _tracing.flush()
     sys.stdout.flush()

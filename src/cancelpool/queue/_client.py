@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from .. import _tracing
 from ._exceptions import InvalidJob, JobNotFinished, TaskNotAllowed
 from ._model import (
     MAX_ARGS_BYTES,
@@ -262,6 +263,8 @@ class Queue:
             priority=priority,
             timeout=timeout,
             parent=parent,
+            # The submitter's trace goes on through the node to the worker.
+            trace_context=_tracing.capture(),
         )
         self._wake()
         return job_id

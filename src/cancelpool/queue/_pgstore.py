@@ -43,7 +43,12 @@ from ._store import ServerInfo
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+#: 2: ``jobs.trace_context`` (the submitter's OpenTelemetry context). A queue of an
+#: older version is upgraded when it is opened (see ``_MIGRATIONS``).
+SCHEMA_VERSION = 2
+#: The statements that bring a queue of version ``key`` to ``key + 1``: additive only,
+#: so that the nodes of the previous version still running go on working.
+_MIGRATIONS = {1: ("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS trace_context TEXT",)}
 #: Seconds a node's lease lasts past each heartbeat. A SIGKILLed node's jobs are
 #: recovered this long after its last heartbeat (plus one housekeeping interval of a
 #: live node); shorter recovers sooner but lets a database stall expire healthy nodes.
@@ -81,7 +86,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     traceback TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     cancel_reason TEXT,
-    cancel_message TEXT
+    cancel_message TEXT,
+    trace_context TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (priority DESC, id) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS jobs_running ON jobs (owner) WHERE status = 'running';
@@ -204,7 +210,11 @@ class PostgresStore:
         self._cancel_polled: dict[str, float] = {}
         with self._lock:
             self._connect()
-            self._prepare(create)
+            try:
+                self._prepare(create)
+            except BaseException:
+                self._drop()  # a refused queue (no queue, a newer version) leaks nothing
+                raise
 
     # -- connection -------------------------------------------------------------------------
     @property
@@ -330,6 +340,8 @@ class PostgresStore:
                     + (f" --pg-schema {self.schema}" if self.schema != "cancelpool" else "")
                 )
             self.upgrade()
+        elif version.isdigit() and int(version) in _MIGRATIONS:
+            self.upgrade()
         elif version != str(SCHEMA_VERSION):
             raise QueueFileError(
                 f"the queue in schema {self.schema!r} of {redact(self.url)} is of schema "
@@ -356,7 +368,8 @@ class PostgresStore:
         from psycopg import sql
 
         before = self._schema_version()
-        if before is not None and before != str(SCHEMA_VERSION):
+        known = before is not None and before.isdigit() and int(before) in _MIGRATIONS
+        if before is not None and before != str(SCHEMA_VERSION) and not known:
             raise QueueFileError(
                 f"the queue in schema {self.schema!r} is of version {before}; this "
                 f"cancelpool knows version {SCHEMA_VERSION} only"
@@ -374,6 +387,13 @@ class PostgresStore:
                 "INSERT INTO meta (key, value) VALUES ('schema', ?) ON CONFLICT DO NOTHING",
                 (str(SCHEMA_VERSION),),
             )
+            # An older queue: its steps, under the lock, from the version read under it.
+            version = int(tx.rows("SELECT value FROM meta WHERE key = 'schema'")[0]["value"])
+            while version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version]:
+                    tx.cur.execute(statement)
+                version += 1
+                tx.run("UPDATE meta SET value = ? WHERE key = 'schema'", (str(version),))
 
         self._write(create, idempotent=True)
         return (None if before is None else int(before)), SCHEMA_VERSION
@@ -456,6 +476,7 @@ class PostgresStore:
         priority: int,
         timeout: float | None,
         parent: int | None,
+        trace_context: str | None = None,
     ) -> int:
         # One statement (the NOTIFY that wakes idle nodes, '*', rides in it).
         return self._write(
@@ -468,6 +489,7 @@ class PostgresStore:
                 priority=priority,
                 timeout=timeout,
                 parent=parent,
+                trace_context=trace_context,
             ),
             single=True,
         )

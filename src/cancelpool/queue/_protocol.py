@@ -66,6 +66,7 @@ class Store(Protocol):
         priority: int,
         timeout: float | None,
         parent: int | None,
+        trace_context: str | None = None,
     ) -> int: ...
 
     def request_cancel(

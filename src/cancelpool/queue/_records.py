@@ -19,6 +19,8 @@ class ClaimedJob:
     timeout: float | None
     parent: int | None
     attempts: int = 1
+    #: The submitter's trace context (untrusted text: see ``_tracing.parse``).
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True)

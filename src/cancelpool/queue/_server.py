@@ -37,6 +37,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from .. import _tracing
 from .._core._exceptions import JobCancelled
 from .._events import EventCallback, QueueDepth
 from .._pool._handle import JobHandle
@@ -91,6 +92,8 @@ class ServerOptions:
     grace: float = 10.0
     #: Seconds a cancelled job may ignore it before its worker is killed (forced stop).
     cancel_grace: float = DEFAULT_CANCEL_GRACE
+    #: Run once in each worker before its first job (``--worker-init``).
+    worker_init: Callable[[], object] | None = None
 
 
 class Server:
@@ -295,7 +298,11 @@ class Server:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     old_handlers[sig] = signal.signal(sig, self._on_signal)
                 old_wakeup = signal.set_wakeup_fd(self._wfd, warn_on_full_buffer=False)
-            pool = CancelPool(options.workers, cancel_grace=options.cancel_grace)
+            pool = CancelPool(
+                options.workers,
+                cancel_grace=options.cancel_grace,
+                initializer=options.worker_init,
+            )
             for key, callback in self._subscribers.items():
                 self._pool_subscriptions[key] = pool.subscribe(callback)
             with pool:
@@ -428,17 +435,20 @@ class Server:
             if plain is None:
                 plain = self._plain[job.task] = is_plain_task(job.task, self.options.allow)
             try:
-                handle = pool.submit(
-                    run_plain_task if plain else run_task,
-                    job.task,
-                    decode_json(job.args),
-                    decode_json(job.kwargs),
-                    self.options.allow,
-                    name=job.name or job.task,
-                    timeout=job.timeout,
-                    parent=parent,
-                    metadata={"queue_id": job.id},
-                )
+                # The submitter's context current around submit(): the pool carries it
+                # to the worker. Text from the row: a malformed one is ignored.
+                with _tracing.activate(job.trace_context):
+                    handle = pool.submit(
+                        run_plain_task if plain else run_task,
+                        job.task,
+                        decode_json(job.args),
+                        decode_json(job.kwargs),
+                        self.options.allow,
+                        name=job.name or job.task,
+                        timeout=job.timeout,
+                        parent=parent,
+                        metadata={"queue_id": job.id},
+                    )
             except Exception as exc:
                 self.store.record_outcomes(
                     self.id,

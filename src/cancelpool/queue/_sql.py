@@ -39,7 +39,7 @@ COLUMNS = (
     "submitted_at, started_at, ended_at, progress_message, progress, result, "
     "partial_result, error, traceback, cancel_requested, cancel_reason, cancel_message"
 )
-_CLAIMED = "id, task, args, kwargs, name, timeout, parent, attempts, priority"
+_CLAIMED = "id, task, args, kwargs, name, timeout, parent, attempts, priority, trace_context"
 
 
 class Tx(Protocol):
@@ -187,12 +187,16 @@ def submit(
     priority: int,
     timeout: float | None,
     parent: int | None,
+    trace_context: str | None = None,
 ) -> int:
     """Insert a queued job: one statement, atomic by itself (the parent is checked in
-    it), so a store may run it without a transaction around it."""
-    columns = "task, args, kwargs, name, priority, timeout, parent, status, submitted_at"
-    values = f"?, ?, ?, ?, ?, ?, ?, {literal(Q)}, {tx.now}"
-    params: tuple[Any, ...] = (task, args, kwargs, name, priority, timeout, parent)
+    it), so a store may run it without a transaction around it. ``trace_context``:
+    the submitter's OpenTelemetry context (see ``_tracing``), None if untraced."""
+    columns = (
+        "task, args, kwargs, name, priority, timeout, parent, trace_context, status, submitted_at"
+    )
+    values = f"?, ?, ?, ?, ?, ?, ?, ?, {literal(Q)}, {tx.now}"
+    params: tuple[Any, ...] = (task, args, kwargs, name, priority, timeout, parent, trace_context)
     if parent is None:
         sql = f"INSERT INTO jobs ({columns}) VALUES ({values}) RETURNING id"
     else:
@@ -348,6 +352,7 @@ def claim(tx: Tx, owner: str, limit: int, allow: Sequence[str]) -> tuple[list[Cl
             r["timeout"],
             r["parent"],
             int(r["attempts"]),
+            r["trace_context"],
         )
         for r in got
         if task_allowed(r["task"], allow)

@@ -46,7 +46,12 @@ T = TypeVar("T")
 #: possible with BEGIN IMMEDIATE) would surface as an error after it.
 BUSY_TIMEOUT_MS = 30_000
 
-SCHEMA_VERSION = 1
+#: 2: ``jobs.trace_context`` (the submitter's OpenTelemetry context). A queue of an
+#: older version is upgraded when it is opened (see ``_MIGRATIONS``).
+SCHEMA_VERSION = 2
+#: The statements that bring a queue of version ``key`` to ``key + 1``: additive only,
+#: so that a node of the previous version still running on the file goes on working.
+_MIGRATIONS = {1: ("ALTER TABLE jobs ADD COLUMN trace_context TEXT",)}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -72,7 +77,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     traceback TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     cancel_reason TEXT,
-    cancel_message TEXT
+    cancel_message TEXT,
+    trace_context TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (priority DESC, id) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS jobs_running ON jobs (owner) WHERE status = 'running';
@@ -201,12 +207,17 @@ class SQLiteStore:
             raise QueueFileError(
                 f"{self.path} cannot be read as a cancelpool queue ({exc}); nothing was changed"
             ) from None
+        #: The schema version found on opening (None: there was no queue).
+        self.found_version: int | None = None
         if schema is not None:
-            if schema[0] != str(SCHEMA_VERSION):
+            version = schema[0]
+            known = version.isdigit() and int(version) in _MIGRATIONS
+            if version != str(SCHEMA_VERSION) and not known:
                 raise QueueFileError(
-                    f"{self.path} is a queue of schema version {schema[0]}; this cancelpool "
+                    f"{self.path} is a queue of schema version {version}; this cancelpool "
                     f"reads version {SCHEMA_VERSION}"
                 )
+            self.found_version = int(version)
         elif tables:
             raise QueueFileError(
                 f"{self.path} is a SQLite database of something else, not a cancelpool "
@@ -231,8 +242,25 @@ class SQLiteStore:
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
                     (str(SCHEMA_VERSION),),
                 )
+        else:
+            self.upgrade()
         # SQLite gives the side files the database's mode (0600); check what it made.
         check_db_files(self.path, create=False)
+
+    def upgrade(self) -> tuple[int | None, int]:
+        """Bring an older queue to this version, one version per step, each in the
+        transaction that re-reads the version (two processes opening the file at once
+        upgrade it once). Returns the version found on opening and the version now."""
+        while True:
+            with self.transaction() as conn:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+                version = int(row[0])
+                if version >= SCHEMA_VERSION:
+                    break
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(statement)
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(version + 1),))
+        return self.found_version, SCHEMA_VERSION
 
     def close(self) -> None:
         with self._lock:
@@ -303,6 +331,7 @@ class SQLiteStore:
         priority: int,
         timeout: float | None,
         parent: int | None,
+        trace_context: str | None = None,
     ) -> int:
         return self._write(
             lambda tx: _sql.submit(
@@ -314,6 +343,7 @@ class SQLiteStore:
                 priority=priority,
                 timeout=timeout,
                 parent=parent,
+                trace_context=trace_context,
             )
         )
 
