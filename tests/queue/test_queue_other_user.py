@@ -8,6 +8,7 @@ the attacker, as it would not on a real machine.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,12 +75,30 @@ def base() -> Iterator[Path]:
     shutil.rmtree(path)
 
 
+@contextmanager
+def _user_database_lock() -> Iterator[None]:
+    """One useradd/userdel at a time on this machine (parallel test processes, other
+    test runs): concurrent ones were seen to leave /etc/passwd mode 0600, which broke
+    every later user lookup (initdb among them)."""
+    # A lock on /etc itself: /etc/passwd is replaced by each change, and a lock file
+    # would be left behind.
+    fd = os.open("/etc", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 @pytest.fixture
 def attacker(base: Path) -> Iterator[Attacker]:
     name = f"cpq{os.getpid() % 100_000}x{time.monotonic_ns() % 1000}"
-    subprocess.run(
-        ["useradd", "-M", "-N", "-s", "/usr/sbin/nologin", name], check=True, capture_output=True
-    )
+    with _user_database_lock():
+        subprocess.run(
+            ["useradd", "-M", "-N", "-s", "/usr/sbin/nologin", name],
+            check=True,
+            capture_output=True,
+        )
     try:
         import pwd
 
@@ -88,7 +108,8 @@ def attacker(base: Path) -> Iterator[Attacker]:
         os.chown(home, entry.pw_uid, entry.pw_gid)
         yield Attacker(name, entry.pw_uid, entry.pw_gid, home)
     finally:
-        subprocess.run(["userdel", name], check=True, capture_output=True)
+        with _user_database_lock():
+            subprocess.run(["userdel", name], check=True, capture_output=True)
 
 
 @pytest.fixture
