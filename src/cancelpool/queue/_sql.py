@@ -4,7 +4,7 @@
 
     SQLiteStore ---- _SQLiteTx --+                   +-- ? placeholders, json_each(?) lists,
                                  +--> Tx --> _sql -->|   no row locks (BEGIN IMMEDIATE)
-    PostgresStore -- _PgTx ------+                   +-- %s, = ANY(%s), FOR UPDATE [SKIP LOCKED]
+    PostgresStore -- PgTx -------+                   +-- %s, = ANY(%s), FOR UPDATE [SKIP LOCKED]
 
 A store opens one transaction (or a read), wraps its connection in a :class:`Tx` and
 calls a function of this module with it. A ``Tx`` is the small part that differs
