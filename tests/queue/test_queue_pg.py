@@ -235,6 +235,29 @@ def test_cancel_without_notification_arrives_by_poll(
     assert server.stop() == 0
 
 
+def test_a_job_inserted_without_notification_is_claimed_by_poll(
+    db: str, queue: Queue, start_server: Callable[..., ServerProc], tmp_path: Path
+) -> None:
+    import psycopg
+
+    log = tmp_path / "runs.log"
+    server = start_server(allow=(f"{T}:*",))
+    first = queue.submit(f"{T}:run_once", str(log), "notified")
+    assert queue.wait(first, timeout=BACKSTOP).status is JobStatus.COMPLETED
+    # A row written by hand sends no NOTIFY: only the node's poll fallback can claim it
+    # (claims otherwise follow notifications).
+    with psycopg.connect(db, autocommit=True, options="-c search_path=cancelpool") as conn:
+        row = conn.execute(
+            "INSERT INTO jobs (task, args, kwargs, submitted_at) VALUES (%s, %s, '{}', 0) "
+            "RETURNING id",
+            (f"{T}:run_once", json.dumps([str(log), "by-hand"])),
+        ).fetchone()
+    assert row is not None
+    assert wait_status(queue, row[0], "completed").result == "by-hand"
+    assert lines(log) == ["notified", "by-hand"]
+    assert server.stop() == 0
+
+
 def test_sigkill_of_a_node_its_jobs_recovered_by_another(
     db: str, queue: Queue, start_server: Callable[..., ServerProc], tmp_path: Path
 ) -> None:

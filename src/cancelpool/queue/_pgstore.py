@@ -17,26 +17,24 @@
   heartbeat; a node whose lease expired is dead to everyone, whatever its process does.
 * NOTIFY is a hint: a lost notification costs at most one poll interval of the node.
 
-Passwords never leave this module: :func:`redact` is what gets printed, and error
-messages from the driver are scrubbed of the password before they are raised.
+The connection itself (reconnects, which calls are retried, placeholders, the
+listener thread, the password's redaction) is ``_pgconn``'s; this module is the
+queue's schema and statements on it, and the policy of its notifications.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-import select
 import socket
-import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from . import _sql
-from ._exceptions import InvalidJob, QueueError, QueueFileError, QueueUnavailable
+from ._exceptions import QueueError, QueueFileError
 from ._model import JobRecord, JobStatus, decode_json, encode_json
+from ._pgconn import NOW, PgConnection, PgTx, redact
 from ._records import CancelOutcome, ClaimedJob, NodeInfo, Outcome
 from ._states import status_in
 from ._store import ServerInfo
@@ -53,13 +51,17 @@ _MIGRATIONS = {1: ("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS trace_context TEXT
 #: recovered this long after its last heartbeat (plus one housekeeping interval of a
 #: live node); shorter recovers sooner but lets a database stall expire healthy nodes.
 LEASE_SECONDS = 10.0
-#: Seconds a connection attempt may take.
-CONNECT_TIMEOUT = 5
 #: A listening node asks the database for cancel requests when a notification for it
 #: arrived, else at most this often (a request whose NOTIFY was lost, or came while
 #: the listener was reconnecting). Shorter finds those sooner and costs a query per
 #: loop of a busy node; with the server's 0.5 s poll a lost cancel arrives within 1 s.
 CANCEL_POLL_SECONDS = 0.5
+#: Planner settings of a node's connection. A bitmap scan cannot mark the index entries
+#: of claimed (dead) rows as dead, so the claim's scan of the ``jobs_queued`` index
+#: visits every row claimed since the last VACUUM: a claim after 3,000 jobs cost ~0.6 ms
+#: of server CPU and grew with each job. A plain index scan marks them and skips them
+#: from then on. The node's other statements are by primary key or small indexes.
+NODE_PLANNER_OPTIONS = " -c enable_bitmapscan=off"
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -108,67 +110,11 @@ CREATE TABLE IF NOT EXISTS servers (
 )
 """
 
-_NOW = "extract(epoch from clock_timestamp())::double precision"
-
-
-#: Query parameters of a libpq URL that carry a secret.
-_SECRET_PARAMS = frozenset({"password", "sslpassword"})
-
-
-def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``, in the user part and in the query
-    (``?password=``, ``?sslpassword=``): what may be printed."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            user = quote(parts.username or "", safe="")
-            host = parts.hostname or ""
-            if ":" in host:
-                host = f"[{host}]"
-            netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            if any(key.lower() in _SECRET_PARAMS for key, _ in pairs):
-                query = urlencode(
-                    [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs],
-                    safe="*",
-                )
-        if netloc == parts.netloc and query == parts.query:
-            return url
-        # Spelled out: urlunsplit drops the "//" of an empty host ("postgresql:///db").
-        text = f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-        return text + (f"#{parts.fragment}" if parts.fragment else "")
-    except ValueError:
-        return "postgresql://<a URL that does not parse>"
-
 
 class PostgresStore:
-    """One connection to a PostgreSQL queue. Thread-safe (a lock per call).
-
-    A connection that was cut off (the server restarted, the backend terminated) is
-    replaced, and the call that found it broken is run again once on the new one when
-    that is safe:
-
-    * reads (``get``, ``list_jobs``, ``counts``, ``servers``, ``nodes``, ``owned``,
-      ``cancel_requests``, ``status_of``) and idempotent writes (``wake``,
-      ``heartbeat``, ``unregister_server``, ``save_progress``, ``upgrade``): always;
-    * the other writes (``submit``, ``request_cancel``, ``cascade_cancel``, ``claim``,
-      ``record_outcomes``, ``release``, ``recover``, ``register_server``,
-      ``settle_orphan_cancel``): only when the connection broke before what commits
-      was sent (``COMMIT``; for ``submit``, ``claim`` and ``record_outcomes``, which
-      are one self-committing statement each, the statement), so it cannot have
-      committed. Broken after that, it may or may not have, and the call raises
-      ``QueueUnavailable`` rather than risk doing it twice (a second job, a claim
-      nobody runs).
-
-    Before each call an idle connection the server already hung up on (a terminated
-    backend has sent its goodbye) is replaced without a round trip, so the usual cut
-    -off costs a reconnect, never an error or a doubt about a write.
-
-    A second failure in a row, or a server that cannot be reached, raises
-    ``QueueUnavailable``.
+    """A PostgreSQL queue: the queue's statements over one :class:`PgConnection`
+    (thread-safe, reconnecting; which calls are retried after a cut-off, and when, is
+    said there), and the node-side policy for cancel hints from its listener.
     """
 
     kind = "postgresql"
@@ -180,8 +126,10 @@ class PostgresStore:
         schema: str,
         create: bool = True,
         application_name: str = "cancelpool",
+        node: bool = False,
     ) -> None:
-        """Open (and with ``create`` create or upgrade) the queue in ``schema``.
+        """Open (and with ``create`` create or upgrade) the queue in ``schema``;
+        ``node``: for a ``serve`` node (its connection gets NODE_PLANNER_OPTIONS).
 
         Raises:
             QueueError: the ``psycopg`` driver is not installed.
@@ -198,23 +146,23 @@ class PostgresStore:
             ) from None
         self.url = url
         self.schema = schema
-        self.channel = f"{schema}_wake"
-        self.application_name = application_name
-        self._password = urlsplit(url).password or ""
         self.path = None  # no local file: nothing of the SQLite file checks applies
-        self._lock = threading.RLock()
-        self._conn: Any = None
+        self._db = PgConnection(
+            url,
+            schema=schema,
+            application_name=application_name,
+            planner=NODE_PLANNER_OPTIONS if node else "",
+        )
         # Cancel hints from the listener thread, per node id (see cancel_requests).
         self._listening: set[str] = set()
         self._hinted: set[str] = set()
         self._cancel_polled: dict[str, float] = {}
-        with self._lock:
-            self._connect()
-            try:
+        try:
+            with self._db.lock:
                 self._prepare(create)
-            except BaseException:
-                self._drop()  # a refused queue (no queue, a newer version) leaks nothing
-                raise
+        except BaseException:
+            self._db.close()  # a refused queue (no queue, a newer version) leaks nothing
+            raise
 
     # -- connection -------------------------------------------------------------------------
     @property
@@ -224,109 +172,13 @@ class PostgresStore:
             f" (schema {self.schema})" if self.schema != "cancelpool" else ""
         )
 
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._password, "***") if self._password else text
-
-    def _unavailable(self, exc: BaseException) -> QueueUnavailable:
-        first = self._scrub(str(exc)).strip().splitlines()
-        return QueueUnavailable(
-            f"the queue database {redact(self.url)} cannot be reached: "
-            + (first[0] if first else type(exc).__name__)
-        )
-
-    def _new_connection(self, *, autocommit: bool = True, role: str = "") -> Any:
-        import psycopg
-
-        try:
-            return psycopg.connect(
-                self.url,
-                autocommit=autocommit,
-                connect_timeout=CONNECT_TIMEOUT,
-                application_name=self.application_name + role,
-                options=f"-c search_path={self.schema}",
-            )
-        except psycopg.OperationalError as exc:
-            raise self._unavailable(exc) from None
-        except psycopg.ProgrammingError as exc:  # a malformed URL
-            raise InvalidJob(
-                f"not a PostgreSQL URL: {redact(self.url)} ({self._scrub(str(exc))})"
-            ) from None
-
-    def _connect(self) -> None:
-        from psycopg.rows import dict_row
-
-        self._conn = self._new_connection()
-        self._conn.row_factory = dict_row
-
-    def _drop(self) -> None:
-        try:
-            if self._conn is not None:
-                self._conn.close()
-        except Exception:
-            pass
-        self._conn = None
-
-    def _call(self, fn: Callable[[_PgTx], T], *, transaction: bool, idempotent: bool) -> T:
-        """Run ``fn`` on the connection (in one transaction if asked; else each of its
-        statements commits by itself), retrying once on a new connection if the old one
-        turned out broken and the retry is safe (see the class docstring). Driver errors
-        become QueueUnavailable or QueueError."""
-        import psycopg
-
-        with self._lock:
-            for attempt in (1, 2):
-                committing = False
-                try:
-                    if (
-                        self._conn is None
-                        or self._conn.closed
-                        or self._conn.broken
-                        or _hung_up(self._conn)
-                    ):
-                        self._drop()
-                        self._connect()
-                    with self._conn.cursor() as cur:
-                        tx = _PgTx(cur, self.channel)
-                        if not transaction:
-                            # A write here is one statement that commits as it runs:
-                            # once sent, whether it committed is unknown.
-                            committing = True
-                            return fn(tx)
-                        cur.execute("BEGIN")
-                        try:
-                            result = fn(tx)
-                        except BaseException:
-                            if not self._conn.broken:
-                                try:
-                                    cur.execute("ROLLBACK")
-                                except psycopg.Error:
-                                    pass
-                            raise
-                        committing = True
-                        cur.execute("COMMIT")
-                        return result
-                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                    lost = self._conn is None or self._conn.closed or self._conn.broken
-                    self._drop()
-                    if lost and attempt == 1 and (idempotent or not committing):
-                        continue
-                    raise self._unavailable(exc) from None
-                except psycopg.Error as exc:
-                    raise QueueError(
-                        f"the queue database {redact(self.url)}: {self._scrub(str(exc)).strip()}"
-                    ) from None
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
-
-    def _read(self, fn: Callable[[_PgTx], T]) -> T:
-        return self._call(fn, transaction=False, idempotent=True)
+    def _read(self, fn: Callable[[PgTx], T]) -> T:
+        return self._db.read(fn)
 
     def _write(
-        self, fn: Callable[[_PgTx], T], *, idempotent: bool = False, single: bool = False
+        self, fn: Callable[[PgTx], T], *, idempotent: bool = False, single: bool = False
     ) -> T:
-        """A write in one transaction; ``single``: ``fn`` runs statements that are each
-        atomic and fenced on their own, sent without BEGIN/COMMIT (two round trips
-        fewer: the hot paths, submit and claim)."""
-        return self._call(fn, transaction=not single, idempotent=idempotent)
+        return self._db.write(fn, idempotent=idempotent, single=single)
 
     def _prepare(self, create: bool) -> None:
         version = self._schema_version()
@@ -349,7 +201,7 @@ class PostgresStore:
             )
 
     def _schema_version(self) -> str | None:
-        def read(tx: _PgTx) -> str | None:
+        def read(tx: PgTx) -> str | None:
             if not tx.rows(
                 "SELECT 1 AS one FROM information_schema.tables WHERE table_schema = ? "
                 "AND table_name = 'meta'",
@@ -375,7 +227,7 @@ class PostgresStore:
                 f"cancelpool knows version {SCHEMA_VERSION} only"
             )
 
-        def create(tx: _PgTx) -> None:
+        def create(tx: PgTx) -> None:
             tx.rows("SELECT pg_advisory_xact_lock(hashtext(?))", (f"cancelpool:{self.schema}",))
             tx.cur.execute(
                 sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
@@ -399,68 +251,52 @@ class PostgresStore:
         return (None if before is None else int(before)), SCHEMA_VERSION
 
     def close(self) -> None:
-        with self._lock:
-            self._drop()
+        self._db.close()
 
     # -- wake-ups ---------------------------------------------------------------------------
-    def _notify(self, tx: _PgTx, payload: str) -> None:
-        tx.rows("SELECT pg_notify(?, ?)", (self.channel, payload))
+    def _notify(self, tx: PgTx, payload: str) -> None:
+        tx.rows("SELECT pg_notify(?, ?)", (self._db.channel, payload))
 
     def wake(self, owners: Collection[str] | None = None) -> None:
         """NOTIFY every node (``*``) or the ``owners`` (a repeated NOTIFY is a repeated
         hint, so this is retried freely)."""
 
-        def notify(tx: _PgTx) -> None:
+        def notify(tx: PgTx) -> None:
             for payload in ["*"] if owners is None else owners:
                 self._notify(tx, payload)
 
         self._write(notify, idempotent=True)
 
-    def listen(self, server_id: str, poke: Callable[[], None]) -> Callable[[], None]:
-        """Start a thread that calls ``poke`` on each notification for ``server_id`` (or
-        for all nodes). It reconnects when its connection breaks, poking once after each
-        reconnect (what it may have missed is then found by the poll). Returns a
-        function that stops it."""
-        stop = threading.Event()
-        holder: dict[str, Any] = {}
+    def listen(
+        self,
+        server_id: str,
+        poke: Callable[[], None],
+        on_work: Callable[[], None] | None = None,
+    ) -> Callable[[], None]:
+        """Start a thread that calls ``poke`` on each notification for ``server_id`` (a
+        cancel request) and ``on_work`` (default: ``poke``) on each for all nodes (jobs
+        submitted or requeued). It reconnects when its connection breaks, calling both
+        once after each reconnect (what it may have missed is then found by a query).
+        Returns a function that stops it."""
+        work = on_work or poke
 
-        def loop() -> None:
-            from psycopg import sql
+        def connected() -> None:
+            self._listening.add(server_id)
+            self._hinted.add(server_id)  # what came while we were away
+            work()
+            poke()
 
-            while not stop.is_set():
-                try:
-                    conn = self._new_connection(role="-listen")
-                except QueueError:
-                    stop.wait(0.5)
-                    continue
-                holder["conn"] = conn
-                try:
-                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-                    self._listening.add(server_id)
-                    self._hinted.add(server_id)  # what came while we were away
-                    poke()
-                    while not stop.is_set():
-                        for note in conn.notifies(timeout=0.5):
-                            if note.payload == server_id:
-                                self._hinted.add(server_id)
-                                poke()
-                            elif note.payload == "*":
-                                poke()
-                except Exception:
-                    if not stop.is_set():
-                        stop.wait(0.2)
-                finally:
-                    try:
-                        conn.close()
-                    except Exception:
-                        pass
+        def note(payload: str) -> None:
+            if payload == server_id:
+                self._hinted.add(server_id)
+                poke()
+            elif payload == "*":
+                work()
 
-        thread = threading.Thread(target=loop, name=f"cancelpool-listen-{server_id}", daemon=True)
-        thread.start()
+        stop = self._db.listen(f"cancelpool-listen-{server_id}", connected, note)
 
         def close() -> None:
-            stop.set()
-            thread.join(5)
+            stop()
             self._listening.discard(server_id)
 
         return close
@@ -506,7 +342,7 @@ class PostgresStore:
         """Cancel by id or name pattern (and descendants); notifies the owning nodes in
         the same transaction, so they hear of it as it commits."""
 
-        def work(tx: _PgTx) -> CancelOutcome:
+        def work(tx: PgTx) -> CancelOutcome:
             outcome = _sql.request_cancel(
                 tx, ids, pattern=pattern, reason=reason, message=message, cascade=cascade
             )
@@ -549,8 +385,8 @@ class PostgresStore:
     def _server_rows(self, live_only: bool) -> list[Any]:
         return self._read(
             lambda tx: tx.rows(
-                f"SELECT *, {_NOW} AS db_now FROM servers"
-                + (f" WHERE stopped_at IS NULL AND lease_until > {_NOW}" if live_only else "")
+                f"SELECT *, {NOW} AS db_now FROM servers"
+                + (f" WHERE stopped_at IS NULL AND lease_until > {NOW}" if live_only else "")
                 + " ORDER BY started_at"
             )
         )
@@ -590,10 +426,10 @@ class PostgresStore:
         rows = self._read(
             lambda tx: tx.rows(
                 "SELECT s.id, s.host, s.pid, s.label, s.workers, s.allow, "
-                f"{_NOW} - s.heartbeat AS age, "
+                f"{NOW} - s.heartbeat AS age, "
                 f"(SELECT COUNT(*) FROM jobs j WHERE j.{status_in(JobStatus.RUNNING)} "
                 "AND j.owner = s.id) AS running FROM servers s WHERE s.stopped_at IS NULL "
-                f"AND s.lease_until > {_NOW} ORDER BY s.started_at"
+                f"AND s.lease_until > {NOW} ORDER BY s.started_at"
             )
         )
         out = []
@@ -623,8 +459,8 @@ class PostgresStore:
         self._write(
             lambda tx: tx.run(
                 "INSERT INTO servers (id, host, pid, label, allow, workers, started_at, "
-                f"heartbeat, lease_until) VALUES (?, ?, ?, ?, ?, ?, {_NOW}, {_NOW}, "
-                f"{_NOW} + ?)",
+                f"heartbeat, lease_until) VALUES (?, ?, ?, ?, ?, ?, {NOW}, {NOW}, "
+                f"{NOW} + ?)",
                 (
                     info.id,
                     info.host or socket.gethostname(),
@@ -641,9 +477,9 @@ class PostgresStore:
         """Renew the lease; False if it was lost (expired and recovered by another node,
         or the row is gone): the node must then give up its jobs."""
 
-        def renew(tx: _PgTx) -> bool:
+        def renew(tx: PgTx) -> bool:
             if tx.run(
-                f"UPDATE servers SET heartbeat = {_NOW}, lease_until = {_NOW} + ? "
+                f"UPDATE servers SET heartbeat = {NOW}, lease_until = {NOW} + ? "
                 "WHERE id = ? AND stopped_at IS NULL",
                 (LEASE_SECONDS, server_id),
             ):
@@ -651,8 +487,8 @@ class PostgresStore:
             # Recovered as dead while it lived (a stall past its lease): come back, with
             # none of its old claims, which the recovering node requeued or settled.
             tx.run(
-                f"UPDATE servers SET stopped_at = NULL, stop_reason = NULL, heartbeat = {_NOW}, "
-                f"lease_until = {_NOW} + ? WHERE id = ? AND stop_reason = 'died'",
+                f"UPDATE servers SET stopped_at = NULL, stop_reason = NULL, heartbeat = {NOW}, "
+                f"lease_until = {NOW} + ? WHERE id = ? AND stop_reason = 'died'",
                 (LEASE_SECONDS, server_id),
             )
             return False
@@ -662,7 +498,7 @@ class PostgresStore:
     def unregister_server(self, server_id: str, reason: str) -> None:
         self._write(
             lambda tx: tx.run(
-                f"UPDATE servers SET stopped_at = {_NOW}, stop_reason = ? WHERE id = ? "
+                f"UPDATE servers SET stopped_at = {NOW}, stop_reason = ? WHERE id = ? "
                 "AND stopped_at IS NULL",
                 (reason, server_id),
             ),
@@ -705,7 +541,7 @@ class PostgresStore:
         return self._write(lambda tx: _sql.record_outcomes(tx, owner, outcomes), single=True)
 
     def cascade_cancel(self, parents: Sequence[int]) -> CancelOutcome:
-        def work(tx: _PgTx) -> CancelOutcome:
+        def work(tx: PgTx) -> CancelOutcome:
             outcome = _sql.cascade_cancel(tx, parents)
             for owner in outcome.owners:
                 self._notify(tx, owner)
@@ -727,7 +563,7 @@ class PostgresStore:
         """Jobs a stopping node gave up: requeued (or cancelled), progress kept; a job
         whose cancellation was requested ends cancelled either way."""
 
-        def work(tx: _PgTx) -> None:
+        def work(tx: PgTx) -> None:
             if _sql.release(tx, owner, jobs, requeue=requeue, message=message):
                 self._notify(tx, "*")
 
@@ -742,7 +578,7 @@ class PostgresStore:
                 job_id,
                 owner,
                 fence=" AND NOT EXISTS (SELECT 1 FROM servers s WHERE s.id = ? "
-                f"AND s.stopped_at IS NULL AND s.lease_until > {_NOW})",
+                f"AND s.stopped_at IS NULL AND s.lease_until > {NOW})",
                 fence_params=(owner,),
             )
         )
@@ -753,11 +589,11 @@ class PostgresStore:
         wins. Progress and partial results stay. One node does it per dead node (the
         row lock with SKIP LOCKED). Returns counts per new status."""
 
-        def work(tx: _PgTx) -> dict[str, int]:
+        def work(tx: PgTx) -> dict[str, int]:
             counts = {"queued": 0, "interrupted": 0, "cancelled": 0}
             dead = tx.rows(
                 "SELECT id, pid, host FROM servers WHERE stopped_at IS NULL "
-                f"AND lease_until <= {_NOW} AND id IS DISTINCT FROM ? FOR UPDATE SKIP LOCKED",
+                f"AND lease_until <= {NOW} AND id IS DISTINCT FROM ? FOR UPDATE SKIP LOCKED",
                 (me,),
             )
             for node in dead:
@@ -768,7 +604,7 @@ class PostgresStore:
                 for status, n in _sql.recover_jobs(tx, node["id"], note, max_attempts).items():
                     counts[status] += n
                 tx.run(
-                    f"UPDATE servers SET stopped_at = {_NOW}, stop_reason = 'died' WHERE id = ?",
+                    f"UPDATE servers SET stopped_at = {NOW}, stop_reason = 'died' WHERE id = ?",
                     (node["id"],),
                 )
             if counts["queued"]:
@@ -776,67 +612,6 @@ class PostgresStore:
             return counts
 
         return self._write(work)
-
-
-def _hung_up(conn: Any) -> bool:
-    """True if an idle connection has something to read: the server said goodbye (a
-    terminated backend, a shutdown) or, rarely, a notice. Either way it is replaced
-    before a statement is sent on it, so a write is never lost to a connection that
-    was already dead, and the retry of an uncommitted write stays the exception.
-    Costs one ``select`` with no wait, no round trip."""
-    try:
-        return bool(select.select([conn.fileno()], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
-
-
-@functools.lru_cache(maxsize=512)
-def _pg_sql(sql: str) -> str:
-    """``_sql``'s ``?`` placeholders as psycopg's ``%s`` (no statement there has a
-    literal ``?`` or ``%``; any ``%`` is doubled all the same)."""
-    return sql.replace("%", "%%").replace("?", "%s")
-
-
-class _PgTx:
-    """The PostgreSQL side of ``_sql.Tx``: ``%s`` placeholders, lists as arrays, row
-    locks, and the database's clock (leases and heartbeat ages need no synchronised
-    clocks between nodes)."""
-
-    now = _NOW
-    lock_rows = " FOR UPDATE"
-    skip_locked = " FOR UPDATE SKIP LOCKED"
-
-    def __init__(self, cur: Any, channel: str) -> None:
-        self.cur = cur
-        self.channel = channel
-
-    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        self.cur.execute(_pg_sql(sql), params)
-        return list(self.cur.fetchall()) if self.cur.description is not None else []
-
-    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
-        self.cur.execute(_pg_sql(sql), params)
-        return int(self.cur.rowcount)
-
-    def many(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
-        self.cur.executemany(_pg_sql(sql), list(params))
-
-    def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, Any]:
-        return f"{column} = ANY(?)", list(values)
-
-    def match_name(self, pattern: str) -> tuple[str, list[Any], bool]:
-        like = _sql.glob_to_like(pattern)
-        if like is None:  # brackets: checked with fnmatch
-            return "name IS NOT NULL", [], False
-        return "name LIKE ? ESCAPE '\\'", [like], True
-
-    def rows_and_wake(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        # One round trip: the NOTIFY rides in the statement (once per returned row;
-        # identical notifications of one transaction fold into one).
-        return self.rows(
-            f"WITH w AS ({sql}) SELECT w.*, pg_notify(?, '*') AS woken FROM w",
-            (*params, self.channel),
-        )
 
 
 def node_host() -> str:

@@ -144,9 +144,11 @@ def open_store(
     create: bool = True,
     pg_schema: str | None = None,
     application_name: str = "cancelpool",
+    node: bool = False,
 ) -> Any:
     """Open the store ``target`` names (typed ``Any`` so callers see the protocol they
-    annotate, whichever class it is).
+    annotate, whichever class it is); ``node``: for a ``serve`` node (PostgreSQL tunes
+    its connection for claims).
 
     Raises:
         QueueError: the PostgreSQL driver is missing (with how to install it), the
@@ -160,7 +162,11 @@ def open_store(
             pg_schema or os.environ.get("CANCELPOOL_PG_SCHEMA") or DEFAULT_PG_SCHEMA
         )
         return PostgresStore(
-            str(target), schema=schema, create=create, application_name=application_name
+            str(target),
+            schema=schema,
+            create=create,
+            application_name=application_name,
+            node=node,
         )
     from ._store import SQLiteStore
 

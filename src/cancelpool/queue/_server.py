@@ -23,6 +23,7 @@ progress and outcomes over through a deque and a byte in the FIFO.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -64,6 +65,13 @@ from ._task import REFUSAL, run_task
 #: a lost wake-up (a client killed between its commit and its poke) and the pace at
 #: which it notices jobs submitted by hand with sqlite3. Shorter costs idle CPU.
 POLL_INTERVAL = 0.5
+#: PostgreSQL: after a claim, the next one waits at least this long (seconds), so the
+#: jobs submitted meanwhile are claimed together and their outcomes written together:
+#: one claim per batch instead of one per job (and per node: every submit's NOTIFY
+#: wakes every node). Only a node that claimed this recently waits; a job submitted to
+#: quiet nodes is claimed at once. Longer makes bigger batches under load and adds up
+#: to this much to a job's start; cancels, outcomes and progress never wait for it.
+CLAIM_COALESCE = 0.002
 #: Progress reports are committed at most this often (the latest one per job wins):
 #: ``watch`` redraws at about this rate; shorter means more write transactions.
 PROGRESS_INTERVAL = 0.1
@@ -122,7 +130,7 @@ class Server:
         #: systemd's notify socket (``Type=notify``): READY=1 once serving.
         self.notifier = notifier
         self.store: Store = open_store(
-            db, pg_schema=pg_schema, application_name=f"cancelpool-serve-{self.id}"
+            db, pg_schema=pg_schema, application_name=f"cancelpool-serve-{self.id}", node=True
         )
         self.concurrency = options.concurrency or options.workers * DEFAULT_JOBS_PER_WORKER
         self._running: dict[int, JobHandle[Any]] = {}
@@ -140,6 +148,12 @@ class Server:
             self.wake_path = wake_path(local.path, self.id)
         self._stop_listener: Callable[[], None] | None = None
         self._db_down_since: float | None = None
+        # When claims follow hints (PostgreSQL): a NOTIFY said jobs were submitted (or
+        # requeued); the last claim filled the free slots (more may wait); when it ran.
+        self._hinted_claims = self.store.kind == "postgresql"
+        self._work_hint = True
+        self._claim_more = True
+        self._last_claim = -math.inf
         self._rfd = self._wfd = -1
         self.stats = {"completed": 0, "failed": 0, "cancelled": 0, "released": 0}
         # Event subscribers, and the functions that end their pool subscriptions.
@@ -180,7 +194,7 @@ class Server:
             # thread, signal handlers and the pool's thread.
             self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             listen = getattr(self.store, "listen")  # noqa: B009 - PostgreSQL store only
-            self._stop_listener = listen(self.id, self._poke)
+            self._stop_listener = listen(self.id, self._poke, self._on_work)
             return
         # mkfifo fails if anything exists at the path; the mode is then checked on the
         # descriptor we read from, so what clients see as our FIFO is the one we made.
@@ -209,6 +223,14 @@ class Server:
             os.unlink(self.wake_path)
         except FileNotFoundError:
             pass
+
+    def _on_work(self) -> None:
+        """A NOTIFY said jobs may be waiting (listener thread): claim when due. Only the
+        first hint since the last claim wakes the loop; it then waits for the claim's
+        time by itself, so a burst of submits costs one turn, not one per NOTIFY."""
+        if not self._work_hint:
+            self._work_hint = True
+            self._poke()
 
     def _poke(self) -> None:
         try:
@@ -354,6 +376,7 @@ class Server:
                 if self._db_down_since is not None:
                     self._log("the queue database is back; claiming again")
                     self._db_down_since = None
+                    self._work_hint = True
                     next_housekeeping = time.monotonic()
                 now = time.monotonic()
                 if self._progress and now - last_progress >= PROGRESS_INTERVAL:
@@ -369,6 +392,12 @@ class Server:
             timeout = min(POLL_INTERVAL, next_housekeeping - now)
             if self._progress:
                 timeout = min(timeout, last_progress + PROGRESS_INTERVAL - now)
+            if self._hinted_claims and len(self._running) < self.concurrency:
+                # The poll fallback, or a claim held back to coalesce (CLAIM_COALESCE).
+                due = self._last_claim + POLL_INTERVAL
+                if self._work_hint or self._claim_more:
+                    due = min(due, self._last_claim + CLAIM_COALESCE)
+                timeout = min(timeout, due - now)
             if self._done or self._stop_signal is not None:
                 continue
             self._wait(timeout)
@@ -420,13 +449,36 @@ class Server:
                 "recovered jobs of a dead server: "
                 + ", ".join(f"{n} {status}" for status, n in recovered.items() if n)
             )
+            self._work_hint = True
             self._poke()
+
+    def _claim_due(self, now: float) -> bool:
+        """SQLite: every turn (a claim is a local transaction, and a FIFO byte does not
+        say why it came). PostgreSQL: when a NOTIFY announced jobs or the last claim
+        filled every free slot, at most once per CLAIM_COALESCE; and after
+        POLL_INTERVAL without a claim in any case (a lost NOTIFY, a job inserted by
+        hand)."""
+        if not self._hinted_claims:
+            return True
+        if now - self._last_claim >= POLL_INTERVAL:
+            return True
+        return (self._work_hint or self._claim_more) and (now - self._last_claim >= CLAIM_COALESCE)
 
     def _claim(self, pool: CancelPool) -> None:
         room = self.concurrency - len(self._running)
         if room <= 0:
             return
-        claimed, refused = self.store.claim(self.id, room, self.options.allow)
+        now = time.monotonic()
+        if not self._claim_due(now):
+            return
+        self._last_claim = now
+        self._work_hint = False  # before the query: a NOTIFY during it stays
+        try:
+            claimed, refused = self.store.claim(self.id, room, self.options.allow)
+        except BaseException:
+            self._work_hint = True  # not answered: claim again once the database is back
+            raise
+        self._claim_more = len(claimed) + refused >= room
         if refused:
             self.stats["failed"] += refused
         for job in claimed:

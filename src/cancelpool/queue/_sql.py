@@ -4,7 +4,7 @@
 
     SQLiteStore ---- _SQLiteTx --+                   +-- ? placeholders, json_each(?) lists,
                                  +--> Tx --> _sql -->|   no row locks (BEGIN IMMEDIATE)
-    PostgresStore -- _PgTx ------+                   +-- %s, = ANY(%s), FOR UPDATE [SKIP LOCKED]
+    PostgresStore -- PgTx -------+                   +-- %s, = ANY(%s), FOR UPDATE [SKIP LOCKED]
 
 A store opens one transaction (or a read), wraps its connection in a :class:`Tx` and
 calls a function of this module with it. A ``Tx`` is the small part that differs
@@ -68,6 +68,12 @@ class Tx(Protocol):
     def match_name(self, pattern: str) -> tuple[str, list[Any], bool]:
         """SQL selecting the rows whose ``name`` the glob matches, its parameters, and
         whether it is exact (False: a superset, to be checked with fnmatch)."""
+
+    def values_table(
+        self, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]
+    ) -> tuple[str, list[Any]]:
+        """A query yielding ``rows`` as a table of ``columns`` ((name, SQL type) pairs;
+        at least one row), to use as ``WITH t(names) AS (<it>)``, and its parameters."""
 
     def rows_and_wake(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Like :meth:`rows` for a statement with ``RETURNING``, also waking every node
@@ -370,7 +376,6 @@ _OUTCOME_COLUMNS = (
     ("oreason", "TEXT"),
     ("omessage", "TEXT"),
 )
-_VALUES_ROW = "(" + ", ".join(f"CAST(? AS {kind})" for _, kind in _OUTCOME_COLUMNS) + ")"
 
 
 def record_outcomes(tx: Tx, owner: str, outcomes: Sequence[Outcome]) -> list[int]:
@@ -389,8 +394,24 @@ def record_outcomes(tx: Tx, owner: str, outcomes: Sequence[Outcome]) -> list[int
     edge(R, CANCELLED)  # the way a completion with a cancel request takes
     won = f"ostatus = {literal(COMPLETED)} AND cancel_requested = 1"
     names = ", ".join(name for name, _ in _OUTCOME_COLUMNS)
+    table, params = tx.values_table(
+        _OUTCOME_COLUMNS,
+        [
+            (
+                out.id,
+                JobStatus(out.status).value,
+                out.result,
+                out.error,
+                out.traceback,
+                out.partial_result,
+                out.cancel_reason,
+                out.cancel_message,
+            )
+            for out in outcomes
+        ],
+    )
     rows = tx.rows(
-        f"WITH o({names}) AS (VALUES {', '.join([_VALUES_ROW] * len(outcomes))}) "
+        f"WITH o({names}) AS ({table}) "
         f"UPDATE jobs SET status = CASE WHEN {won} THEN {literal(CANCELLED)} "
         f"ELSE ostatus END, ended_at = {tx.now}, "
         f"result = CASE WHEN {won} THEN NULL ELSE oresult END, "
@@ -400,23 +421,7 @@ def record_outcomes(tx: Tx, owner: str, outcomes: Sequence[Outcome]) -> list[int
         "cancel_reason = COALESCE(cancel_reason, oreason), "
         "cancel_message = COALESCE(cancel_message, omessage) "
         f"FROM o WHERE id = oid AND owner = ? AND {status_in(R)} RETURNING id, status",
-        (
-            *(
-                value
-                for out in outcomes
-                for value in (
-                    out.id,
-                    JobStatus(out.status).value,
-                    out.result,
-                    out.error,
-                    out.traceback,
-                    out.partial_result,
-                    out.cancel_reason,
-                    out.cancel_message,
-                )
-            ),
-            owner,
-        ),
+        (*params, owner),
     )
     done = {int(r["id"]) for r in rows if r["status"] == CANCELLED}
     return [out.id for out in outcomes if out.id in done]

@@ -598,6 +598,12 @@ class _SQLiteTx:
     def match_name(self, pattern: str) -> tuple[str, list[Any], bool]:
         return "name_matches(name, ?)", [pattern], True
 
+    def values_table(
+        self, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]
+    ) -> tuple[str, list[Any]]:
+        row = "(" + ", ".join(f"CAST(? AS {kind})" for _, kind in columns) + ")"
+        return f"VALUES {', '.join([row] * len(rows))}", [v for r in rows for v in r]
+
     def rows_and_wake(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return self.rows(sql, params)  # the client pokes the servers' FIFOs after it
 
