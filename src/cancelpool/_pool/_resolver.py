@@ -61,6 +61,55 @@ class Resolver:
             except BaseException:
                 logger.exception("cancelpool: a done callback of job %s failed", job.id)
 
+    def finished_all(self, batch: list[tuple[JobRecord, Any]]) -> None:
+        """:meth:`finished` for a batch of ends, in order, with one lock for the
+        bookkeeping of all the jobs that succeeded (a lock per job made the caller's
+        threads and this one take turns on it, job after job)."""
+        succeeded: list[tuple[JobRecord, Any]] = []
+        for job, message in batch:
+            if type(message) is not proto.Done:
+                self._resolve_succeeded(succeeded)
+                succeeded = []
+                self.finished(job, message)
+                continue
+            job.handle._stamp_end()
+            try:
+                result = pickle.loads(message.result)
+            except BaseException as exc:  # SystemExit from a __setstate__ included
+                self._resolve_succeeded(succeeded)
+                succeeded = []
+                error = rewrap(exc, f"the result of job {job.id} could not be unpickled: {exc!r}")
+                self._fail_safely(job, error)
+                continue
+            succeeded.append((job, result))
+        self._resolve_succeeded(succeeded)
+
+    def _resolve_succeeded(self, succeeded: list[tuple[JobRecord, Any]]) -> None:
+        if not succeeded:
+            return
+        feeds: list[Any] = []
+        with self._lock:
+            count_end = self._jobs.count_end
+            for job, _result in succeeded:
+                count_end(OperationStatus.COMPLETED)
+                feeds += job.handle._close(OperationStatus.COMPLETED)
+        for feed in feeds:
+            feed.push(None)
+        listening = bool(self._events.listeners)
+        for job, result in succeeded:
+            if listening:
+                self._emit(job, "succeeded", None)
+            try:
+                job.handle.set_result(result)
+            except BaseException:  # a done callback raised (SystemExit included)
+                logger.exception("cancelpool: a done callback of job %s failed", job.id)
+
+    def _fail_safely(self, job: JobRecord, error: BaseException) -> None:
+        try:
+            self.failed(job, error)
+        except BaseException:
+            logger.exception("cancelpool: a done callback of job %s failed", job.id)
+
     def _finished(self, job: JobRecord, message: Any) -> None:
         handle = job.handle
         handle._stamp_end()

@@ -207,7 +207,8 @@ class Supervisor:
 
     def describe(self) -> str:
         """The state and live job count, for the pool's repr."""
-        return f"{self._state} jobs={len(self._job_table.live)}"
+        jobs = self._job_table
+        return f"{self._state} jobs={len(jobs.live) + len(jobs.incoming)}"
 
     # -- the caller's requests (any thread) -------------------------------------------------
     def subscribe(self, callback: Any) -> Callable[[], None]:
@@ -232,6 +233,17 @@ class Supervisor:
         cancel_grace: float | None,
     ) -> JobHandle[Any]:
         """Register a job (already pickled and validated) and queue or dispatch it."""
+        if parent is None and self._all_busy():
+            return self._submit_unlocked(
+                fn,
+                args,
+                is_async,
+                name=name,
+                timeout=timeout,
+                metadata=metadata,
+                retries=retries,
+                cancel_grace=cancel_grace,
+            )
         with self._lock:
             return self._new_job(
                 fn,
@@ -245,6 +257,75 @@ class Supervisor:
                 cancel_grace=cancel_grace,
             ).handle
 
+    def _all_busy(self) -> bool:
+        """Whether a new job would wait anyway (a hint, read without the lock): jobs
+        are queued, or no worker is idle."""
+        jobs = self._job_table
+        if jobs.queued or jobs.incoming:
+            return True
+        return all(proc.inflight or not proc.alive for proc in self._ws.procs)
+
+    def _submit_unlocked(
+        self,
+        fn: bytes,
+        args: bytes,
+        is_async: bool,
+        *,
+        name: str | None,
+        timeout: float | None,
+        metadata: dict[str, Any] | None,
+        retries: int,
+        cancel_grace: float | None,
+    ) -> JobHandle[Any]:
+        """Submit a job that will wait for a worker anyway, without the pool's lock.
+
+        The job goes to the job table's ``incoming`` deque and the supervisor thread
+        is woken (at most one byte per turn of its loop); whoever next holds the lock
+        registers it first. A burst of submits then costs the supervisor one turn,
+        not a turn on the lock per job.
+        """
+        if self._state != "running":
+            raise self._closed_error()
+        handle: JobHandle[Any] = JobHandle(
+            self,
+            self._job_table.next_id(),
+            name,
+            timeout,
+            metadata,
+            None,
+            retries=retries,
+            cancel_grace=cancel_grace,
+        )
+        job = JobRecord(handle, None, fn, args, is_async, None)
+        incoming = self._job_table.incoming
+        incoming.append(job)
+        if self._state != "running":
+            # Shutting down meanwhile: the supervisor registers every job appended
+            # before the state changed (it absorbs under the lock after the change,
+            # before it may stop); one it has not taken is withdrawn here.
+            with self._lock:
+                try:
+                    incoming.remove(job)
+                except ValueError:
+                    pass  # registered: it runs (or is cancelled) like any other
+                else:
+                    raise self._closed_error()
+        self._wakeup.wake_from_anywhere()
+        return handle
+
+    def _absorb(self) -> None:
+        """Register the jobs submitted without the lock (lock held)."""
+        if not self._job_table.incoming:
+            return
+        moved = self._job_table.absorb()
+        if self.events.listeners:
+            for job in moved:
+                self.events.put(
+                    JobSubmitted(
+                        **job_fields(job.handle), at=job.handle.submitted_at, parent_id=None
+                    )
+                )
+
     def warm(self, function: bytes) -> None:
         """A job function seen for the first time: the spares load it now."""
         with self._lock:
@@ -253,16 +334,19 @@ class Supervisor:
     def get(self, job_id: int) -> JobHandle[Any] | None:
         """The handle of a live or recently finished job, or None."""
         with self._lock:
+            self._absorb()
             return self._job_table.find(job_id)
 
     def every_job(self) -> list[JobHandle[Any]]:
         """The finished jobs still in the history, then the live ones."""
         with self._lock:
+            self._absorb()
             return self._job_table.every()
 
     def statistics(self) -> PoolStatistics:
         """Counters: submitted, queued, running, completed, cancelled, failed, per worker."""
         with self._lock:
+            self._absorb()
             return snapshot(self._job_table, self._ws)
 
     def cancel_job(
@@ -272,6 +356,7 @@ class Supervisor:
         if not handle._belongs_to(self):
             raise ValueError(f"{handle!r} belongs to another pool")
         with self._lock:
+            self._absorb()
             job = self._job_table.of(handle)
             if job is None:
                 return False  # it has ended
@@ -291,6 +376,7 @@ class Supervisor:
         """Cancel the live jobs whose name ``match`` accepts and whose status is
         ``status`` (None: any); returns how many matched."""
         with self._lock:
+            self._absorb()
             targets = self._job_table.select(match, status)
         return self._cancel_many(targets, reason, message)
 
@@ -299,6 +385,7 @@ class Supervisor:
     ) -> int:
         """Cancel every live job (only the queued ones with ``queued_only``)."""
         with self._lock:
+            self._absorb()
             targets = self._job_table.select(queued_only=queued_only)
         return self._cancel_many(targets, reason, message)
 
@@ -353,6 +440,7 @@ class Supervisor:
         while True:
             events.deliver()  # outside the lock: subscribers may call the pool
             with self._lock:
+                self._absorb()
                 if self._dropped and self._state == "running":
                     self._state = "closing"  # the pool became garbage
                 if self._state in ("closing", "broken") and not self._job_table.live:
@@ -376,6 +464,7 @@ class Supervisor:
                 if event is None:  # the wake-up pipe
                     self._wakeup.drain()
                     with self._lock:
+                        self._absorb()
                         if self._job_table.queued:
                             self._dispatcher.drain_queue()
                 elif event.kind == _poll.OUTBOX:
@@ -486,6 +575,7 @@ class Supervisor:
                 self._ws.post(proc, proto.ChildRefused(request, dump_error(error)))
             if finished:
                 resolved += self._after_finish(proc, finished)
+            self._absorb()
             if self._job_table.queued:
                 self._dispatcher.drain_queue()
             self._ws.send_posts()
@@ -506,8 +596,8 @@ class Supervisor:
                 # A progress callback that raised SystemExit, say: the report is lost,
                 # the job and the pool go on.
                 logger.exception("cancelpool: delivering progress of job %s failed", handle.id)
-        for job, message in finished:
-            self._resolver.finished(job, message)
+        if finished:
+            self._resolver.finished_all(finished)
         for job in resolved:
             self._resolver.cancelled(job)
         if finished and self._state == "closing":
@@ -578,6 +668,7 @@ class Supervisor:
         """Register a job and queue or dispatch it (lock held)."""
         if self._state != "running":
             raise self._closed_error()
+        self._absorb()  # first in, first placed
         handle: JobHandle[Any] = JobHandle(
             self,
             self._job_table.next_id(),
@@ -671,6 +762,7 @@ class Supervisor:
                 )
             )
         with self._lock:
+            self._absorb()
             proc.alive = False
             live = self._job_table.live
             jobs = [live[job_id] for job_id in proc.inflight if job_id in live]
@@ -788,6 +880,7 @@ class Supervisor:
     def _fail_everything(self, why: PoolBroken) -> None:
         """Fail every job the pool holds with ``why`` (the supervisor cannot go on)."""
         with self._lock:
+            self._absorb()
             jobs = list(self._job_table.live.values())
             for job in jobs:
                 try:
