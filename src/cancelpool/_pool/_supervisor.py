@@ -310,7 +310,12 @@ class Supervisor:
                     pass  # registered: it runs (or is cancelled) like any other
                 else:
                     raise self._closed_error()
-        self._wakeup.wake_from_anywhere()
+        if self._ws.pick(not is_async) is not None:
+            # A worker has room (a hint, read without the lock): the supervisor places
+            # the job now. Otherwise it is placed when room is made, since whatever
+            # makes room (a job's end, a replacement worker) registers the incoming
+            # jobs after making it, under the lock: the append above comes first.
+            self._wakeup.wake_from_anywhere()
         return handle
 
     def _absorb(self) -> None:
@@ -836,6 +841,7 @@ class Supervisor:
                 self._ws.spawn(proc)
             except Exception:
                 logger.exception("cancelpool: could not start a replacement worker")
+        self._absorb()  # after making room: see _submit_unlocked
         if not self._job_table.queued:
             return []
         if any(p.alive for p in self._ws.procs):
