@@ -233,7 +233,9 @@ class Supervisor:
         cancel_grace: float | None,
     ) -> JobHandle[Any]:
         """Register a job (already pickled and validated) and queue or dispatch it."""
-        if parent is None and self._all_busy():
+        # With subscribers, the locked path: JobSubmitted is told at once (a job left
+        # in ``incoming`` is told when registered, which may be when room is made).
+        if parent is None and not self.events.listeners and self._all_busy():
             return self._submit_unlocked(
                 fn,
                 args,
@@ -366,8 +368,7 @@ class Supervisor:
             if job is None:
                 return False  # it has ended
             count, resolved = self._canceller.cancel([job], reason, message)
-        for queued in resolved:
-            self._resolver.cancelled(queued)
+        self._resolver.cancelled_all(resolved)
         # True while the cancellation is under way (asked now or before).
         return count > 0 or handle.cancel_reason is not None
 
@@ -399,8 +400,7 @@ class Supervisor:
     ) -> int:
         with self._lock:
             count, resolved = self._canceller.cancel(jobs, reason, message)
-        for job in resolved:
-            self._resolver.cancelled(job)
+        self._resolver.cancelled_all(resolved)
         return count
 
     def _closed_error(self) -> PoolError:
@@ -580,10 +580,8 @@ class Supervisor:
                 self._ws.post(proc, proto.ChildRefused(request, dump_error(error)))
             if finished:
                 resolved += self._after_finish(proc, finished)
-            self._absorb()
-            if self._job_table.queued:
-                self._dispatcher.drain_queue()
-            self._ws.send_posts()
+            else:
+                self._place_queued()
         for handle, message in progress:
             try:
                 metadata = _decode_metadata(message.metadata)
@@ -602,15 +600,25 @@ class Supervisor:
                 # the job and the pool go on.
                 logger.exception("cancelpool: delivering progress of job %s failed", handle.id)
         if finished:
+            # Resolved before the queued jobs take their places: a caller waiting for
+            # a result (or a cancellation) wakes first; the next job's write follows.
             self._resolver.finished_all(finished)
-        for job in resolved:
-            self._resolver.cancelled(job)
+            with self._lock:
+                self._place_queued()
+        self._resolver.cancelled_all(resolved)
         if finished and self._state == "closing":
             self._wake()
         if broken:
             self._initializer_failed(proc, broken[0])
         for report in loop_reports:
             log_report(*report)
+
+    def _place_queued(self) -> None:
+        """Send the queued jobs to workers with room, and the posts (lock held)."""
+        self._absorb()
+        if self._job_table.queued:
+            self._dispatcher.drain_queue()
+        self._ws.send_posts()
 
     def _initializer_failed(self, proc: WorkerProc, message: proto.InitFailed) -> None:
         """The initializer raised in a worker: the pool is broken (no respawn spin).
@@ -745,8 +753,7 @@ class Supervisor:
     def _fire_timers(self) -> None:
         with self._lock:
             resolved = self._canceller.fire(time.monotonic())
-        for job in resolved:
-            self._resolver.cancelled(job)
+        self._resolver.cancelled_all(resolved)
 
     # -- deaths ----------------------------------------------------------------------------------
     def _worker_died(self, proc: WorkerProc) -> None:
