@@ -12,6 +12,7 @@ resolves handles.
     caller threads                    supervisor thread                worker processes
     --------------                    -----------------                ----------------
     submit()  --(lock)-->  JobTable.register, Dispatcher  --inbox pipe-->  Run, Child*
+      (all busy: no lock, JobTable.incoming; registered by the next lock holder)
     cancel()  --(lock)-->  Canceller: slot := CANCELLED  (shared memory, read at once)
                            doorbell.ring()  ---------------------------->  wakes the loop
                            _poll.wait(): outbox pipes  <--------------  Started/Done/...
