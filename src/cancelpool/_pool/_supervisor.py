@@ -581,8 +581,7 @@ class Supervisor:
                 self._ws.post(proc, proto.ChildRefused(request, dump_error(error)))
             if finished:
                 resolved += self._after_finish(proc, finished)
-            else:
-                self._place_queued()
+            self._place_queued()
         for handle, message in progress:
             try:
                 metadata = _decode_metadata(message.metadata)
@@ -601,11 +600,7 @@ class Supervisor:
                 # the job and the pool go on.
                 logger.exception("cancelpool: delivering progress of job %s failed", handle.id)
         if finished:
-            # Resolved before the queued jobs take their places: a caller waiting for
-            # a result (or a cancellation) wakes first; the next job's write follows.
             self._resolver.finished_all(finished)
-            with self._lock:
-                self._place_queued()
         self._resolver.cancelled_all(resolved)
         if finished and self._state == "closing":
             self._wake()
