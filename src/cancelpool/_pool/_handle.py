@@ -25,6 +25,8 @@ logger = logging.getLogger("cancelpool")
 # Future's private state names (stable since Python 3.2).
 _PENDING = "PENDING"
 _FINISHED = "FINISHED"
+_DONE_STATES = frozenset(("CANCELLED", "CANCELLED_AND_NOTIFIED", _FINISHED))
+_allocate_lock = threading.Lock
 
 T = TypeVar("T")
 
@@ -107,6 +109,11 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         self._exception: BaseException | None = None
         self._waiters: list[Any] = []
         self._done_callbacks: list[Callable[[JobHandle[T]], object]] = []
+        # The threads blocked in this handle's result()/exception(): each waits on a
+        # lock of its own that resolving releases, so that a job's end wakes only the
+        # threads waiting for that job (the shared condition's notify_all would wake
+        # every waiter of the pool, each then fighting for the condition's lock).
+        self._sleepers: list[Any] | None = None
         # The pool's supervisor, not the pool: a handle kept alive does not keep its
         # pool from being shut down once the pool is garbage.
         self._owner = owner
@@ -251,19 +258,68 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         return self._exception
 
     def _wait_finished(self, timeout: float | None) -> None:
-        condition = self._condition
-        with condition:
+        if self._state == _FINISHED:
+            # Written last, after the outcome, under the condition: seen here, the
+            # outcome is there too (no lock needed to read a finished handle).
+            return
+        if timeout is not None and timeout <= 0:
+            with self._condition:
+                if self._state == _FINISHED:
+                    return
+            raise TimeoutError(f"job {self.id} has not finished")
+        sleeper = _allocate_lock()
+        sleeper.acquire()
+        with self._condition:
             if self._state == _FINISHED:
                 return
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while self._state != _FINISHED:
-                if deadline is None:
-                    condition.wait()
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"job {self.id} has not finished")
-                condition.wait(remaining)
+            if self._sleepers is None:
+                self._sleepers = []
+            self._sleepers.append(sleeper)
+        if timeout is None:
+            sleeper.acquire()
+            return
+        if sleeper.acquire(True, timeout):
+            return
+        with self._condition:
+            if self._sleepers is not None and sleeper in self._sleepers:
+                self._sleepers.remove(sleeper)
+            if self._state == _FINISHED:
+                return
+        raise TimeoutError(f"job {self.id} has not finished")
+
+    def set_result(self, result: T) -> None:
+        """Resolve the handle with ``result`` (the pool's resolver; as ``Future``'s)."""
+        with self._condition:
+            if self._state in _DONE_STATES:
+                raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
+            self._result = result
+            self._state = _FINISHED
+            for waiter in self._waiters:
+                waiter.add_result(self)
+            self._wake_sleepers()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """Resolve the handle with ``exception`` (the pool's resolver; as ``Future``'s)."""
+        with self._condition:
+            if self._state in _DONE_STATES:
+                raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
+            self._exception = exception
+            self._state = _FINISHED
+            for waiter in self._waiters:
+                waiter.add_exception(self)
+            self._wake_sleepers()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+
+    def _wake_sleepers(self) -> None:
+        """Release the threads blocked in result()/exception() (condition held)."""
+        sleepers, self._sleepers = self._sleepers, None
+        if sleepers:
+            for sleeper in sleepers:
+                sleeper.release()
+        # Anyone waiting on the condition itself (Future's own result(), called on a
+        # handle as a plain Future): one shared condition, so it re-checks its state.
+        self._condition.notify_all()
 
     # -- progress ----------------------------------------------------------------------------
     def on_progress(self, callback: ProgressCallback) -> JobHandle[T]:

@@ -114,6 +114,12 @@ class JobTable:
         self.live: dict[int, JobRecord] = {}
         #: Jobs waiting for a worker, in order (the dispatcher takes from the left).
         self.queued: deque[JobRecord] = deque()
+        #: Jobs submitted while every worker was busy, not registered yet: caller
+        #: threads append them without the pool's lock (deque appends are atomic), so
+        #: that a burst of submits does not take turns on the lock with the supervisor
+        #: thread; :meth:`absorb` moves them in, under the lock, before anything reads
+        #: the table.
+        self.incoming: deque[JobRecord] = deque()
         self._history: deque[JobHandle[Any]] = deque(maxlen=history)
         self._children: dict[int, list[JobRecord]] = {}
         self._requests: dict[tuple[int, int, int], JobRecord] = {}
@@ -136,6 +142,21 @@ class JobTable:
         self.submitted += 1
         if job.remote is not None:
             self._requests[job.remote] = job
+
+    def absorb(self) -> list[JobRecord]:
+        """Register the jobs of :attr:`incoming` and queue them, in their order;
+        returns them."""
+        incoming = self.incoming
+        moved: list[JobRecord] = []
+        while incoming:
+            try:
+                job = incoming.popleft()  # a caller thread may append meanwhile
+            except IndexError:
+                break
+            self.register(job)
+            self.queued.append(job)
+            moved.append(job)
+        return moved
 
     def adopt(self, parent: JobRecord, child: JobRecord) -> None:
         """Record ``child`` as a live child of ``parent`` (cancelled when it ends)."""

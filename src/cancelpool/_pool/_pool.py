@@ -3,7 +3,8 @@
 The caller's threads submit and cancel here; the supervisor thread
 (:mod:`._supervisor`) talks to the worker processes. Submitting writes straight to a
 worker's pipe when it is idle (one thread hop fewer for latency); otherwise the job
-waits in the supervisor's queue and is dispatched in batches. The shared-memory flag
+waits in the supervisor's queue (taken in without the pool's lock) and is
+dispatched in batches. The shared-memory flag
 is the truth about cancellation; the doorbell only makes an awaiting worker look.
 """
 

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("cancelpool")
 
+# The reasons by their wire value: a dict lookup instead of the Enum's value search.
+_REASONS = {reason.value: reason for reason in CancelationReason}
+
 
 class Resolver:
     """Writes outcomes to handles: completed, failed or cancelled."""
@@ -62,6 +65,86 @@ class Resolver:
             except BaseException:
                 logger.exception("cancelpool: a done callback of job %s failed", job.id)
 
+    def finished_all(self, batch: list[tuple[JobRecord, Any]]) -> None:
+        """:meth:`finished` for a batch of ends, in order, with one lock for the
+        bookkeeping of all the jobs that succeeded or were cancelled (a lock per job
+        made the caller's threads and this one take turns on it, job after job)."""
+        ready: list[tuple[JobRecord, OperationStatus, Any]] = []
+        for job, message in batch:
+            kind = type(message)
+            if kind is proto.Done:
+                job.handle._stamp_end()
+                try:
+                    result = pickle.loads(message.result)
+                except BaseException as exc:  # SystemExit from a __setstate__ included
+                    self._settle(ready)
+                    ready = []
+                    text = f"the result of job {job.id} could not be unpickled: {exc!r}"
+                    self._fail_safely(job, rewrap(exc, text))
+                    continue
+                ready.append((job, OperationStatus.COMPLETED, result))
+            elif kind is proto.Cancelled and job.remote is None:
+                try:
+                    self._read_cancelled(job, message)
+                except BaseException as exc:  # unpickling the partial result ran code
+                    self._settle(ready)
+                    ready = []
+                    error = PoolError(
+                        f"job {job.id} ended, but its outcome could not be read: {exc!r}"
+                    )
+                    error.__cause__ = exc
+                    self._fail_safely(job, error)
+                    continue
+                ready.append((job, OperationStatus.CANCELLED, False))
+            else:
+                self._settle(ready)
+                ready = []
+                self.finished(job, message)
+        self._settle(ready)
+
+    def cancelled_all(self, jobs: list[JobRecord], *, forced: bool = False) -> None:
+        """:meth:`cancelled` for many jobs (e.g. a ``cancel_all`` of queued ones)."""
+        ready: list[tuple[JobRecord, OperationStatus, Any]] = []
+        for job in jobs:
+            if job.remote is None:
+                ready.append((job, OperationStatus.CANCELLED, forced))
+            else:
+                self._settle(ready)
+                ready = []
+                self.cancelled(job, forced=forced)
+        self._settle(ready)
+
+    def _settle(self, ready: list[tuple[JobRecord, OperationStatus, Any]]) -> None:
+        """Resolve jobs that succeeded (with their result) or were cancelled (with
+        ``forced``): their bookkeeping under one lock, then each handle in order."""
+        if not ready:
+            return
+        feeds: list[Any] = []
+        with self._lock:
+            count_end = self._jobs.count_end
+            for job, status, _value in ready:
+                count_end(status)
+                feeds += job.handle._close(status)
+        for feed in feeds:
+            feed.push(None)
+        listening = bool(self._events.listeners)
+        for job, status, value in ready:
+            try:
+                if status is OperationStatus.COMPLETED:
+                    if listening:
+                        self._emit(job, "succeeded", None)
+                    job.handle.set_result(value)
+                else:
+                    job.handle.set_exception(self._cancel_error(job, value, listening))
+            except BaseException:  # a done callback raised (SystemExit included)
+                logger.exception("cancelpool: a done callback of job %s failed", job.id)
+
+    def _fail_safely(self, job: JobRecord, error: BaseException) -> None:
+        try:
+            self.failed(job, error)
+        except BaseException:
+            logger.exception("cancelpool: a done callback of job %s failed", job.id)
+
     def _finished(self, job: JobRecord, message: Any) -> None:
         handle = job.handle
         handle._stamp_end()
@@ -80,11 +163,17 @@ class Resolver:
         elif kind is proto.Failed:
             self.failed(job, load_error(message.error, message.traceback, job.id))
         else:
-            handle._set_partial(load_partial(message.partial))
-            reason = CancelationReason(message.reason)
-            if handle.cancel_reason is None or reason is not handle.cancel_reason:
-                handle._mark_cancelled(reason, message.message, requested=False)
+            self._read_cancelled(job, message)
             self.cancelled(job)
+
+    def _read_cancelled(self, job: JobRecord, message: proto.Cancelled) -> None:
+        """Mark the handle with what the worker says of its cancellation."""
+        handle = job.handle
+        handle._stamp_end()
+        handle._set_partial(load_partial(message.partial))
+        reason = _REASONS.get(message.reason) or CancelationReason(message.reason)
+        if handle.cancel_reason is None or reason is not handle.cancel_reason:
+            handle._mark_cancelled(reason, message.message, requested=False)
 
     def failed(self, job: JobRecord, error: BaseException) -> None:
         """Resolve a job with ``error``."""
@@ -111,14 +200,22 @@ class Resolver:
                 self.tell_parent(job, outcome)
                 self._workers.send_posts()
         self._close(job, OperationStatus.CANCELLED)
+        handle.set_exception(self._cancel_error(job, forced, bool(self._events.listeners)))
+
+    def _cancel_error(self, job: JobRecord, forced: bool, listening: bool) -> JobCancelled:
+        """The :class:`JobCancelled` a cancelled job resolves with (its end emitted, and
+        the span of a traced job whose worker was killed written from here)."""
+        handle = job.handle
+        reason = handle.cancel_reason or CancelationReason.MANUAL
+        message = handle.cancel_message or f"job {job.id} was cancelled ({reason.value})"
         if forced and job.trace is not None:
             # The job's span died with its worker: say how it ended from here.
             _tracing.forced_span(
                 job.trace, job.attempts, handle.name, job.id, handle.started_at, reason, message
             )
-        if self._events.listeners:
+        if listening:
             self._emit(job, "forced" if forced else "cancelled", message)
-        error = JobCancelled(
+        return JobCancelled(
             reason,
             message,
             None,
@@ -126,7 +223,6 @@ class Resolver:
             partial_result=handle.partial_result,
             forced=forced,
         )
-        handle.set_exception(error)
 
     def broken(self, job: JobRecord, error: BaseException) -> None:
         """Resolve a job of a pool that cannot go on; never raises."""

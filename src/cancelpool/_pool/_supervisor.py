@@ -12,6 +12,7 @@ resolves handles.
     caller threads                    supervisor thread                worker processes
     --------------                    -----------------                ----------------
     submit()  --(lock)-->  JobTable.register, Dispatcher  --inbox pipe-->  Run, Child*
+      (all busy: no lock, JobTable.incoming; registered by the next lock holder)
     cancel()  --(lock)-->  Canceller: slot := CANCELLED  (shared memory, read at once)
                            doorbell.ring()  ---------------------------->  wakes the loop
                            _poll.wait(): outbox pipes  <--------------  Started/Done/...
@@ -208,7 +209,8 @@ class Supervisor:
 
     def describe(self) -> str:
         """The state and live job count, for the pool's repr."""
-        return f"{self._state} jobs={len(self._job_table.live)}"
+        jobs = self._job_table
+        return f"{self._state} jobs={len(jobs.live) + len(jobs.incoming)}"
 
     # -- the caller's requests (any thread) -------------------------------------------------
     def subscribe(self, callback: Any) -> Callable[[], None]:
@@ -235,6 +237,20 @@ class Supervisor:
     ) -> JobHandle[Any]:
         """Register a job (already pickled and validated) and queue or dispatch it
         (``trace``: the submitter's trace context, see ``_tracing``)."""
+        # With subscribers, the locked path: JobSubmitted is told at once (a job left
+        # in ``incoming`` is told when registered, which may be when room is made).
+        if parent is None and not self.events.listeners and self._all_busy():
+            return self._submit_unlocked(
+                fn,
+                args,
+                is_async,
+                name=name,
+                timeout=timeout,
+                metadata=metadata,
+                retries=retries,
+                cancel_grace=cancel_grace,
+                trace=trace,
+            )
         with self._lock:
             return self._new_job(
                 fn,
@@ -249,6 +265,81 @@ class Supervisor:
                 trace=trace,
             ).handle
 
+    def _all_busy(self) -> bool:
+        """Whether a new job would wait anyway (a hint, read without the lock): jobs
+        are queued, or no worker is idle."""
+        jobs = self._job_table
+        if jobs.queued or jobs.incoming:
+            return True
+        return all(proc.inflight or not proc.alive for proc in self._ws.procs)
+
+    def _submit_unlocked(
+        self,
+        fn: bytes,
+        args: bytes,
+        is_async: bool,
+        *,
+        name: str | None,
+        timeout: float | None,
+        metadata: dict[str, Any] | None,
+        retries: int,
+        cancel_grace: float | None,
+        trace: str | None,
+    ) -> JobHandle[Any]:
+        """Submit a job that will wait for a worker anyway, without the pool's lock.
+
+        The job goes to the job table's ``incoming`` deque and the supervisor thread
+        is woken (at most one byte per turn of its loop); whoever next holds the lock
+        registers it first. A burst of submits then costs the supervisor one turn,
+        not a turn on the lock per job.
+        """
+        if self._state != "running":
+            raise self._closed_error()
+        handle: JobHandle[Any] = JobHandle(
+            self,
+            self._job_table.next_id(),
+            name,
+            timeout,
+            metadata,
+            None,
+            retries=retries,
+            cancel_grace=cancel_grace,
+        )
+        job = JobRecord(handle, None, fn, args, is_async, None, trace)
+        incoming = self._job_table.incoming
+        incoming.append(job)
+        if self._state != "running":
+            # Shutting down meanwhile: the supervisor registers every job appended
+            # before the state changed (it absorbs under the lock after the change,
+            # before it may stop); one it has not taken is withdrawn here.
+            with self._lock:
+                try:
+                    incoming.remove(job)
+                except ValueError:
+                    pass  # registered: it runs (or is cancelled) like any other
+                else:
+                    raise self._closed_error()
+        if self._ws.pick(not is_async) is not None:
+            # A worker has room (a hint, read without the lock): the supervisor places
+            # the job now. Otherwise it is placed when room is made, since whatever
+            # makes room (a job's end, a replacement worker) registers the incoming
+            # jobs after making it, under the lock: the append above comes first.
+            self._wakeup.wake_from_anywhere()
+        return handle
+
+    def _absorb(self) -> None:
+        """Register the jobs submitted without the lock (lock held)."""
+        if not self._job_table.incoming:
+            return
+        moved = self._job_table.absorb()
+        if self.events.listeners:
+            for job in moved:
+                self.events.put(
+                    JobSubmitted(
+                        **job_fields(job.handle), at=job.handle.submitted_at, parent_id=None
+                    )
+                )
+
     def warm(self, function: bytes) -> None:
         """A job function seen for the first time: the spares load it now."""
         with self._lock:
@@ -257,16 +348,19 @@ class Supervisor:
     def get(self, job_id: int) -> JobHandle[Any] | None:
         """The handle of a live or recently finished job, or None."""
         with self._lock:
+            self._absorb()
             return self._job_table.find(job_id)
 
     def every_job(self) -> list[JobHandle[Any]]:
         """The finished jobs still in the history, then the live ones."""
         with self._lock:
+            self._absorb()
             return self._job_table.every()
 
     def statistics(self) -> PoolStatistics:
         """Counters: submitted, queued, running, completed, cancelled, failed, per worker."""
         with self._lock:
+            self._absorb()
             return snapshot(self._job_table, self._ws)
 
     def cancel_job(
@@ -276,12 +370,12 @@ class Supervisor:
         if not handle._belongs_to(self):
             raise ValueError(f"{handle!r} belongs to another pool")
         with self._lock:
+            self._absorb()
             job = self._job_table.of(handle)
             if job is None:
                 return False  # it has ended
             count, resolved = self._canceller.cancel([job], reason, message)
-        for queued in resolved:
-            self._resolver.cancelled(queued)
+        self._resolver.cancelled_all(resolved)
         # True while the cancellation is under way (asked now or before).
         return count > 0 or handle.cancel_reason is not None
 
@@ -295,6 +389,7 @@ class Supervisor:
         """Cancel the live jobs whose name ``match`` accepts and whose status is
         ``status`` (None: any); returns how many matched."""
         with self._lock:
+            self._absorb()
             targets = self._job_table.select(match, status)
         return self._cancel_many(targets, reason, message)
 
@@ -303,6 +398,7 @@ class Supervisor:
     ) -> int:
         """Cancel every live job (only the queued ones with ``queued_only``)."""
         with self._lock:
+            self._absorb()
             targets = self._job_table.select(queued_only=queued_only)
         return self._cancel_many(targets, reason, message)
 
@@ -311,8 +407,7 @@ class Supervisor:
     ) -> int:
         with self._lock:
             count, resolved = self._canceller.cancel(jobs, reason, message)
-        for job in resolved:
-            self._resolver.cancelled(job)
+        self._resolver.cancelled_all(resolved)
         return count
 
     def _closed_error(self) -> PoolError:
@@ -357,6 +452,7 @@ class Supervisor:
         while True:
             events.deliver()  # outside the lock: subscribers may call the pool
             with self._lock:
+                self._absorb()
                 if self._dropped and self._state == "running":
                     self._state = "closing"  # the pool became garbage
                 if self._state in ("closing", "broken") and not self._job_table.live:
@@ -380,6 +476,7 @@ class Supervisor:
                 if event is None:  # the wake-up pipe
                     self._wakeup.drain()
                     with self._lock:
+                        self._absorb()
                         if self._job_table.queued:
                             self._dispatcher.drain_queue()
                 elif event.kind == _poll.OUTBOX:
@@ -490,9 +587,7 @@ class Supervisor:
                 self._ws.post(proc, proto.ChildRefused(request, dump_error(error)))
             if finished:
                 resolved += self._after_finish(proc, finished)
-            if self._job_table.queued:
-                self._dispatcher.drain_queue()
-            self._ws.send_posts()
+            self._place_queued()
         for handle, message in progress:
             try:
                 metadata = _decode_metadata(message.metadata)
@@ -510,16 +605,22 @@ class Supervisor:
                 # A progress callback that raised SystemExit, say: the report is lost,
                 # the job and the pool go on.
                 logger.exception("cancelpool: delivering progress of job %s failed", handle.id)
-        for job, message in finished:
-            self._resolver.finished(job, message)
-        for job in resolved:
-            self._resolver.cancelled(job)
+        if finished:
+            self._resolver.finished_all(finished)
+        self._resolver.cancelled_all(resolved)
         if finished and self._state == "closing":
             self._wake()
         if broken:
             self._initializer_failed(proc, broken[0])
         for report in loop_reports:
             log_report(*report)
+
+    def _place_queued(self) -> None:
+        """Send the queued jobs to workers with room, and the posts (lock held)."""
+        self._absorb()
+        if self._job_table.queued:
+            self._dispatcher.drain_queue()
+        self._ws.send_posts()
 
     def _initializer_failed(self, proc: WorkerProc, message: proto.InitFailed) -> None:
         """The initializer raised in a worker: the pool is broken (no respawn spin).
@@ -583,6 +684,7 @@ class Supervisor:
         """Register a job and queue or dispatch it (lock held)."""
         if self._state != "running":
             raise self._closed_error()
+        self._absorb()  # first in, first placed
         handle: JobHandle[Any] = JobHandle(
             self,
             self._job_table.next_id(),
@@ -655,8 +757,7 @@ class Supervisor:
     def _fire_timers(self) -> None:
         with self._lock:
             resolved = self._canceller.fire(time.monotonic())
-        for job in resolved:
-            self._resolver.cancelled(job)
+        self._resolver.cancelled_all(resolved)
 
     # -- deaths ----------------------------------------------------------------------------------
     def _worker_died(self, proc: WorkerProc) -> None:
@@ -674,6 +775,7 @@ class Supervisor:
                 )
             )
         with self._lock:
+            self._absorb()
             proc.alive = False
             live = self._job_table.live
             jobs = [live[job_id] for job_id in proc.inflight if job_id in live]
@@ -752,6 +854,7 @@ class Supervisor:
                 self._ws.spawn(proc)
             except Exception:
                 logger.exception("cancelpool: could not start a replacement worker")
+        self._absorb()  # after making room: see _submit_unlocked
         if not self._job_table.queued:
             return []
         if any(p.alive for p in self._ws.procs):
@@ -794,6 +897,7 @@ class Supervisor:
     def _fail_everything(self, why: PoolBroken) -> None:
         """Fail every job the pool holds with ``why`` (the supervisor cannot go on)."""
         with self._lock:
+            self._absorb()
             jobs = list(self._job_table.live.values())
             for job in jobs:
                 try:

@@ -49,6 +49,10 @@ class Wakeup:
 
     def wake_from_anywhere(self) -> None:
         """:meth:`wake` for a caller that cannot take the pool's lock."""
+        if self._pending:
+            # A byte is on its way; drain() clears the flag only once the pipe is
+            # empty, and the supervisor looks at its work after that.
+            return
         with self._guard:
             self.wake()
 
