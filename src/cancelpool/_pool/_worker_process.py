@@ -104,6 +104,10 @@ class Worker:
         self.outbox = outbox
         self.supervisor_pid = supervisor_pid
         self.jobs: dict[int, _Job] = {}
+        # Job tasks created and not yet ended (started or not): the last one to end
+        # flushes, and a Stop waits for them all. ``jobs`` alone would read empty
+        # between the tasks of one inbox batch, each of which runs to its end in turn.
+        self.live = 0
         self.functions: dict[bytes, Callable[..., Any]] = {}
         self.pending: list[Any] = []
         self.flush_scheduled = False
@@ -215,7 +219,7 @@ class Worker:
                     self._child_progress(message)
                 else:
                     _remote.settle_child(self, message)
-        if self.stopping and not self.jobs:
+        if self.stopping and not self.live:
             assert self.finished is not None
             self.finished.set()
 
@@ -233,6 +237,7 @@ class Worker:
             return
         assert self.loop is not None
         self.loop.create_task(self._run(run, fn, args, kwargs))
+        self.live += 1
 
     def _warm(self, functions: list[bytes]) -> None:
         for data in functions:
@@ -246,72 +251,74 @@ class Worker:
     async def _run(
         self, run: proto.Run, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        job_id = run.job
-        token = SharedToken(self.table, SlotRef(run.slot, run.generation))
-        if token.is_cancelled:  # cancelled while queued: it never starts
-            reason = token.reason or CancelationReason.MANUAL
-            self._send(
-                proto.Cancelled(job_id, reason.value, "cancelled before it started", None, False)
-            )
-            return
-        op = Cancelable(run.name, operation_id=str(job_id), register=False).add_token(token)
-        if run.timeout is not None:
-            op.add_source(TimeoutSource(run.timeout))
-        job = self.jobs[job_id] = _Job(token, op, asyncio.current_task())
-        job.forwarder = self._progress_callback(job_id, job)
-        op.on_progress(job.forwarder)
-        _remote.enter_job(self, job_id)
-        # Announced at the next flush, and only if it is still running then: a job
-        # that finishes within one loop iteration needs no Started message.
-        self.unannounced.append(job_id)
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            assert self.loop is not None
-            self.loop.call_soon(self._flush)
         try:
-            async with op:
-                if run.is_async:
-                    result = await fn(*args, **kwargs)
-                else:
-                    # A partial, so that job kwargs named like run_in_thread's own
-                    # parameters ("fn") reach the job untouched.
-                    result = await op.run_in_thread(functools.partial(fn, *args, **kwargs))
-        except CancelationError as exc:
-            if job.failure is not None:
-                self._send_failure(job_id, job.failure)
-            elif op.context.status is OperationStatus.CANCELLED and op.is_cancelled:
-                self._send_cancelled(job_id, exc, op)
-            else:
-                # An operation inside the job was cancelled and the job let it escape:
-                # the job failed with that error, as it would have in one process.
-                self._send_failure(job_id, exc)
-        except asyncio.CancelledError as exc:
-            # Only the worker's own shutdown cancels a job's task from outside: say so,
-            # then let the cancellation go on.
-            self._send_failure(job_id, RuntimeError(f"job stopped by {exc!r}"))
-            raise
-        except BaseException as exc:
-            # The job's own exception, whatever it is (SystemExit and KeyboardInterrupt
-            # included, as in concurrent.futures): the caller's result() raises it.
-            self._send_failure(job_id, exc)
-        else:
-            if job.failure is not None:  # it returned before the cancellation landed
-                self._send_failure(job_id, job.failure)
+            job_id = run.job
+            token = SharedToken(self.table, SlotRef(run.slot, run.generation))
+            if token.is_cancelled:  # cancelled while queued: it never starts
+                reason = token.reason or CancelationReason.MANUAL
+                message = "cancelled before it started"
+                self._send(proto.Cancelled(job_id, reason.value, message, None, False))
                 return
+            op = Cancelable(run.name, operation_id=str(job_id), register=False).add_token(token)
+            if run.timeout is not None:
+                op.add_source(TimeoutSource(run.timeout))
+            job = self.jobs[job_id] = _Job(token, op, asyncio.current_task())
+            job.forwarder = self._progress_callback(job_id, job)
+            op.on_progress(job.forwarder)
+            _remote.enter_job(self, job_id)
+            # Announced at the next flush, and only if it is still running then: a job
+            # that finishes within one loop iteration needs no Started message.
+            self.unannounced.append(job_id)
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                assert self.loop is not None
+                self.loop.call_soon(self._flush)
             try:
-                data = dumps(result)
-            except BaseException as problem:  # SystemExit from a __reduce__ included
-                error = rewrap(
-                    problem,
-                    f"the result of job {job_id} ({type(result).__name__}) cannot be "
-                    f"pickled: {problem!r}; return picklable data",
-                )
-                self._send_failure(job_id, error)
+                async with op:
+                    if run.is_async:
+                        result = await fn(*args, **kwargs)
+                    else:
+                        # A partial, so that job kwargs named like run_in_thread's own
+                        # parameters ("fn") reach the job untouched.
+                        result = await op.run_in_thread(functools.partial(fn, *args, **kwargs))
+            except CancelationError as exc:
+                if job.failure is not None:
+                    self._send_failure(job_id, job.failure)
+                elif op.context.status is OperationStatus.CANCELLED and op.is_cancelled:
+                    self._send_cancelled(job_id, exc, op)
+                else:
+                    # An operation inside the job was cancelled and the job let it escape:
+                    # the job failed with that error, as it would have in one process.
+                    self._send_failure(job_id, exc)
+            except asyncio.CancelledError as exc:
+                # Only the worker's own shutdown cancels a job's task from outside: say so,
+                # then let the cancellation go on.
+                self._send_failure(job_id, RuntimeError(f"job stopped by {exc!r}"))
+                raise
+            except BaseException as exc:
+                # The job's own exception, whatever it is (SystemExit and KeyboardInterrupt
+                # included, as in concurrent.futures): the caller's result() raises it.
+                self._send_failure(job_id, exc)
             else:
-                self._send(proto.Done(job_id, data))
+                if job.failure is not None:  # it returned before the cancellation landed
+                    self._send_failure(job_id, job.failure)
+                    return
+                try:
+                    data = dumps(result)
+                except BaseException as problem:  # SystemExit from a __reduce__ included
+                    error = rewrap(
+                        problem,
+                        f"the result of job {job_id} ({type(result).__name__}) cannot be "
+                        f"pickled: {problem!r}; return picklable data",
+                    )
+                    self._send_failure(job_id, error)
+                else:
+                    self._send(proto.Done(job_id, data))
+            finally:
+                del self.jobs[job_id]
         finally:
-            del self.jobs[job_id]
-            if not self.jobs:
+            self.live -= 1
+            if not self.live:
                 # The last job ended: nothing else is about to be batched with its
                 # outcome, so send it now rather than on the next loop iteration.
                 self._flush()
