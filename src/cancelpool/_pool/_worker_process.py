@@ -43,8 +43,8 @@ from .._core._enums import CancelationReason, OperationStatus
 from .._core._exceptions import CancelationError
 from .._core._sources import TimeoutSource
 from ..shm import Doorbell, SharedToken, SlotRef, TokenTable
+from . import _precise_wait, _remote
 from . import _protocol as proto
-from . import _remote
 from ._payload import dump_error, dump_partial, dumps, rewrap
 from ._watchdog import LoopWatchdog
 
@@ -584,7 +584,9 @@ def main(
     # Ctrl-C is the supervisor's to handle: it cancels our jobs through their tokens.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = Worker(table, bell, inbox, outbox, supervisor_pid, loop_block_threshold)
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    # asyncio's own loop wakes its timers up to a millisecond late (a job's timeout
+    # with them); this one, to the microsecond. uvloop keeps libuv's timers.
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] = _precise_wait.new_event_loop
     if use_uvloop:
         try:
             import uvloop
