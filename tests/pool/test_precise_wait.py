@@ -39,7 +39,7 @@ def test_timers_fire_in_order_and_never_early() -> None:
         loop = asyncio.get_running_loop()
         fired: list[tuple[int, float, float]] = []
         done = loop.create_future()
-        delays = [0.0003 + 0.0004 * k for k in range(12)]
+        delays = [0.0003 + 0.0013 * k for k in range(12)]
         for k, delay in enumerate(delays):
             when = loop.time() + delay
             loop.call_at(when, lambda k=k, when=when: fired.append((k, when, loop.time())))
@@ -73,7 +73,7 @@ def test_readers_and_timers_share_the_loop() -> None:
     assert _run(main) == (b"ping", True)
 
 
-def test_every_ready_fd_is_reported_and_a_timed_wait_is_never_short() -> None:
+def test_every_ready_fd_is_reported_and_timed_waits_are_never_short() -> None:
     pairs = [socket.socketpair() for _ in range(8)]
     selector = PreciseEpollSelector()
     try:
@@ -86,9 +86,12 @@ def test_every_ready_fd_is_reported_and_a_timed_wait_is_never_short() -> None:
         for left, _ in pairs:
             left.recv(16)
         assert selector.select(0) == []
-        started = time.monotonic()
-        assert selector.select(0.002) == []
-        assert time.monotonic() - started >= 0.002
+        # Nothing ready: the whole milliseconds are waited in epoll (the loop asks
+        # again for the rest), a fraction of one in select(); never less.
+        for timeout, at_least in ((0.0025, 0.002), (0.0134, 0.013), (0.0004, 0.0004)):
+            started = time.monotonic()
+            assert selector.select(timeout) == []
+            assert time.monotonic() - started >= at_least
     finally:
         selector.close()
         for left, right in pairs:
