@@ -74,6 +74,14 @@ async def where() -> dict[str, Any]:
     }
 
 
+async def loop_kind() -> tuple[str, str]:
+    """The worker's event loop class and its selector's class."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    return type(loop).__name__, type(getattr(loop, "_selector", None)).__name__
+
+
 def where_sync() -> dict[str, Any]:
     op = _op()
     return {

@@ -15,6 +15,7 @@ WORKER_SIDE = {
     "_pool._protocol",
     "_pool._payload",
     "_pool._watchdog",
+    "_pool._precise_wait",
 }
 # Every other module of the pool is the caller's side (supervisor, worker set, handle,
 # facade, settings, ...): a new one is covered without being listed.

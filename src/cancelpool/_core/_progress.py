@@ -51,7 +51,9 @@ class ProgressRelay:
         for callback in self._callbacks:
             try:
                 result = callback(operation_id, message, metadata)
-                if inspect.isawaitable(result):
+                # None first: most callbacks are plain functions, and this runs for
+                # every report of every operation (isawaitable costs a few checks).
+                if result is not None and inspect.isawaitable(result):
                     await result
             except Exception:
                 logger.exception("cancelpool: progress callback %r failed", callback)

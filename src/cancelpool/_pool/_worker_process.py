@@ -45,8 +45,8 @@ from .._core._enums import CancelationReason, OperationStatus
 from .._core._exceptions import CancelationError
 from .._core._sources import TimeoutSource
 from ..shm import Doorbell, SharedToken, SlotRef, TokenTable
+from . import _precise_wait, _remote
 from . import _protocol as proto
-from . import _remote
 from ._payload import dump_error, dump_partial, dumps, rewrap
 from ._watchdog import LoopWatchdog
 
@@ -116,6 +116,10 @@ class Worker:
         self.outbox = outbox
         self.supervisor_pid = supervisor_pid
         self.jobs: dict[int, _Job] = {}
+        # Job tasks created and not yet ended (started or not): the last one to end
+        # flushes, and a Stop waits for them all. ``jobs`` alone would read empty
+        # between the tasks of one inbox batch, each of which runs to its end in turn.
+        self.live = 0
         self.functions: dict[bytes, Callable[..., Any]] = {}
         self.pending: list[Any] = []
         self.flush_scheduled = False
@@ -227,7 +231,7 @@ class Worker:
                     self._child_progress(message)
                 else:
                     _remote.settle_child(self, message)
-        if self.stopping and not self.jobs:
+        if self.stopping and not self.live:
             assert self.finished is not None
             self.finished.set()
 
@@ -245,6 +249,7 @@ class Worker:
             return
         assert self.loop is not None
         self.loop.create_task(self._run(run, fn, args, kwargs))
+        self.live += 1
 
     def _warm(self, functions: list[bytes]) -> None:
         for data in functions:
@@ -258,80 +263,82 @@ class Worker:
     async def _run(
         self, run: proto.Run, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        job_id = run.job
-        token = SharedToken(self.table, SlotRef(run.slot, run.generation))
-        if token.is_cancelled:  # cancelled while queued: it never starts
-            reason = token.reason or CancelationReason.MANUAL
-            self._send(
-                proto.Cancelled(job_id, reason.value, "cancelled before it started", None, False)
-            )
-            return
-        op = Cancelable(run.name, operation_id=str(job_id), register=False).add_token(token)
-        if run.timeout is not None:
-            op.add_source(TimeoutSource(run.timeout))
-        job = self.jobs[job_id] = _Job(token, op, asyncio.current_task())
-        job.forwarder = self._progress_callback(job_id, job)
-        op.on_progress(job.forwarder)
-        if run.trace is not None:
-            span = job.span = _tracing.start_job(
-                run.trace.context, run.trace.attempt, run.name, job_id
-            )
-            if span is not None:
-                op.on_progress(span.progress)
-        _remote.enter_job(self, job_id)
-        # Announced at the next flush, and only if it is still running then: a job
-        # that finishes within one loop iteration needs no Started message.
-        self.unannounced.append(job_id)
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            assert self.loop is not None
-            self.loop.call_soon(self._flush)
         try:
-            async with op:
-                if run.is_async:
-                    result = await fn(*args, **kwargs)
-                else:
-                    # A partial, so that job kwargs named like run_in_thread's own
-                    # parameters ("fn") reach the job untouched.
-                    result = await op.run_in_thread(functools.partial(fn, *args, **kwargs))
-        except CancelationError as exc:
-            if job.failure is not None:
-                self._send_failure(job_id, job.failure)
-            elif op.context.status is OperationStatus.CANCELLED and op.is_cancelled:
-                self._send_cancelled(job_id, exc, op)
-            else:
-                # An operation inside the job was cancelled and the job let it escape:
-                # the job failed with that error, as it would have in one process.
-                self._send_failure(job_id, exc)
-        except asyncio.CancelledError as exc:
-            # Only the worker's own shutdown cancels a job's task from outside: say so,
-            # then let the cancellation go on.
-            self._send_failure(job_id, RuntimeError(f"job stopped by {exc!r}"))
-            raise
-        except BaseException as exc:
-            # The job's own exception, whatever it is (SystemExit and KeyboardInterrupt
-            # included, as in concurrent.futures): the caller's result() raises it.
-            self._send_failure(job_id, exc)
-        else:
-            if job.failure is not None:  # it returned before the cancellation landed
-                self._send_failure(job_id, job.failure)
+            job_id = run.job
+            token = SharedToken(self.table, SlotRef(run.slot, run.generation))
+            if token.is_cancelled:  # cancelled while queued: it never starts
+                reason = token.reason or CancelationReason.MANUAL
+                message = "cancelled before it started"
+                self._send(proto.Cancelled(job_id, reason.value, message, None, False))
                 return
-            try:
-                data = dumps(result)
-            except BaseException as problem:  # SystemExit from a __reduce__ included
-                error = rewrap(
-                    problem,
-                    f"the result of job {job_id} ({type(result).__name__}) cannot be "
-                    f"pickled: {problem!r}; return picklable data",
+            op = Cancelable(run.name, operation_id=str(job_id), register=False).add_token(token)
+            if run.timeout is not None:
+                op.add_source(TimeoutSource(run.timeout))
+            job = self.jobs[job_id] = _Job(token, op, asyncio.current_task())
+            job.forwarder = self._progress_callback(job_id, job)
+            op.on_progress(job.forwarder)
+            if run.trace is not None:
+                span = job.span = _tracing.start_job(
+                    run.trace.context, run.trace.attempt, run.name, job_id
                 )
-                self._send_failure(job_id, error)
+                if span is not None:
+                    op.on_progress(span.progress)
+            _remote.enter_job(self, job_id)
+            # Announced at the next flush, and only if it is still running then: a job
+            # that finishes within one loop iteration needs no Started message.
+            self.unannounced.append(job_id)
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                assert self.loop is not None
+                self.loop.call_soon(self._flush)
+            try:
+                async with op:
+                    if run.is_async:
+                        result = await fn(*args, **kwargs)
+                    else:
+                        # A partial, so that job kwargs named like run_in_thread's own
+                        # parameters ("fn") reach the job untouched.
+                        result = await op.run_in_thread(functools.partial(fn, *args, **kwargs))
+            except CancelationError as exc:
+                if job.failure is not None:
+                    self._send_failure(job_id, job.failure)
+                elif op.context.status is OperationStatus.CANCELLED and op.is_cancelled:
+                    self._send_cancelled(job_id, exc, op)
+                else:
+                    # An operation inside the job was cancelled and the job let it escape:
+                    # the job failed with that error, as it would have in one process.
+                    self._send_failure(job_id, exc)
+            except asyncio.CancelledError as exc:
+                # Only the worker's own shutdown cancels a job's task from outside: say so,
+                # then let the cancellation go on.
+                self._send_failure(job_id, RuntimeError(f"job stopped by {exc!r}"))
+                raise
+            except BaseException as exc:
+                # The job's own exception, whatever it is (SystemExit and KeyboardInterrupt
+                # included, as in concurrent.futures): the caller's result() raises it.
+                self._send_failure(job_id, exc)
             else:
-                self._send(proto.Done(job_id, data))
+                if job.failure is not None:  # it returned before the cancellation landed
+                    self._send_failure(job_id, job.failure)
+                    return
+                try:
+                    data = dumps(result)
+                except BaseException as problem:  # SystemExit from a __reduce__ included
+                    error = rewrap(
+                        problem,
+                        f"the result of job {job_id} ({type(result).__name__}) cannot be "
+                        f"pickled: {problem!r}; return picklable data",
+                    )
+                    self._send_failure(job_id, error)
+                else:
+                    self._send(proto.Done(job_id, data))
+            finally:
+                if job.span is not None:
+                    job.span.close()
+                del self.jobs[job_id]
         finally:
-            if job.span is not None:
-                job.span.close()
-            del self.jobs[job_id]
-            if not self.jobs:
+            self.live -= 1
+            if not self.live:
                 # The last job ended: nothing else is about to be batched with its
                 # outcome, so send it now rather than on the next loop iteration.
                 self._flush()
@@ -614,7 +621,9 @@ def main(
     signal.signal(signal.SIGINT, _supervisors_signal)
     signal.signal(signal.SIGTERM, _supervisors_signal)
     worker = Worker(table, bell, inbox, outbox, supervisor_pid, loop_block_threshold)
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    # asyncio's own loop wakes its timers up to a millisecond late (a job's timeout
+    # with them); this one, to the microsecond. uvloop keeps libuv's timers.
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] = _precise_wait.new_event_loop
     if use_uvloop:
         try:
             import uvloop
