@@ -228,15 +228,21 @@ def test_no_attack_runs_anything(cli, queue, start_server, db, tmp_path, marker)
         ]
     conn.close()
     queue._wake()
-    for job_id, (task, _args) in zip(ids, REFUSED, strict=True):
-        job = queue.wait(job_id, timeout=60)
-        assert job.status == "failed", (task, job)
-        assert "TaskNotAllowed" in (job.error or ""), (task, job.error)
-        assert job.attempts == 0  # refused at the claim: never sent to a worker
 
-    # The worker is intact, the module's own functions and its exports still run.
+    # The worker is intact, the module's own functions and its exports still run. These
+    # jobs come after the rows above (claims go by priority, then id): the server has
+    # passed over every one of those rows once they have run.
     out = cli("submit", f"{DEMO}:add", "[2, 3]", "--wait")
     assert (out.returncode, out.stdout.strip()) == (0, "5"), out.stderr
+    for job_id, (task, _args) in zip(ids, REFUSED, strict=True):
+        job = queue.get(job_id)
+        assert job is not None
+        assert job.attempts == 0, (task, job)  # never sent to a worker
+        if job.status == "failed":  # it looked allowed, but is no task: refused at the claim
+            assert "TaskNotAllowed" in (job.error or ""), (task, job.error)
+        else:  # no pattern of this server admits it: left for a server that may run it
+            assert job.status == "queued", (task, job)
+    assert queue.get(ids[REFUSED.index(("os:system", '["touch @M"]'))]).status == "queued"
     assert queue.wait(queue.submit(f"{VICTIM}:hello", "you"), timeout=60).result == "hello you"
     legit = tmp_path / "legit"
     job = queue.wait(queue.submit(f"{VICTIM}:exported_record", str(legit), "ok"), timeout=60)
@@ -259,10 +265,12 @@ def test_jobs_queued_before_any_server_are_checked_by_the_server(
         queue.submit(f"{DEMO}:add", 1, 2),
     ]
     start_server(allow=(f"{DEMO}:*", f"{VICTIM}:*", "qallow_pkg:*"))
-    jobs = [queue.wait(job_id, timeout=60) for job_id in ids]
-    assert [job.status.value for job in jobs] == ["failed", "failed", "failed", "completed"]
-    assert "TaskNotAllowed" in (jobs[1].error or "")
-    assert "TaskNotAllowed" in (jobs[2].error or "")
+    assert queue.wait(ids[3], timeout=60).result == 3  # claimed after the others
+    jobs = [queue.get(job_id) for job_id in ids[:3]]
+    # The re-export fails when the worker loads it; the names no pattern admits are not
+    # this server's to run or fail: they wait for one that may (none will).
+    assert [job.status.value for job in jobs if job] == ["failed", "queued", "queued"]
+    assert "imported into" in (jobs[0].error or "") or "builtin" in (jobs[0].error or "")
     assert not marker.exists(), marker.read_text()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from qhelpers import DEMO, TASKS, env, wait_for, wait_progress, wait_status
 
-from cancelpool.queue import Queue
+from cancelpool.queue import NoLiveServer, Queue
 
 
 def test_submit_then_result(cli, start_server) -> None:
@@ -91,7 +91,7 @@ def test_non_json_result_fails_clearly(queue, start_server) -> None:
     assert "demo_tasks.py" in (raised.traceback or "")  # the job's own error keeps its
 
 
-def test_unimportable_or_refused_tasks_fail_at_run_time(queue, start_server) -> None:
+def test_unimportable_tasks_fail_at_run_time_and_refused_ones_wait(queue, start_server) -> None:
     # Submitted while no server runs: nobody can refuse them yet.
     missing = queue.submit(f"{TASKS}:no_such_function")
     not_callable = queue.submit(f"{TASKS}:NOT_CALLABLE")
@@ -101,10 +101,27 @@ def test_unimportable_or_refused_tasks_fail_at_run_time(queue, start_server) -> 
         job = queue.wait(job_id, timeout=60)
         assert words in (job.error or "")
         assert job.traceback is None
-    job = queue.wait(refused, timeout=60)
-    assert job.status == "failed"
-    assert "TaskNotAllowed" in (job.error or "")
+    # A task the server may not run is not its to fail: it stays queued for a server
+    # that may run it, and a waiter hears that none of the live ones does.
+    with pytest.raises(NoLiveServer, match=r"none of the live servers of .* allows its task"):
+        queue.wait(refused, timeout=60, need_server=True)
+    job = queue.get(refused)
+    assert job is not None
+    assert job.status == "queued"
     assert job.attempts == 0
+
+
+def test_servers_with_different_allow_lists_share_a_queue(queue, start_server) -> None:
+    # One server runs the queue suite's tasks and the demo's, the other the suite's
+    # only: the demo's jobs all run on the first; the second never claims (or fails)
+    # one of them.
+    start_server(allow=(f"{TASKS}:*",))
+    start_server()
+    jobs = [queue.submit(f"{DEMO}:add", n, 1) for n in range(20)]
+    records = [queue.wait(job, timeout=60) for job in jobs]
+    assert [r.status for r in records] == ["completed"] * 20, [r.error for r in records]
+    assert [r.result for r in records] == [n + 1 for n in range(20)]
+    assert all(r.attempts == 1 for r in records)
 
 
 def test_cancel_reaches_a_running_job(cli, queue, start_server) -> None:

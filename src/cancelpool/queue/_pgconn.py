@@ -304,6 +304,7 @@ class PgTx:
     now = NOW
     lock_rows = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    task_matches = "task ~ ?"
 
     def __init__(self, cur: Any, channel: str) -> None:
         self.cur = cur

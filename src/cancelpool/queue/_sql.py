@@ -29,6 +29,7 @@ from ._exceptions import InvalidJob, JobNotFound
 from ._model import JobRecord, JobStatus, decode_json, task_allowed
 from ._records import CancelOutcome, ClaimedJob, Outcome
 from ._states import UNFINISHED, edge, literal, status_in
+from ._taskref import allow_regex
 
 Q, R = JobStatus.QUEUED, JobStatus.RUNNING
 CANCELLED, FAILED = JobStatus.CANCELLED, JobStatus.FAILED
@@ -52,6 +53,8 @@ class Tx(Protocol):
     lock_rows: str
     #: Suffix of the claim's SELECT: lock the rows, skipping those another claim holds.
     skip_locked: str
+    #: SQL condition: the row's ``task`` matches the regex given as its one ``?``.
+    task_matches: str
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run ``sql`` (``?`` placeholders) and return its rows, readable by column."""
@@ -321,18 +324,20 @@ def cancel_walk(
 
 # -- nodes --------------------------------------------------------------------------------
 def claim(tx: Tx, owner: str, limit: int, allow: Sequence[str]) -> tuple[list[ClaimedJob], int]:
-    """Move up to ``limit`` queued jobs to ``running`` for ``owner``, priority then
-    submission order, in one statement (atomic by itself; on PostgreSQL the rows are
-    picked with ``SKIP LOCKED``, so two nodes never take one job). A claimed job no
-    ``allow`` pattern admits then fails (refused at run time; fenced on the claim).
-    Returns the claimed jobs and how many were refused."""
+    """Move up to ``limit`` queued jobs that ``allow`` admits to ``running`` for
+    ``owner``, priority then submission order, in one statement (atomic by itself; on
+    PostgreSQL the rows are picked with ``SKIP LOCKED``, so two nodes never take one
+    job). Jobs this server may not run stay queued for a server that may (nodes with
+    different ``--allow`` lists share one queue). A row whose task only looks allowed
+    (not a valid reference: written to the database by hand) fails, fenced on the
+    claim. Returns the claimed jobs and how many failed so."""
     got = tx.rows(
         f"WITH picked AS MATERIALIZED (SELECT id FROM jobs WHERE {status_in(Q)} "
-        f"ORDER BY priority DESC, id LIMIT ?{tx.skip_locked}) "
+        f"AND {tx.task_matches} ORDER BY priority DESC, id LIMIT ?{tx.skip_locked}) "
         f"UPDATE jobs SET status = {literal(R)}, owner = ?, attempts = attempts + 1, "
         f"started_at = {tx.now}, ended_at = NULL "
         f"WHERE id IN (SELECT id FROM picked) AND {edge(Q, R)} RETURNING {_CLAIMED}",
-        (limit, owner),
+        (allow_regex(allow), limit, owner),
     )
     got = sorted(got, key=lambda r: (-r["priority"], r["id"]))
     refused = [r for r in got if not task_allowed(r["task"], allow)]

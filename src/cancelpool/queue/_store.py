@@ -19,8 +19,10 @@ need ``FULL`` and an fsync per job).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
+import re
 import socket
 import sqlite3
 import threading
@@ -147,6 +149,16 @@ def _name_matches(name: str | None, pattern: str) -> bool:
     return name is not None and fnmatch.fnmatchcase(name, pattern)
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled(regex: str) -> re.Pattern[str]:
+    return re.compile(regex)
+
+
+def _regexp(regex: str, text: str | None) -> bool:
+    """SQL ``cancelpool_regexp(regex, text)``: the claim's filter (``Tx.task_matches``)."""
+    return text is not None and _compiled(regex).search(text) is not None
+
+
 class SQLiteStore:
     """One connection to a SQLite queue file. Thread-safe (a lock per call)."""
 
@@ -192,6 +204,7 @@ class SQLiteStore:
         # is read with U+FFFD in their place: it never stops ls, result or a claim.
         conn.text_factory = _decode_text
         conn.create_function("name_matches", 2, _name_matches, deterministic=True)
+        conn.create_function("cancelpool_regexp", 2, _regexp, deterministic=True)
         conn.create_function("cancelpool_now", 0, time.time)  # the Tx.now of _sql
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         try:
@@ -579,6 +592,7 @@ class _SQLiteTx:
     now = "cancelpool_now()"
     lock_rows = ""
     skip_locked = ""
+    task_matches = "cancelpool_regexp(?, task)"
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
