@@ -181,8 +181,10 @@ def test_log_lines_carry_the_job_and_node_and_survive_hostile_names(
     db, queue, start_server, fmt
 ) -> None:
     job = plant(db, status="queued", name=EVIL, task=f"{MORE}:shout_result")
+    unnamed = plant(db, status="queued", task=f"{MORE}:shout_result")
     server = start_server("--log-format", fmt, "--log-level", "debug", allow=(f"{MORE}:*",))
     wait_status(queue, job, "completed")
+    wait_status(queue, unnamed, "completed")
     assert server.stop() == 0
     raw = server.log.read_bytes()
     assert_terminal_safe(raw)
@@ -203,6 +205,11 @@ def test_log_lines_carry_the_job_and_node_and_survive_hostile_names(
         "completed",
     }
     assert all(r["name"] == EVIL for r in mine)  # exact, not escaped, in JSON
+    # An unnamed job has no name, at its start and at its end (not its task).
+    other = [r for r in records if r.get("job") == unnamed]
+    assert len(other) == 2
+    assert all(r.get("name") is None for r in other), other
+    assert all(f"job {unnamed} (-) " in r["message"] for r in other), other
     assert all(r["level"] == "debug" for r in mine)
     assert records[0]["level"] == "info"
     assert records[0]["message"].startswith("serving ")

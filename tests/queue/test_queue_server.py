@@ -362,3 +362,22 @@ def test_watch_a_pattern(db, queue, start_server, tmp_path) -> None:
         assert f"{job_id} batch_{job_id - ids[0]} completed" in out
     assert "other" not in out
     queue.cancel_all("other")
+
+
+def test_a_job_that_waited_for_a_worker_is_timed_from_its_start(queue, start_server) -> None:
+    # One worker, taken by a plain function (it runs alone in its worker): the server
+    # claims the next job at once, but it starts only when the worker is free. Its
+    # TIME (ended - started) is the time it ran, not the time since its claim.
+    start_server()
+    sync = queue.submit(f"{TASKS}:blocking_sleep", 1.5)
+    quick = queue.submit(f"{DEMO}:add", 1, 2)
+    waited = queue.wait(quick, timeout=60)
+    held = queue.wait(sync, timeout=60)
+    assert (held.status.value, waited.status.value) == ("completed", "completed")
+    assert held.started_at is not None
+    assert held.ended_at is not None
+    assert waited.started_at is not None
+    assert waited.ended_at is not None
+    assert held.ended_at - held.started_at >= 1.4
+    assert waited.ended_at - waited.started_at < 1.0, (waited.started_at, waited.ended_at)
+    assert waited.ended_at >= held.ended_at - 0.1  # it did wait for the worker

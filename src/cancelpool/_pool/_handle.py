@@ -180,9 +180,13 @@ class JobHandle(concurrent.futures.Future[T], Generic[T]):
         self._cancel_reason = reason
         self._cancel_message = message
 
-    def _stamp_end(self) -> None:
-        """The time the outcome arrived (before it is unpickled)."""
+    def _stamp_end(self, placed_at: float | None = None) -> None:
+        """The time the outcome arrived (before it is unpickled); a job that ended
+        within one turn of its worker's loop sent no ``Started``: it started about when
+        it was ``placed_at`` on its worker."""
         self.ended_at = time.time()
+        if self.started_at is None:
+            self.started_at = placed_at
 
     def _close(self, status: OperationStatus) -> list[_ProgressFeed]:
         """Record how the job ended (pool's lock held); returns the progress streams to

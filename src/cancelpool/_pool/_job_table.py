@@ -14,6 +14,7 @@ worker's place is the supervisor's part of retiring it.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ class JobRecord:
         "id",
         "is_async",
         "parent",
+        "placed_at",
         "remote",
         "seen_started",
         "slot",
@@ -68,6 +70,8 @@ class JobRecord:
         #: Its token slot and worker index while placed on a worker, else None.
         self.slot: SlotRef | None = None
         self.worker: int | None = None
+        #: When it was last sent to a worker (time.time()), None before.
+        self.placed_at: float | None = None
         #: Which run this is (1, then 2 after a retry): a timer of an older one is stale.
         self.attempts = 1
         #: The last partial result the job checkpointed (pickled).
@@ -84,6 +88,7 @@ class JobRecord:
         """The job was sent to worker ``worker`` with token slot ``slot``."""
         self.slot = slot
         self.worker = worker
+        self.placed_at = time.time()
 
     def requeue(self) -> None:
         """Its worker died: back to the queue for a new attempt, from the start."""

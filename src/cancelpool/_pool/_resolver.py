@@ -73,7 +73,7 @@ class Resolver:
         for job, message in batch:
             kind = type(message)
             if kind is proto.Done:
-                job.handle._stamp_end()
+                job.handle._stamp_end(job.placed_at)
                 try:
                     result = pickle.loads(message.result)
                 except BaseException as exc:  # SystemExit from a __setstate__ included
@@ -147,7 +147,7 @@ class Resolver:
 
     def _finished(self, job: JobRecord, message: Any) -> None:
         handle = job.handle
-        handle._stamp_end()
+        handle._stamp_end(job.placed_at)
         kind = type(message)
         if kind is proto.Done:
             try:
@@ -169,7 +169,7 @@ class Resolver:
     def _read_cancelled(self, job: JobRecord, message: proto.Cancelled) -> None:
         """Mark the handle with what the worker says of its cancellation."""
         handle = job.handle
-        handle._stamp_end()
+        handle._stamp_end(job.placed_at)
         handle._set_partial(load_partial(message.partial))
         reason = _REASONS.get(message.reason) or CancelationReason(message.reason)
         if handle.cancel_reason is None or reason is not handle.cancel_reason:

@@ -40,6 +40,10 @@ class Outcome:
     cancel_reason: str | None = None
     cancel_message: str | None = None
     forced: bool = False
+    #: Seconds the job ran in its worker (None: not known, e.g. it never started). The
+    #: store dates its start that long before its end, on the store's own clock: a
+    #: claimed job may wait for a worker, and TIME is the time it ran.
+    ran_for: float | None = None
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,7 @@ class Server:
         )
         self.concurrency = options.concurrency or options.workers * DEFAULT_JOBS_PER_WORKER
         self._running: dict[int, JobHandle[Any]] = {}
+        self._names: dict[int, str | None] = {}  # the queue's name of each running job
         self._cancel_sent: set[int] = set()
         self._done: deque[tuple[int, JobHandle[Any]]] = deque()
         self._progress: dict[int, tuple[str, dict[str, Any]]] = {}
@@ -508,6 +509,7 @@ class Server:
                 )
                 continue
             self._running[job.id] = handle
+            self._names[job.id] = job.name
             self._log(
                 f"job {job.id} ({job.name or '-'}) started: {job.task}",
                 logging.DEBUG,
@@ -550,19 +552,20 @@ class Server:
             self._running.pop(job_id, None)
             self._cancel_sent.discard(job_id)
             outcome = _outcome(job_id, handle, self.options.cancel_grace)
+            name = self._names.pop(job_id, None)  # the queue's name (the pool's: or task)
             if outcome.forced:
                 self._log(
-                    f"job {job_id} ({handle.name or '-'}) {outcome.error}",
+                    f"job {job_id} ({name or '-'}) {outcome.error}",
                     logging.WARNING,
                     job=job_id,
-                    name=handle.name,
+                    name=name,
                 )
             else:
                 self._log(
-                    f"job {job_id} ({handle.name or '-'}) {outcome.status}",
+                    f"job {job_id} ({name or '-'}) {outcome.status}",
                     logging.DEBUG,
                     job=job_id,
-                    name=handle.name,
+                    name=name,
                 )
             if releasing and outcome.status == "cancelled":
                 released.append((job_id, outcome.partial_result))
@@ -643,8 +646,9 @@ class Server:
 
 def _outcome(job_id: int, handle: JobHandle[Any], cancel_grace: float) -> Outcome:
     exc = handle.exception(timeout=0)
+    ran_for = _ran_for(handle)
     if exc is None:
-        return Outcome(job_id, "completed", result=handle.result(timeout=0))
+        return Outcome(job_id, "completed", result=handle.result(timeout=0), ran_for=ran_for)
     if isinstance(exc, JobCancelled):
         partial = exc.partial_result
         return Outcome(
@@ -660,6 +664,7 @@ def _outcome(job_id: int, handle: JobHandle[Any], cancel_grace: float) -> Outcom
             )
             if exc.forced
             else None,
+            ran_for=ran_for,
         )
     # The worker's traceback, but not of the queue's own refusal (only its frames).
     remote = None if getattr(exc, REFUSAL, False) else getattr(exc.__cause__, "tb", None)
@@ -670,7 +675,16 @@ def _outcome(job_id: int, handle: JobHandle[Any], cancel_grace: float) -> Outcom
         error=f"{type(exc).__name__}: {exc}",
         traceback=remote if isinstance(remote, str) else None,
         partial_result=None if partial is None else encode_json_lossy(partial),
+        ran_for=ran_for,
     )
+
+
+def _ran_for(handle: JobHandle[Any]) -> float | None:
+    """Seconds the job ran in its worker, as its handle saw it (None: it never started)."""
+    started, ended = handle.started_at, handle.ended_at
+    if started is None or ended is None:
+        return None
+    return max(0.0, ended - started)
 
 
 def stop_helper_processes() -> None:

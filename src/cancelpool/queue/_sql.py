@@ -380,6 +380,7 @@ _OUTCOME_COLUMNS = (
     ("opartial", "TEXT"),
     ("oreason", "TEXT"),
     ("omessage", "TEXT"),
+    ("oran", "DOUBLE PRECISION"),
 )
 
 
@@ -411,6 +412,7 @@ def record_outcomes(tx: Tx, owner: str, outcomes: Sequence[Outcome]) -> list[int
                 out.partial_result,
                 out.cancel_reason,
                 out.cancel_message,
+                out.ran_for,
             )
             for out in outcomes
         ],
@@ -419,6 +421,7 @@ def record_outcomes(tx: Tx, owner: str, outcomes: Sequence[Outcome]) -> list[int
         f"WITH o({names}) AS ({table}) "
         f"UPDATE jobs SET status = CASE WHEN {won} THEN {literal(CANCELLED)} "
         f"ELSE ostatus END, ended_at = {tx.now}, "
+        f"started_at = CASE WHEN oran IS NULL THEN started_at ELSE {tx.now} - oran END, "
         f"result = CASE WHEN {won} THEN NULL ELSE oresult END, "
         "error = oerror, traceback = otraceback, "
         f"partial_result = CASE WHEN {won} THEN COALESCE(oresult, partial_result) "
