@@ -156,6 +156,25 @@ def ignored_signals_of_a_subprocess() -> int:
     return int(line.split()[1], 16)
 
 
+def sigterm_a_forked_child() -> int:
+    """Fork (without exec) a child that waits, SIGTERM it once it runs; its exit status."""
+    ready_r, ready_w = os.pipe()
+    block_r, block_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: say it runs, then wait for the signal
+        os.write(ready_w, b"r")
+        os.read(block_r, 1)  # nobody writes: blocks until the signal
+        os._exit(0)
+    try:
+        os.read(ready_r, 1)
+        os.kill(child, signal.SIGTERM)
+        _pid, status = os.waitpid(child, 0)
+    finally:
+        for fd in (ready_r, ready_w, block_r, block_w):
+            os.close(fd)
+    return status
+
+
 # -- jobs that wait at the gate -------------------------------------------------------------
 async def hold(gate: str, tag: str = "-", partial: Any = None, marker: str | None = None) -> str:
     """Record ``partial``, leave ``marker``, wait at the gate; returns "released"."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import resource
 import select
@@ -14,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+import _leaks
 from _handshake import BACKSTOP, Gate, start_running
 from cancelpool import (
     CancelPool,
@@ -139,6 +141,38 @@ def test_workers_outlive_their_fork_server(gate: Gate) -> None:
         assert [handle.result(BACKSTOP) for handle in held] == ["released", "released"]
         assert {w.pid for w in pool.statistics().workers} == pids
         assert pool.statistics().failed == 0
+
+
+def test_a_worker_whose_fork_server_died_is_still_force_stopped(gate: Gate) -> None:
+    # Once the fork server is dead, any poll of the children (active_children(), the
+    # start of another worker) makes multiprocessing believe every worker exited, and
+    # its kill() then sends nothing: a forced stop never came and terminate() hung.
+    with CancelPool(workers=1, start_method="forkserver") as pool:
+        stubborn = pool.submit(_jobs.stubborn, gate.path, {"rows": 3}, cancel_grace=0.3)
+        (arrival,) = gate.wait(1)
+        fork_server = psutil.Process(arrival.pid).parent()
+        assert fork_server is not None
+        pidfd = os.pidfd_open(fork_server.pid)
+        try:
+            fork_server.kill()
+            assert select.select([pidfd], [], [], PROMPT)[0], "the fork server did not exit"
+        finally:
+            os.close(pidfd)
+        multiprocessing.active_children()  # the poll that misreads every worker
+        assert stubborn.cancel("stop now") is True
+        exc = stubborn.exception(PROMPT)
+        assert isinstance(exc, JobCancelled)
+        assert exc.forced is True
+        assert exc.partial_result == {"rows": 3}
+        assert _leaks.is_gone(arrival.pid) or not psutil.pid_exists(arrival.pid)
+
+
+def test_a_process_a_job_forks_stops_on_sigterm(pool: CancelPool) -> None:
+    # A fork without exec keeps signal handlers: the worker's "leave it to the
+    # supervisor" handler must not make a job's own child ignore SIGTERM.
+    status = pool.submit(_jobs.sigterm_a_forked_child).result(BACKSTOP)
+    assert os.WIFSIGNALED(status)
+    assert os.WTERMSIG(status) == signal.SIGTERM
 
 
 def test_a_job_that_kills_its_own_worker(pool: CancelPool) -> None:

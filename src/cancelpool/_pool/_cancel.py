@@ -133,7 +133,7 @@ class Canceller:
                     continue
                 # It ignored its cancellation for the whole grace period.
                 proc.forced_for = job.id
-                proc.process.kill()
+                proc.kill()
         return resolved[1]
 
     # -- the watchdog's verdict --------------------------------------------------------------

@@ -597,6 +597,11 @@ def _supervisors_signal(signum: int, frame: FrameType | None) -> None:
     """SIGINT/SIGTERM in a worker: the supervisor acts on them, not the worker."""
 
 
+def _default_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(
     table: TokenTable,
     bell: Doorbell,
@@ -620,6 +625,8 @@ def main(
     # SIG_IGN), and a job's subprocess must still stop on SIGTERM.
     signal.signal(signal.SIGINT, _supervisors_signal)
     signal.signal(signal.SIGTERM, _supervisors_signal)
+    # A process a job forks (without exec) is not a worker: the defaults again.
+    os.register_at_fork(after_in_child=_default_stop_signals)
     worker = Worker(table, bell, inbox, outbox, supervisor_pid, loop_block_threshold)
     # asyncio's own loop wakes its timers up to a millisecond late (a job's timeout
     # with them); this one, to the microsecond. uvloop keeps libuv's timers.

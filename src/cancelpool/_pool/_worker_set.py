@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import signal
 import threading
 import time
 from collections import deque
@@ -100,6 +101,29 @@ class WorkerProc:
             poller.register(self.pidfd, select.POLLIN)
             return bool(poller.poll(0))
         return self.process is None or self.process.exitcode is not None
+
+    def kill(self) -> None:
+        """SIGKILL the process, through its pidfd where it has one: multiprocessing's
+        ``kill()`` sends nothing once it believes the process exited, which a dead fork
+        server makes it believe of every live worker."""
+        if self.pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it has exited already
+            return
+        if self.process is not None:
+            self.process.kill()
+
+    def wait_exited(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the process to exit, then let
+        multiprocessing collect it."""
+        if self.pidfd >= 0:
+            poller = select.poll()
+            poller.register(self.pidfd, select.POLLIN)
+            poller.poll(int(timeout * 1000))
+        if self.process is not None:
+            self.process.join(timeout if self.pidfd < 0 else EXIT_STATUS_WAIT)
 
     def exit_code(self) -> int | None:
         """The exit status of a process that has exited (None: not known)."""
@@ -265,8 +289,8 @@ class WorkerSet:
                     continue
                 if not self._running():  # the pool stopped meanwhile
                     assert spare.process is not None
-                    spare.process.kill()
-                    spare.process.join()
+                    spare.kill()
+                    spare.wait_exited(WORKER_EXIT_GRACE)
                     self.bury(spare)
                     continue
                 if self._warm_functions:
@@ -301,24 +325,23 @@ class WorkerSet:
             if proc.alive and proc.process is not None and not proc.exited():
                 if forced:
                     proc.forced_for = proc.forced_for or 0
-                proc.process.kill()
+                proc.kill()
 
     def kill_all(self) -> None:
         for proc in self.spares:
             if proc.process is not None and not proc.exited():
-                proc.process.kill()
+                proc.kill()
         for proc in self.spares:
             if proc.process is not None:
-                proc.process.join(WORKER_EXIT_GRACE)
+                proc.wait_exited(WORKER_EXIT_GRACE)
             self.bury(proc)
         self.spares.clear()
         for proc in self.procs:
-            process = proc.process
-            if process is None:
+            if proc.process is None:
                 continue
             if not proc.exited():
-                process.kill()
-            process.join(WORKER_EXIT_GRACE)
+                proc.kill()
+            proc.wait_exited(WORKER_EXIT_GRACE)
             self.bury(proc)
 
     # -- reading from workers ----------------------------------------------------------------
@@ -347,8 +370,7 @@ class WorkerSet:
                 messages.extend(proto.from_worker_decoder.decode(payload))
         except (ValueError, msgspec.DecodeError):
             logger.exception("cancelpool: garbled data from worker %s; killing it", proc.pid)
-            if proc.process is not None:
-                proc.process.kill()
+            proc.kill()
         return messages
 
     def jobs_ended(self, proc: WorkerProc, count: int) -> None:
