@@ -58,3 +58,8 @@ def count_sync(n: int) -> int:
         op.token.check()
         op.report_progress_sync(f"{i}/{n}", {"done": i, "total": n})
     return n
+
+
+def failing_init() -> None:
+    """A --worker-init that fails in every worker."""
+    raise RuntimeError("the worker's setup failed")

@@ -381,3 +381,38 @@ def test_a_job_that_waited_for_a_worker_is_timed_from_its_start(queue, start_ser
     assert held.ended_at - held.started_at >= 1.4
     assert waited.ended_at - waited.started_at < 1.0, (waited.started_at, waited.ended_at)
     assert waited.ended_at >= held.ended_at - 0.1  # it did wait for the worker
+
+
+def test_a_failing_worker_init_stops_serve_and_leaves_the_jobs_queued(db, queue) -> None:
+    # Its initializer fails in every worker, so the pool can run nothing: that is no
+    # job's failure. serve stops by itself (exit 1) and the jobs wait for a server
+    # that can run them.
+    jobs = [queue.submit(f"{DEMO}:add", n, 1) for n in range(3)]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cancelpool.cli",
+            "serve",
+            "--db",
+            str(db),
+            "--workers",
+            "1",
+            "--allow",
+            f"{DEMO}:*",
+            "--worker-init",
+            f"{TASKS}:failing_init",
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "the pool cannot run jobs" in out.stderr
+    assert "the worker's setup failed" in out.stderr
+    for job_id in jobs:
+        record = queue.get(job_id)
+        assert record is not None
+        assert record.status == "queued", record
+        assert record.error is None

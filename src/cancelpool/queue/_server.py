@@ -39,7 +39,7 @@ from types import FrameType
 from typing import Any
 
 from .. import _tracing
-from .._core._exceptions import JobCancelled
+from .._core._exceptions import JobCancelled, PoolBroken
 from .._events import EventCallback, QueueDepth
 from .._pool._handle import JobHandle
 from .._pool._pool import CancelPool
@@ -135,6 +135,10 @@ class Server:
         self.concurrency = options.concurrency or options.workers * DEFAULT_JOBS_PER_WORKER
         self._running: dict[int, JobHandle[Any]] = {}
         self._names: dict[int, str | None] = {}  # the queue's name of each running job
+        #: Why the pool cannot run jobs (a failing --worker-init), once it broke, and
+        #: the claimed jobs it refused since: both go back to the queue.
+        self._pool_broken: str | None = None
+        self._unplaced: list[int] = []
         self._cancel_sent: set[int] = set()
         self._done: deque[tuple[int, JobHandle[Any]]] = deque()
         self._progress: dict[int, tuple[str, dict[str, Any]]] = {}
@@ -304,7 +308,8 @@ class Server:
 
     # -- main loop ---------------------------------------------------------------------------
     def run(self) -> int:
-        """Serve until a signal or :meth:`stop`; returns the exit status (0)."""
+        """Serve until a signal or :meth:`stop`; returns the exit status (0; 1 when the
+        pool broke, e.g. a --worker-init that fails: its jobs were requeued)."""
         options = self.options
         recovered = self.store.recover(None, options.max_attempts)
         if any(recovered.values()):
@@ -364,7 +369,7 @@ class Server:
                     signal.signal(signum, handler)
             self._close_fifo()
             self.store.close()
-        return 0
+        return 1 if self._pool_broken is not None else 0
 
     def _serve(self, pool: CancelPool) -> None:
         last_progress = 0.0
@@ -502,6 +507,11 @@ class Server:
                         parent=parent,
                         metadata={"queue_id": job.id},
                     )
+            except PoolBroken as exc:  # no job of this server can run: back to the queue
+                if self._pool_broken is None:
+                    self._pool_broken = str(exc)
+                self._unplaced.append(job.id)
+                continue
             except Exception as exc:
                 self.store.record_outcomes(
                     self.id,
@@ -541,16 +551,27 @@ class Server:
             self.store.save_progress(rows)
 
     def _record_done(self, *, releasing: bool = False) -> None:
-        if not self._done:
+        if not self._done and not self._unplaced:
             return
         if self._progress:
             self._flush_progress()  # a job's last report lands before its outcome
         outcomes: list[Outcome] = []
         released: list[tuple[int, str | None]] = []
+        broken: list[tuple[int, str | None]] = [(job_id, None) for job_id in self._unplaced]
+        self._unplaced.clear()
         while self._done:
             job_id, handle = self._done.popleft()
             self._running.pop(job_id, None)
             self._cancel_sent.discard(job_id)
+            error = handle.exception(timeout=0)
+            if isinstance(error, PoolBroken):
+                # Not the job's failure (its initializer, say, fails in every worker):
+                # the job goes back to the queue for a server that can run it.
+                self._names.pop(job_id, None)
+                broken.append((job_id, None))
+                if self._pool_broken is None:
+                    self._pool_broken = str(error)
+                continue
             outcome = _outcome(job_id, handle, self.options.cancel_grace)
             name = self._names.pop(job_id, None)  # the queue's name (the pool's: or task)
             if outcome.forced:
@@ -582,6 +603,17 @@ class Server:
                     self._apply_cancels()
         if released:
             self._release(released)
+        if broken:
+            why = f"its server's pool broke ({self._pool_broken})"
+            self.store.release(self.id, broken, requeue=True, message=why)
+            self.stats["released"] += len(broken)
+            if self._stop_signal is None:
+                self._log(
+                    f"the pool cannot run jobs: {self._pool_broken}; stopping, its jobs stay "
+                    "queued",
+                    logging.ERROR,
+                )
+                self.stop("the pool broke")
 
     def _release(self, jobs: Sequence[tuple[int, str | None]]) -> None:
         requeue = self.options.on_shutdown == "requeue"
