@@ -24,7 +24,9 @@ and one ``is None`` test when the job starts.
 from __future__ import annotations
 
 import os
+import re
 import sys
+import traceback
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,21 @@ MAX_PROGRESS_EVENTS = 32
 MAX_EVENT_TEXT = 256
 #: Metadata entries of one progress report recorded as event attributes.
 MAX_EVENT_FIELDS = 16
+#: Characters of a job's name kept in its span's name and attribute, and of an
+#: exception's stack trace in its event (a pool job's name is not bounded).
+MAX_NAME = 200
+MAX_STACK = 8192
+#: Exporters encode integers as int64: a larger one is recorded as its text.
+_INT64 = (-(2**63), 2**63 - 1)
+#: W3C trace-context rules, checked here so that the propagator never logs (what it
+#: rejects it logs through the root logger, whatever the program configured: text an
+#: attacker wrote in a queue row would reach serve's stderr).
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACESTATE_MEMBER = re.compile(
+    r"(?:[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+)
+_MAX_TRACESTATE_MEMBERS = 32
 
 TRACER_NAME = "cancelpool"
 SPAN_PREFIX = "cancelpool.job"
@@ -130,8 +147,10 @@ def parse(text: object) -> Any | None:
     except ImportError:
         return None
     parent, _, state = text.partition("\n")
+    if not _TRACEPARENT.fullmatch(parent):
+        return None
     carrier = {"traceparent": parent}
-    if state:
+    if state and _valid_tracestate(state):  # else the parent alone, as W3C asks
         carrier["tracestate"] = state
     try:
         context = _w3c().extract(carrier)
@@ -140,6 +159,14 @@ def parse(text: object) -> Any | None:
     except Exception:
         return None
     return context
+
+
+def _valid_tracestate(state: str) -> bool:
+    members = [member.strip() for member in state.split(",")]
+    members = [member for member in members if member]
+    return len(members) <= _MAX_TRACESTATE_MEMBERS and all(
+        _TRACESTATE_MEMBER.fullmatch(member) for member in members
+    )
 
 
 def activate(text: str | None) -> AbstractContextManager[object]:
@@ -163,6 +190,14 @@ def _attached(context: Any) -> Iterator[None]:
         yield
     finally:
         otel_context.detach(token)
+
+
+def _text_of(error: BaseException) -> str:
+    """``str(error)``, or a stand-in when its ``__str__`` raises."""
+    try:
+        return str(error)
+    except Exception:
+        return f"<unprintable {type(error).__name__}>"
 
 
 class JobSpan:
@@ -195,9 +230,13 @@ class JobSpan:
             for key, value in list(metadata.items())[:MAX_EVENT_FIELDS]:
                 if isinstance(value, str):
                     value = value[:MAX_EVENT_TEXT]
-                elif not isinstance(value, (bool, int, float)):
+                elif isinstance(value, int) and not isinstance(value, bool):
+                    if not _INT64[0] <= value <= _INT64[1]:
+                        value = str(value)[:MAX_EVENT_TEXT]
+                elif not isinstance(value, (bool, float)):
                     continue
-                attributes[f"cancelpool.progress.{str(key)[:64]}"] = value
+                # Under its own prefix: a key named "message" cannot overwrite ours.
+                attributes[f"cancelpool.progress.meta.{str(key)[:64]}"] = value
         self._span.add_event(PROGRESS_EVENT, attributes)
 
     def failed(self, error: BaseException) -> None:
@@ -209,8 +248,17 @@ class JobSpan:
 
         span = self._span
         span.set_attribute(JOB_OUTCOME, "failed")
-        span.record_exception(error)
-        text = f"{type(error).__name__}: {error}"
+        message = _text_of(error)
+        stack = "".join(traceback.format_exception(error))[-MAX_STACK:]
+        span.add_event(  # the semantic conventions' exception event, bounded
+            "exception",
+            {
+                "exception.type": type(error).__qualname__,
+                "exception.message": message[:MAX_EVENT_TEXT],
+                "exception.stacktrace": stack,
+            },
+        )
+        text = f"{type(error).__name__}: {message}"
         span.set_status(Status(StatusCode.ERROR, text[:MAX_EVENT_TEXT]))
 
     def cancelled(
@@ -280,7 +328,7 @@ def _record_cancel(span: Any, reason: CancelationReason, message: str | None, fo
 def _attributes(job_id: int, name: str | None, attempt: int) -> dict[str, Any]:
     attributes: dict[str, Any] = {JOB_ID: job_id, JOB_ATTEMPT: attempt, WORKER_PID: os.getpid()}
     if name is not None:
-        attributes[JOB_NAME] = name
+        attributes[JOB_NAME] = name[:MAX_NAME]
     return attributes
 
 
@@ -297,7 +345,7 @@ def start_job(text: str, attempt: int, name: str | None, job_id: int) -> JobSpan
 
         tracer = trace.get_tracer(TRACER_NAME)
         span = tracer.start_span(
-            f"{SPAN_PREFIX} {name}" if name else SPAN_PREFIX,
+            f"{SPAN_PREFIX} {name[:MAX_NAME]}" if name else SPAN_PREFIX,
             context=parent,
             kind=trace.SpanKind.CONSUMER,
             attributes=_attributes(job_id, name, attempt),
@@ -381,7 +429,7 @@ def _supervisor_span(
         attributes = _attributes(job_id, name, attempt)
         del attributes[WORKER_PID]  # this is the supervisor's process, not the worker's
         return trace.get_tracer(TRACER_NAME).start_span(
-            f"{SPAN_PREFIX} {name}" if name else SPAN_PREFIX,
+            f"{SPAN_PREFIX} {name[:MAX_NAME]}" if name else SPAN_PREFIX,
             context=parent,
             kind=trace.SpanKind.CONSUMER,
             attributes=attributes,

@@ -151,3 +151,16 @@ def install_batched(path: str) -> None:
         BatchSpanProcessor(JsonLinesExporter(path), schedule_delay_millis=3_600_000)
     )
     trace.set_tracer_provider(provider)
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ZeroDivisionError("no text for this one")
+
+
+async def raise_unprintable() -> None:
+    raise Unprintable()
+
+
+async def raise_huge(size: int) -> None:
+    raise ValueError("x" * size)

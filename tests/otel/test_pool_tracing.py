@@ -149,11 +149,11 @@ def test_progress_reports_are_span_events_up_to_the_cap_then_counted(
         "name": "cancelpool.progress",
         "attributes": {
             "cancelpool.progress.message": "step 0",
-            "cancelpool.progress.step": 0,
-            "cancelpool.progress.of": cap + 10,  # "nested" (a list) is not an attribute
+            "cancelpool.progress.meta.step": 0,
+            "cancelpool.progress.meta.of": cap + 10,  # "nested" (a list) is not an attribute
         },
     }
-    assert events[-1]["attributes"]["cancelpool.progress.step"] == cap - 1
+    assert events[-1]["attributes"]["cancelpool.progress.meta.step"] == cap - 1
     assert span["attributes"]["cancelpool.progress.count"] == cap + 10
     assert span["attributes"]["cancelpool.progress.dropped"] == 10
 
@@ -374,3 +374,45 @@ def test_the_tracestate_travels_too_unless_it_is_too_long() -> None:
     with context_with(huge):
         text = tracing.capture()
     assert text == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_a_hostile_tracestate_is_dropped_without_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What the W3C propagator rejects it logs through the root logger: text from a
+    # queue row would reach serve's stderr. Checked first here, so it never sees it.
+    caplog.set_level("DEBUG")
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    for state in (
+        'x=", "level": "critical", "msg": "FAKE',
+        ",".join(f"k{i}=v" for i in range(40)),  # over 32 members
+        "UPPER=case",
+    ):
+        context = tracing.parse(f"{parent}\n{state}")
+        assert context is not None  # the parent alone still traces the job
+        assert trace.get_current_span(context).get_span_context().trace_state == {}
+    assert tracing.parse(f"{'0' * 600}") is None  # not a traceparent at all
+    assert caplog.records == []
+
+
+def test_a_failures_span_is_bounded_and_an_unprintable_error_is_recorded(
+    make_pool: Callable[..., CancelPool], traced_options: dict[str, Any], span_file: Path
+) -> None:
+    pool = make_pool(**traced_options)
+    with tracer.start_as_current_span("submitter"):
+        unprintable = pool.submit(_spans.raise_unprintable)
+        huge = pool.submit(_spans.raise_huge, 1_000_000, name="n" * 10_000)
+    with pytest.raises(_spans.Unprintable):
+        unprintable.result()
+    with pytest.raises(ValueError, match=r"^x+$"):
+        huge.result()
+    spans = _spans.read(span_file)
+    span = by_name(spans, "cancelpool.job raise_unprintable")
+    assert span["status"] == "ERROR"
+    assert span["description"] == "Unprintable: <unprintable Unprintable>"
+    [event] = span["events"]
+    assert event["attributes"]["exception.type"] == "Unprintable"
+    span = by_name(spans, "cancelpool.job " + "n" * tracing.MAX_NAME)
+    [event] = span["events"]
+    assert len(event["attributes"]["exception.message"]) == tracing.MAX_EVENT_TEXT
+    assert len(event["attributes"]["exception.stacktrace"]) <= tracing.MAX_STACK
