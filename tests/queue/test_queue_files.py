@@ -310,3 +310,13 @@ def test_a_server_starting_while_clients_submit(tmp_path: Path) -> None:
                 proc.kill()
                 proc.wait()
     server.assert_family_gone()
+
+
+@pytest.mark.parametrize("version", ["²", "abc", "-1", ""])
+def test_a_queue_of_a_version_that_is_no_number_is_refused(tmp_path: Path, version: str) -> None:
+    db = tmp_path / "queue.db"
+    Queue(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (version,))
+    conn.close()
+    _refused(Runner(db)("ls"), "is a queue of schema version")

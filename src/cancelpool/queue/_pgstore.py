@@ -183,7 +183,7 @@ class PostgresStore:
     def _prepare(self, create: bool) -> None:
         version = self._schema_version()
         #: The schema version found on opening (None: there was no queue).
-        self.found_version = None if version is None else int(version)
+        self.found_version = None if version is None else _sql.schema_number(version)
         if version is None:
             if not create:
                 raise QueueFileError(
@@ -192,7 +192,7 @@ class PostgresStore:
                     + (f" --pg-schema {self.schema}" if self.schema != "cancelpool" else "")
                 )
             self.upgrade()
-        elif version.isdigit() and int(version) in _MIGRATIONS:
+        elif _sql.schema_number(version) in _MIGRATIONS:
             self.upgrade()
         elif version != str(SCHEMA_VERSION):
             raise QueueFileError(
@@ -220,7 +220,7 @@ class PostgresStore:
         from psycopg import sql
 
         before = self._schema_version()
-        known = before is not None and before.isdigit() and int(before) in _MIGRATIONS
+        known = before is not None and _sql.schema_number(before) in _MIGRATIONS
         if before is not None and before != str(SCHEMA_VERSION) and not known:
             raise QueueFileError(
                 f"the queue in schema {self.schema!r} is of version {before}; this "

@@ -566,3 +566,9 @@ def record(row: Any) -> JobRecord:
         return job
     note = f"damaged row: {'; '.join(damage)}"
     return dataclasses.replace(job, error=f"{note} ({job.error})" if job.error else note)
+
+
+def schema_number(version: str) -> int | None:
+    """A schema version as stored (text), or None if it is not a plain number (a row
+    another program wrote: the queue is then refused, not read)."""
+    return int(version) if version.isascii() and version.isdigit() else None

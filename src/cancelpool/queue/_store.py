@@ -224,13 +224,13 @@ class SQLiteStore:
         self.found_version: int | None = None
         if schema is not None:
             version = schema[0]
-            known = version.isdigit() and int(version) in _MIGRATIONS
+            known = _sql.schema_number(version) in _MIGRATIONS
             if version != str(SCHEMA_VERSION) and not known:
                 raise QueueFileError(
                     f"{self.path} is a queue of schema version {version}; this cancelpool "
                     f"reads version {SCHEMA_VERSION}"
                 )
-            self.found_version = int(version)
+            self.found_version = _sql.schema_number(version)
         elif tables:
             raise QueueFileError(
                 f"{self.path} is a SQLite database of something else, not a cancelpool "
