@@ -467,3 +467,8 @@ def initialized() -> list[Any]:
 
 def failing_initializer(message: str) -> None:
     raise ValueError(message)
+
+
+def exiting_initializer(code: int) -> None:
+    """An initializer that ends its worker process at once: nothing to report."""
+    os._exit(code)

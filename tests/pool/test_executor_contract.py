@@ -9,13 +9,22 @@ import itertools
 import logging
 import multiprocessing
 import pickle
+import time
 import weakref
 from typing import Any
 
 import pytest
 
 from _handshake import BACKSTOP
-from cancelpool import CancelPool, OperationStatus, PoolBroken, PoolError
+from cancelpool import (
+    CancelPool,
+    OperationStatus,
+    PoolBroken,
+    PoolError,
+    WorkerCrashed,
+    WorkerStarted,
+)
+from cancelpool._pool._supervisor import MAX_INIT_DEATHS
 
 from . import _jobs
 
@@ -122,6 +131,39 @@ def test_a_failing_initializer_breaks_the_pool_without_respawning(
         with pytest.raises(PoolBroken, match="initializer"):
             pool.submit(_jobs.add, 1, 1)
     assert "no config" in caplog.text
+
+
+def test_an_initializer_that_exits_its_worker_breaks_the_pool_without_respawning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # It raises nothing the worker could report: the pool respawned workers about 20
+    # times a second, failing each job with WorkerCrashed. MAX_INIT_DEATHS workers in
+    # a row that die before their initializer returns break the pool.
+    starts: list[object] = []
+    with (
+        caplog.at_level(logging.ERROR, logger="cancelpool"),
+        CancelPool(workers=1, initializer=_jobs.exiting_initializer, initargs=(3,)) as pool,
+    ):
+        pool.subscribe(
+            lambda event: starts.append(event) if isinstance(event, WorkerStarted) else None
+        )
+        # The first job is lost with the first worker; the replacements die too, and
+        # the pool breaks: submit() raises from then on.
+        error = pool.submit(_jobs.add, 1, 1).exception(BACKSTOP)
+        assert isinstance(error, (WorkerCrashed, PoolBroken)), error
+        deadline = time.monotonic() + BACKSTOP
+        while True:
+            try:
+                handle = pool.submit(_jobs.add, 1, 1)
+            except PoolBroken as exc:
+                broken = exc
+                break
+            assert isinstance(handle.exception(BACKSTOP), (WorkerCrashed, PoolBroken))
+            assert time.monotonic() < deadline, "the pool kept respawning workers"
+        assert "exited while running the pool's initializer exiting_initializer" in str(broken)
+        assert "exit code 3" in str(broken)
+    assert len(starts) <= MAX_INIT_DEATHS + 1  # the last replacement, killed at once
+    assert "exited while running the pool's initializer" in caplog.text
 
 
 def test_an_initializer_that_does_not_pickle_is_refused() -> None:

@@ -85,6 +85,11 @@ class InitFailed(msgspec.Struct, tag=16, array_like=True, frozen=True):
     traceback: str
 
 
+class InitDone(msgspec.Struct, tag=22, array_like=True, frozen=True):
+    """The pool's initializer returned in this worker (sent only when there is one):
+    a worker that dies before it says so died in its initializer."""
+
+
 class Progress(msgspec.Struct, tag=14, array_like=True, frozen=True):
     """A progress report from inside a job."""
 
@@ -194,6 +199,7 @@ FromWorker = (
     | SubmitChild
     | CancelChild
     | InitFailed
+    | InitDone
     | LoopBlocked
     | LoopResumed
     | BellHeard

@@ -76,6 +76,9 @@ if TYPE_CHECKING:
     from ._settings import PoolSettings
 
 logger = logging.getLogger("cancelpool")
+#: Workers in a row that may exit before their initializer returns before the pool
+#: counts as broken (one such death may be a kill from outside; a pattern is not).
+MAX_INIT_DEATHS = 3
 
 
 class Supervisor:
@@ -111,6 +114,8 @@ class Supervisor:
             settings, self._job_table, self._ws, self._timers, self._dispatcher
         )
         self._broken: PoolBroken | None = None
+        #: Workers in a row that died before their initializer returned (InitDone).
+        self._init_deaths = 0
         self._dropped = False
         self._pool_ref = weakref.ref(pool, self._pool_dropped)
 
@@ -539,6 +544,10 @@ class Supervisor:
                 if kind is proto.InitFailed:
                     broken.append(message)
                     continue
+                if kind is proto.InitDone:
+                    proc.initialized = True
+                    self._init_deaths = 0
+                    continue
                 if kind is proto.CancelChild:
                     key = (proc.index, proc.pid or 0, message.request)
                     child = self._job_table.by_request(key)
@@ -636,13 +645,42 @@ class Supervisor:
             proc.pid,
             message.traceback,
         )
+        self._break(
+            f"the pool's initializer {label} failed in worker process {proc.pid} "
+            f"({cause!r}); no job can run: fix the initializer and create a new pool",
+            cause,
+        )
+
+    def _died_initializing(self, proc: WorkerProc, how: str) -> None:
+        """Break the pool at the ``MAX_INIT_DEATHS``-th worker in a row that exited
+        before its initializer returned (one that calls ``os._exit``, say: nothing to
+        report), so that it does not respawn workers for ever."""
+        if (
+            self._settings.initializer is None
+            or proc.initialized
+            or proc.stop_sent
+            or proc.forced_for is not None
+        ):
+            return
+        self._init_deaths += 1
+        if self._init_deaths < MAX_INIT_DEATHS:
+            return
+        label = self._settings.initializer_label
+        why = (
+            f"{self._init_deaths} worker processes in a row exited while running the "
+            f"pool's initializer {label} (the last: pid {proc.pid}, {how}); no job can "
+            "run: fix the initializer and create a new pool"
+        )
+        logger.error("cancelpool: %s", why)
+        self._break(why, None)
+
+    def _break(self, why: str, cause: BaseException | None) -> None:
+        """The pool cannot run jobs: every job fails with :class:`PoolBroken` (``why``,
+        ``cause`` as its ``__cause__``), the workers are killed, ``submit()`` raises."""
         with self._lock:
             if self._broken is not None:
                 return
-            self._broken = PoolBroken(
-                f"the pool's initializer {label} failed in worker process {proc.pid} "
-                f"({cause!r}); no job can run: fix the initializer and create a new pool"
-            )
+            self._broken = PoolBroken(why)
             self._broken.__cause__ = cause
             if self._state in ("running", "closing"):
                 self._state = "broken"
@@ -833,6 +871,7 @@ class Supervisor:
                     job.trace, job.attempts, handle.name, job.id, handle.started_at, error
                 )
             self._resolver.failed(job, error)
+        self._died_initializing(proc, how)
         if self._state == "closing":
             self._wake()
         if self._settings.spare_workers:

@@ -190,6 +190,8 @@ class Worker:
                 os.set_blocking(self.out_fd, True)
                 os.write(self.out_fd, self.write_buffer)
             return False
+        self._send(proto.InitDone())
+        self._flush()
         return True
 
     def _watch_supervisor(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -86,6 +86,8 @@ class WorkerProc:
         self.dispatched = 0  # jobs sent to this process (max_tasks_per_child counts them)
         self.memory_checked = 0.0
         self.alive = False
+        #: It said its initializer returned (``InitDone``; only with an initializer).
+        self.initialized = False
         self.stop_sent = False
         self.retiring = False
         self.exclusive = False
@@ -234,6 +236,7 @@ class WorkerSet:
         proc.dispatched = 0
         proc.memory_checked = time.monotonic()
         proc.alive = True
+        proc.initialized = False
         proc.stop_sent = False
         proc.retiring = False
         proc.exclusive = False
