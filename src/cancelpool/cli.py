@@ -747,7 +747,11 @@ def watch(
 class _UnservedNotice:
     """``watch``'s on_tick: says once on stderr, per job, that no live server can finish
     it (it would otherwise wait in silence), from the same checks as ``result --wait``,
-    every ``LIVENESS_CHECK_INTERVAL`` once the job stayed unserved ``NO_SERVER_GRACE``."""
+    once the job stayed unserved ``NO_SERVER_GRACE``. Checked every ``CHECK_INTERVAL``
+    (a check costs a query and the servers' liveness per job: with thousands of jobs,
+    every frame would keep a core busy)."""
+
+    CHECK_INTERVAL = 1.0
 
     def __init__(self, queue: Queue, ids: list[int]) -> None:
         self._queue = queue
@@ -757,13 +761,13 @@ class _UnservedNotice:
         self._told: set[int] = set()
 
     def __call__(self) -> list[str]:
-        from .queue._client import LIVENESS_CHECK_INTERVAL, NO_SERVER_GRACE
+        from .queue._client import NO_SERVER_GRACE
         from .queue._format import visible
 
         now = time.monotonic()
         if now < self._next:
             return []
-        self._next = now + LIVENESS_CHECK_INTERVAL
+        self._next = now + self.CHECK_INTERVAL
         for job_id in self._ids:
             if job_id in self._told:
                 continue

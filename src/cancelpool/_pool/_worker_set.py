@@ -123,7 +123,8 @@ class WorkerProc:
         if self.pidfd >= 0:
             poller = select.poll()
             poller.register(self.pidfd, select.POLLIN)
-            poller.poll(int(timeout * 1000))
+            if not poller.poll(int(timeout * 1000)):
+                return  # still running after the timeout: nothing to collect yet
         if self.process is not None:
             self.process.join(timeout if self.pidfd < 0 else EXIT_STATUS_WAIT)
 
