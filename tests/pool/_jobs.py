@@ -82,6 +82,17 @@ async def loop_kind() -> tuple[str, str]:
     return type(loop).__name__, type(getattr(loop, "_selector", None)).__name__
 
 
+async def declared_library(in_child_task: bool) -> str | None:
+    """What sniffio's context variable says in a job (or a task the job starts)."""
+    import asyncio
+
+    import sniffio
+
+    if in_child_task:
+        return await asyncio.create_task(declared_library(False))
+    return sniffio.current_async_library_cvar.get()
+
+
 def where_sync() -> dict[str, Any]:
     op = _op()
     return {

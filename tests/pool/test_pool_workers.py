@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -25,6 +26,7 @@ from cancelpool import (
     WorkerCrashed,
     WorkerLost,
 )
+from cancelpool._pool._supervisor import NAP
 
 from . import _jobs
 
@@ -183,15 +185,21 @@ def test_a_job_that_kills_its_own_worker(pool: CancelPool) -> None:
     assert [pool.submit(_jobs.add, i, i).result(BACKSTOP) for i in range(3)] == [0, 2, 4]
 
 
-def test_a_job_ignoring_its_cancellation_is_force_stopped(gate: Gate) -> None:
+# A grace shorter than the supervisor's longest poll (NAP) wakes it when the force timer
+# is armed; a longer one is found when the supervisor looks up on its own.
+@pytest.mark.parametrize("grace", [0.3, NAP + 0.5], ids=["woken", "found-on-its-own"])
+def test_a_job_ignoring_its_cancellation_is_force_stopped(gate: Gate, grace: float) -> None:
     with CancelPool(workers=1) as pool:
-        stubborn = pool.submit(_jobs.stubborn, gate.path, {"rows": 12}, cancel_grace=0.3)
+        stubborn = pool.submit(_jobs.stubborn, gate.path, {"rows": 12}, cancel_grace=grace)
         bystander = pool.submit(_jobs.hold, gate.path, "bystander")
         arrivals = {arrival.tag: arrival for arrival in gate.wait(2)}
+        cancelled_at = time.monotonic()
         assert stubborn.cancel("stop now") is True
         exc = stubborn.exception(BACKSTOP)
         assert isinstance(exc, JobCancelled)
         assert exc.forced is True
+        # On time: not before its grace, and not a whole nap late either.
+        assert grace <= time.monotonic() - cancelled_at < grace + NAP / 2 + PROMPT / 10
         assert exc.message == "stop now"
         assert exc.partial_result == {"rows": 12}  # its last checkpoint
         # The other job of that worker was lost with it, and says why.

@@ -13,6 +13,8 @@ import socket
 import time
 from collections.abc import Callable
 
+import pytest
+
 from cancelpool import CancelPool
 from cancelpool._pool._precise_wait import PreciseEpollSelector, new_event_loop
 
@@ -105,3 +107,17 @@ def test_asyncio_workers_run_on_it(make_pool: Callable[..., CancelPool]) -> None
         "_UnixSelectorEventLoop",
         "PreciseEpollSelector",
     )
+
+
+@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_jobs_find_their_async_library_without_asking_the_loop(
+    make_pool: Callable[..., CancelPool], use_uvloop: bool
+) -> None:
+    # The worker declares asyncio to sniffio once (anyio asks sniffio on every call a
+    # job makes); the tasks a job starts inherit it.
+    pytest.importorskip("sniffio")
+    if use_uvloop:
+        pytest.importorskip("uvloop")
+    pool = make_pool(use_uvloop=use_uvloop)
+    assert pool.submit(_jobs.declared_library, False).result(_BACKSTOP) == "asyncio"
+    assert pool.submit(_jobs.declared_library, True).result(_BACKSTOP) == "asyncio"

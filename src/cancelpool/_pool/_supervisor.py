@@ -79,6 +79,10 @@ logger = logging.getLogger("cancelpool")
 #: Workers in a row that may exit before their initializer returns before the pool
 #: counts as broken (one such death may be a kill from outside; a pattern is not).
 MAX_INIT_DEATHS = 3
+#: Seconds the supervisor thread polls at most while jobs are live. A timer armed
+#: further ahead (a cancelled job's force timer: cancel_grace, 5 s by default) needs no
+#: wake-up of the thread; an idle pool still sleeps until something happens.
+NAP = 1.0
 
 
 class Supervisor:
@@ -473,6 +477,12 @@ class Supervisor:
                 deadline = self._timers.next_deadline()
                 if stop_deadline is not None:
                     deadline = stop_deadline if deadline is None else min(deadline, stop_deadline)
+                if self._job_table.live:
+                    # While jobs run, look up at least every NAP seconds: a timer armed
+                    # further ahead than that then needs no wake-up (see Timers).
+                    nap = time.monotonic() + NAP
+                    deadline = nap if deadline is None else min(deadline, nap)
+                self._timers.sleeping_until = deadline
             readable, writable = _poll.wait(watch.readers, watch.writers, deadline)
             if stop_deadline is not None and time.monotonic() >= stop_deadline:
                 self._ws.kill_all()  # workers that ignored Stop

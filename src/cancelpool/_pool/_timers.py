@@ -33,19 +33,25 @@ class Timer(NamedTuple):
 class Timers:
     """The armed timers, earliest first. Not thread-safe: used under the pool's lock.
 
-    Arming a timer earlier than every other wakes the supervisor thread through
-    ``wakeup``, so that its poll ends in time.
+    Arming a timer wakes the supervisor thread through ``wakeup`` only if it is due
+    before the supervisor's poll ends anyway (:attr:`sleeping_until`, which the
+    supervisor sets before it polls). A cancellation arms a force timer seconds ahead:
+    waking the supervisor for it cost the cancelling thread the GIL for a turn of the
+    supervisor's loop, right while the cancellation was on its way.
     """
 
     def __init__(self, wakeup: Wakeup) -> None:
         self._heap: list[Timer] = []
         self._wakeup = wakeup
+        #: The latest time (monotonic) at which the supervisor's next or current poll
+        #: ends; None: it may wait for ever. Set by the supervisor under the lock.
+        self.sleeping_until: float | None = None
 
     def add(self, deadline: float, job: int, attempt: int, kind: int, ring: int = 0) -> None:
         """Arm a timer (lock held)."""
-        earliest = self._heap[0].deadline if self._heap else None
         heapq.heappush(self._heap, Timer(deadline, job, attempt, kind, ring))
-        if earliest is None or deadline < earliest:
+        until = self.sleeping_until
+        if until is None or deadline < until:
             self._wakeup.wake()
 
     def next_deadline(self) -> float | None:

@@ -149,6 +149,7 @@ class Worker:
         os.set_blocking(self.in_fd, False)
         os.set_blocking(self.out_fd, False)
         self._watch_supervisor(loop)
+        _declare_asyncio()
         if initializer is not None and not await self._initialize(initializer):
             return
         loop.add_reader(self.in_fd, self._on_inbox)
@@ -588,6 +589,22 @@ def _encodable(message: Any) -> Any:
         if isinstance(value := getattr(message, field), str)
     }
     return msgspec.structs.replace(message, **changes) if changes else message
+
+
+def _declare_asyncio() -> None:
+    """Tell sniffio, for this task and every task and callback created from here on,
+    that the library is asyncio (uvloop is asyncio too).
+
+    Without it each anyio call a job makes (``anyio.sleep``, ``checkpoint``, a cancel
+    scope) asks sniffio, which finds asyncio only after looking up the current task:
+    about 0.5 us a call, a sixth of a bare checkpoint. anyio's own ``run()`` sets the
+    same variable. Nothing else can run in this thread while the loop does.
+    """
+    try:
+        import sniffio
+    except ImportError:  # anyio then asks asyncio directly, which is as fast
+        return
+    sniffio.current_async_library_cvar.set("asyncio")
 
 
 def _exit_when_readable(fd: int) -> None:
