@@ -483,3 +483,14 @@ def failing_initializer(message: str) -> None:
 def exiting_initializer(code: int) -> None:
     """An initializer that ends its worker process at once: nothing to report."""
     os._exit(code)
+
+
+def first_process_only(path: str, exit_code: int | None) -> None:
+    """An initializer that only the first process to run it passes (it takes a file, as
+    one binding a port would); later ones raise, or exit with ``exit_code``."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        if exit_code is not None:
+            os._exit(exit_code)
+        raise RuntimeError("another process holds the resource") from None

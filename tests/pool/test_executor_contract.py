@@ -11,6 +11,7 @@ import multiprocessing
 import pickle
 import time
 import weakref
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,8 @@ from cancelpool import (
     PoolBroken,
     PoolError,
     WorkerCrashed,
+    WorkerDied,
+    WorkerLost,
     WorkerStarted,
 )
 from cancelpool._pool._supervisor import MAX_INIT_DEATHS
@@ -164,6 +167,37 @@ def test_an_initializer_that_exits_its_worker_breaks_the_pool_without_respawning
         assert "exit code 3" in str(broken)
     assert len(starts) <= MAX_INIT_DEATHS + 1  # the last replacement, killed at once
     assert "exited while running the pool's initializer" in caplog.text
+
+
+@pytest.mark.parametrize("exit_code", [None, 4], ids=["raises", "exits"])
+def test_an_initializer_failing_in_spares_breaks_the_pool_instead_of_respawning_them(
+    tmp_path: Path, exit_code: int | None
+) -> None:
+    # Spares run the initializer too. The first process passes; every later one (the
+    # spares, started again as each died) failed unseen, for as long as the pool ran.
+    deaths: list[object] = []
+    marker = str(tmp_path / "held")
+    with CancelPool(
+        workers=1,
+        spare_workers=1,
+        initializer=_jobs.first_process_only,
+        initargs=(marker, exit_code),
+    ) as pool:
+        pool.subscribe(
+            lambda event: deaths.append(event) if isinstance(event, WorkerDied) else None
+        )
+        deadline = time.monotonic() + BACKSTOP
+        while True:
+            try:
+                handle = pool.submit(_jobs.add, 1, 1)
+            except PoolBroken as exc:
+                broken = exc
+                break
+            outcome = handle.exception(BACKSTOP)
+            assert outcome is None or isinstance(outcome, (WorkerLost, PoolBroken)), outcome
+            assert time.monotonic() < deadline, "the pool kept starting spares"
+        assert "initializer first_process_only" in str(broken)
+    assert len(deaths) <= MAX_INIT_DEATHS + 2
 
 
 def test_an_initializer_that_does_not_pickle_is_refused() -> None:

@@ -919,27 +919,44 @@ class Supervisor:
         return lost
 
     def _spare_died(self, spare: WorkerProc) -> None:
-        """A spare exited (asked to at shutdown, or killed): forget it, start another."""
+        """A spare exited (asked to at shutdown, or killed, or its initializer failed):
+        forget it, start another unless the initializer is to blame.
+
+        A spare runs the initializer as it starts, like any worker, and says how that
+        went before its first job: read here, so that an initializer that fails (or
+        exits) in spares only breaks the pool as it does in workers, instead of spares
+        being started again for ever.
+        """
         with self._lock:
             if spare not in self._ws.spares:
                 return  # it replaced a worker meanwhile: its death is a worker's death
             self._ws.spares.remove(spare)
-            if spare.process is not None:
-                code = spare.exit_code()
-                if self.events.listeners:
-                    self.events.put(
-                        WorkerDied(
-                            pid=spare.pid,
-                            at=time.time(),
-                            index=-1,
-                            how=f"exit code {code}"
-                            if code is None or code >= 0
-                            else f"killed by signal {-code}",
-                            expected=spare.stop_sent,
-                        )
+            said = self._ws.read(spare) if spare.alive else []
+            code = spare.exit_code() if spare.process is not None else None
+            if spare.process is not None and self.events.listeners:
+                self.events.put(
+                    WorkerDied(
+                        pid=spare.pid,
+                        at=time.time(),
+                        index=-1,
+                        how=_exit_how(code),
+                        expected=spare.stop_sent,
                     )
+                )
             self._ws.bury(spare)
-            self._ws.add_spares()
+        failed = None
+        for message in said:
+            if type(message) is proto.InitDone:
+                spare.initialized = True
+                self._init_deaths = 0
+            elif type(message) is proto.InitFailed and failed is None:
+                failed = message
+        if failed is not None:
+            self._initializer_failed(spare, failed)
+            return
+        self._died_initializing(spare, _exit_how(code))
+        with self._lock:
+            self._ws.add_spares()  # nothing once the pool is broken or closing
         if self._state == "closing":
             self._wake()
 
