@@ -157,3 +157,41 @@ def test_jobs_cancelled_while_queued_are_answered_in_the_same_frame() -> None:
     assert done == [1, 3, 5, 7]
     assert all(not m.started for m in messages if isinstance(m, proto.Cancelled))
     assert len([f for f in frames if f]) == 1
+
+
+class _HeardCounter:
+    """What ``Worker._on_bell`` asks of its watchdog: a step, and a count of rings."""
+
+    step = 0.05
+
+    def __init__(self) -> None:
+        self.bells = 0
+
+    def heard_bell(self) -> None:
+        self.bells += 1
+
+
+def test_a_frame_that_carries_bell_heard_cancels_its_timer() -> None:
+    # A ring arms a timer to say BellHeard alone; when a frame has said it first, the
+    # timer must go, or every cancellation wakes the idle loop once more, for nothing.
+    with _rig(2) as rig:
+        worker = Worker(rig.table, rig.bell, rig.inbox_r, rig.outbox_w, os.getpid())
+        watchdog = _HeardCounter()
+        worker.watchdog = watchdog  # type: ignore[assignment]
+
+        async def main() -> list[asyncio.TimerHandle]:
+            loop = worker.loop = asyncio.get_running_loop()
+            worker.thread_id = threading.get_ident()
+            worker.out_fd = rig.outbox_w.fileno()
+            rig.bell.ring()
+            worker._on_bell()
+            assert watchdog.bells == 1
+            assert worker.bell_heard
+            worker._flush()  # the next frame: it carries the BellHeard
+            return [h for h in getattr(loop, "_scheduled") if not h.cancelled()]  # noqa: B009
+
+        live_timers = asyncio.run(main())
+        assert live_timers == []
+        frames = proto.FrameReader().feed(os.read(rig.outbox_r.fileno(), 1 << 16))
+    messages = [m for frame in frames for m in proto.from_worker_decoder.decode(frame)]
+    assert messages == [proto.BellHeard(1)]

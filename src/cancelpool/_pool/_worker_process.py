@@ -129,7 +129,9 @@ class Worker:
         self.loop_block_threshold = loop_block_threshold
         self.watchdog: LoopWatchdog | None = None
         self.bell_heard = False  # a BellHeard is owed to the supervisor
-        self.bell_timer_armed = False  # _say_bell_heard is due
+        # _say_bell_heard, while due: a frame that carries the BellHeard first cancels
+        # it (a timer left to fire would wake an idle loop for nothing, once per ring).
+        self.bell_timer: asyncio.TimerHandle | None = None
         self.rings_heard = 0  # doorbell rings drained since this process started
         self.reader = proto.FrameReader()
         self.stopping = False
@@ -432,7 +434,7 @@ class Worker:
     def _say_bell_heard(self) -> None:
         # A ring's BellHeard that no frame has carried yet: sent on its own, a step
         # after the ring (the cancellation it is about has had its turns by then).
-        self.bell_timer_armed = False
+        self.bell_timer = None
         if self.bell_heard:
             self._flush()
 
@@ -493,10 +495,9 @@ class Worker:
             # now would delay the cancellation it is about. A one-shot timer, armed by
             # a ring only: a periodic one would make the loop's timers late.
             self.bell_heard = True
-            if not self.bell_timer_armed:
-                self.bell_timer_armed = True
+            if self.bell_timer is None:
                 assert self.loop is not None
-                self.loop.call_later(self.watchdog.step, self._say_bell_heard)
+                self.bell_timer = self.loop.call_later(self.watchdog.step, self._say_bell_heard)
         for job in list(self.jobs.values()):
             job.token.sync_from_table()
 
@@ -537,6 +538,9 @@ class Worker:
         if self.bell_heard:
             self.bell_heard = False
             self.pending.append(proto.BellHeard(self.rings_heard))
+            if self.bell_timer is not None:
+                self.bell_timer.cancel()
+                self.bell_timer = None
         if not self.pending:
             return
         data = _frame(self.pending)
