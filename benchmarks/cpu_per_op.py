@@ -12,7 +12,9 @@ varies by a few percent. Run it alternately against each tree::
     done
 
 Operations, on a pool of 2 workers with ``concurrency=1``:
-    round trip   submit one trivial async job, wait for its result.
+    round trip   submit one trivial async job, wait for its result; its CPU split
+                 into the calling thread, the caller's other threads (the
+                 supervisor) and the workers.
     stop cycle   submit a job that reports "ready" and sleeps; once ready, cancel it
                  and wait for its handle (the ``stop`` section of bench_pool.py).
 
@@ -33,11 +35,14 @@ import _jobs
 from cancelpool import CancelPool
 
 
-def _cpu_ns(pid: int) -> int:
-    """CPU time of every thread of ``pid`` so far (threads that ended are not counted:
-    none of the pool's threads end while it measures)."""
+def _cpu_ns(pid: int, *, main_thread: bool | None = None) -> int:
+    """CPU time so far of the threads of ``pid``: all of them, only its main thread
+    (``main_thread=True``) or all but it (False). Threads that ended are not counted:
+    none of the pool's threads end while it measures."""
     total = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
+        if main_thread is not None and (int(tid) == pid) != main_thread:
+            continue
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
                 total += int(f.read().split()[0])
@@ -50,15 +55,27 @@ def _measure(use_uvloop: bool, round_trips: int, stops: int) -> dict[str, float]
     out: dict[str, float] = {}
     with CancelPool(workers=2, use_uvloop=use_uvloop, concurrency=1) as pool:
         assert [pool.submit(_jobs.ainc, i).result(30) for i in range(50)] == list(range(1, 51))
-        pids = [os.getpid(), *(w.pid for w in pool.statistics().workers if w.pid)]
+        me = os.getpid()
+        workers = [w.pid for w in pool.statistics().workers if w.pid]
+
+        def parts() -> tuple[int, int, int]:
+            # The calling thread; the caller's other threads (the supervisor); workers.
+            return (
+                _cpu_ns(me, main_thread=True),
+                _cpu_ns(me, main_thread=False),
+                sum(_cpu_ns(pid) for pid in workers),
+            )
 
         def cpu() -> int:
-            return sum(_cpu_ns(pid) for pid in pids)
+            return sum(parts())
 
-        c0, t0 = cpu(), time.perf_counter_ns()
+        p0, t0 = parts(), time.perf_counter_ns()
         for i in range(round_trips):
             assert pool.submit(_jobs.ainc, i).result(30) == i + 1
-        out["round trip: CPU us"] = (cpu() - c0) / round_trips / 1e3
+        p1 = parts()
+        out["round trip: CPU us"] = (sum(p1) - sum(p0)) / round_trips / 1e3
+        for name, a, b in zip(("caller", "supervisor", "workers"), p0, p1, strict=True):
+            out[f"  {name}"] = (b - a) / round_trips / 1e3
         out["round trip: wall us"] = (time.perf_counter_ns() - t0) / round_trips / 1e3
 
         def probe() -> tuple[Any, threading.Event]:
