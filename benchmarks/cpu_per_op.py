@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 import _jobs
+from _ours import _submit_probe
 
 from cancelpool import CancelPool
 
@@ -79,9 +80,7 @@ def _measure(use_uvloop: bool, round_trips: int, stops: int) -> dict[str, float]
         out["round trip: wall us"] = (time.perf_counter_ns() - t0) / round_trips / 1e3
 
         def probe() -> tuple[Any, threading.Event]:
-            ready = threading.Event()
-            handle = pool.submit(_jobs.cancel_probe, 100.0)
-            handle.on_progress(lambda *_: ready.set())
+            handle, ready, _ = _submit_probe(pool, 100.0)  # bench_pool's stop probe
             return handle, ready
 
         hold, ready = probe()  # keeps the other worker busy, as bench_pool's stop does
