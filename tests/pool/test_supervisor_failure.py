@@ -25,7 +25,7 @@ def test_a_supervisor_that_cannot_go_on_resolves_every_handle_with_pool_broken(
             raise OSError("poll failed")
 
         # White-box: the one way to make the supervisor's own loop fail for real.
-        monkeypatch.setattr(_poll, "wait", broken_poll)
+        monkeypatch.setattr(_poll.Watch, "wait", broken_poll)
         queued = pool.submit(_jobs.add, 1, 1)  # wakes the supervisor, whose poll fails
         for handle in (running, queued):
             exc = handle.exception(BACKSTOP)

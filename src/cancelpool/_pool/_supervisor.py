@@ -15,7 +15,7 @@ resolves handles.
       (all busy: no lock, JobTable.incoming; registered by the next lock holder)
     cancel()  --(lock)-->  Canceller: slot := CANCELLED  (shared memory, read at once)
                            doorbell.ring()  ---------------------------->  wakes the loop
-                           _poll.wait(): outbox pipes  <--------------  Started/Done/...
+                           Watch.wait(): outbox pipes  <-------------  Started/Done/...
                                          process sentinels  <---------  a worker died
                                          Wakeup pipe  <-- callers, the weakref callback
                                          Timers: timeout backstops, forced stops
@@ -458,6 +458,7 @@ class Supervisor:
     def _loop(self) -> None:
         stop_deadline: float | None = None
         events = self.events
+        watch: _poll.Watch | None = None  # kept while the processes stay the same
         while True:
             events.deliver()  # outside the lock: subscribers may call the pool
             with self._lock:
@@ -473,7 +474,11 @@ class Supervisor:
                         return
                     if stop_deadline is None:
                         stop_deadline = time.monotonic() + WORKER_EXIT_GRACE
-                watch = _poll.Watch(self._wakeup.fd, self._ws.procs, self._ws.spares)
+                ws = self._ws
+                key = _poll.processes(self._wakeup.fd, ws.procs, ws.spares)
+                if watch is None or watch.key != key:
+                    watch = _poll.Watch(key, ws.procs, ws.spares)
+                watch.watch_writes()
                 deadline = self._timers.next_deadline()
                 if stop_deadline is not None:
                     deadline = stop_deadline if deadline is None else min(deadline, stop_deadline)
@@ -483,7 +488,7 @@ class Supervisor:
                     nap = time.monotonic() + NAP
                     deadline = nap if deadline is None else min(deadline, nap)
                 self._timers.sleeping_until = deadline
-            readable, writable = _poll.wait(watch.readers, watch.writers, deadline)
+            readable, writable = watch.wait(deadline)
             if stop_deadline is not None and time.monotonic() >= stop_deadline:
                 self._ws.kill_all()  # workers that ignored Stop
                 return
