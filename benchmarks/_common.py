@@ -57,6 +57,7 @@ FAMILIES = ("peers", "cancelpool")
 
 # Subjects, spelled once so that references cannot drift from the rows they name.
 FLOOR_PIPE = "floor: pipe -> blocked read"
+FLOOR_ECHO = "floor: pipe round trip, blocked reads"
 FLOOR_READER_ASYNCIO = "floor: pipe -> add_reader (asyncio)"
 FLOOR_READER_UVLOOP = "floor: pipe -> add_reader (uvloop)"
 FLOOR_CANCEL_ASYNCIO = "floor: pipe -> scope.cancel -> sleep wakes (asyncio)"

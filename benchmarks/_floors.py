@@ -12,6 +12,10 @@ probe is really asleep (blocked in ``read``/``epoll``) when the byte arrives.
 
 Probes:
     pipe     the probe blocks in ``os.read``.
+    echo     the probe blocks in ``os.read`` and writes the timestamp straight back; the
+             harness, blocked in its own read, takes the time the answer arrives: a
+             round trip between two sleeping processes with no work at either end,
+             the floor under any pool's "one job, submit -> result".
     reader   an idle event loop (asyncio or uvloop) with ``loop.add_reader`` on the pipe;
              the timestamp is taken first thing in the callback.
     cancel   anyio on asyncio or uvloop: a task awaits ``anyio.sleep(100)`` inside a
@@ -33,9 +37,11 @@ from multiprocessing.connection import Connection
 from _common import (
     FLOOR_CANCEL_ASYNCIO,
     FLOOR_CANCEL_UVLOOP,
+    FLOOR_ECHO,
     FLOOR_PIPE,
     FLOOR_READER_ASYNCIO,
     FLOOR_READER_UVLOOP,
+    LATENCY,
     ONE_WAY,
     BenchArgs,
     Row,
@@ -78,6 +84,12 @@ def _probe_pipe(rx: int, tx: int, n: int) -> None:
         data = os.read(rx, _WORD.size)
         t = now_ns()
         _write_word(tx, t - _WORD.unpack(data)[0])
+
+
+def _probe_echo(rx: int, tx: int, n: int) -> None:
+    _write_word(tx, _READY)
+    for _ in range(n):
+        os.write(tx, os.read(rx, _WORD.size))
 
 
 def _probe_reader(rx: int, tx: int, n: int, use_uvloop: bool) -> None:
@@ -143,6 +155,8 @@ def _probe_main(kind: str, rx_conn: Connection, tx_conn: Connection, n: int) -> 
     rx, tx = rx_conn.fileno(), tx_conn.fileno()
     if kind == "pipe":
         _probe_pipe(rx, tx, n)
+    elif kind == "echo":
+        _probe_echo(rx, tx, n)
     elif kind.startswith("reader-"):
         _probe_reader(rx, tx, n, use_uvloop=kind == "reader-uvloop")
     elif kind.startswith("cancel-"):
@@ -155,7 +169,8 @@ def _probe_main(kind: str, rx_conn: Connection, tx_conn: Connection, n: int) -> 
 
 
 def one_way_samples(kind: str, n: int) -> list[int]:
-    """Run probe *kind* in a fresh process and return *n* one-way times in ns."""
+    """Run probe *kind* in a fresh process and return *n* one-way times in ns (for
+    ``echo``, round-trip times)."""
     # spawn: the probe starts from a clean interpreter whatever threads the harness has.
     ctx = mp.get_context("spawn")
     probe_rx, harness_tx = ctx.Pipe(duplex=False)
@@ -174,10 +189,12 @@ def one_way_samples(kind: str, n: int) -> list[int]:
             raise RuntimeError(f"floor probe {kind!r} did not start")
         for _ in range(total):
             time.sleep(random.uniform(*_GAP_S))
-            _write_word(tx, now_ns())
+            sent = now_ns()
+            _write_word(tx, sent)
             if not harness_rx.poll(_ANSWER_TIMEOUT_S):
                 raise RuntimeError(f"floor probe {kind!r} stopped answering")
-            samples.append(_read_word(rx))
+            answer = _read_word(rx)
+            samples.append(now_ns() - sent if kind == "echo" else answer)
         proc.join(_ANSWER_TIMEOUT_S)
     finally:
         harness_rx.close()
@@ -213,6 +230,7 @@ def floor_rows(args: BenchArgs) -> list[Row]:
                 continue
         ref = None if kind == "pipe" else FLOOR_PIPE
         rows += stat_rows(ONE_WAY, subject, one_way_samples(kind, n), ref_subject=ref)
+    rows += stat_rows(LATENCY, FLOOR_ECHO, one_way_samples("echo", n), stats=("p50", "p90"))
     if args.wants("timeout"):
         from _timeout_floor import timeout_floor_rows
 
