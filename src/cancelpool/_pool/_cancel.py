@@ -9,6 +9,8 @@ Where a cancel starts and how it spreads, kept apart as trio keeps them::
                               worker, the ring numbered), a FORCE timer armed for its
                               grace period with that ring's number
                       its live children: cancelled too, reason PARENT (cascade)
+                  (in that order over all the jobs: first every slot, then the doorbells,
+                  then the timers, queued jobs and cascades, while the rings travel)
     FORCE timer   --> the job still runs: its worker is killed, unless the ring went
                       unheard and the watchdog has not spoken yet: then the stop waits
                       once for the verdict that names the job to blame (_loop_state)
@@ -66,40 +68,43 @@ class Canceller:
         """Cancel jobs and their descendants; returns (how many were live and not yet
         cancelled, the jobs to resolve as cancelled now)."""
         resolved: list[JobRecord] = []
-        graced: list[tuple[JobRecord, float]] = []
+        targets: list[JobRecord] = []
         bells: set[int] = set()
-        count = 0
-        now = time.monotonic()
         table = self._workers.table
         live = self._jobs.live
+        # First what the workers read, then their doorbells: everything else (the
+        # handles, the timers, the cascade) happens while the cancellations travel.
         for job in jobs:
             handle = job.handle
             if handle.cancel_reason is not None or job.id not in live:
                 continue
-            count += 1
-            text = message or f"job {job.id} was cancelled ({reason.value})"
-            handle._mark_cancelled(reason, text)
-            if job.slot is None:
-                # Still in our queue: it never starts. Resolved right here.
-                self._dispatcher.retire(job)
-                resolved.append(job)
-            elif table is not None:
+            handle._mark_cancelled(
+                reason, message or f"job {job.id} was cancelled ({reason.value})"
+            )
+            targets.append(job)
+            if job.slot is not None and table is not None:
                 table.cancel(job.slot, reason)
                 if job.worker is not None:
                     bells.add(job.worker)
-                grace = handle.cancel_grace
-                graced.append((job, now + (self._grace if grace is None else grace)))
-            if self._jobs.has_children(job.id):
-                resolved += self.cascade(job, f"was cancelled ({reason.value})")
         rings: dict[int, int] = {}
         for index in bells:
             proc = self._workers.procs[index]
             if proc.bell is not None:
                 rings[index] = proc.loop.ring(proc.bell)
-        for job, deadline in graced:
-            ring = rings.get(job.worker, 0) if job.worker is not None else 0
-            self._timers.add(deadline, job.id, job.attempts, FORCE, ring)
-        return count, resolved
+        now = time.monotonic()
+        for job in targets:
+            if job.slot is None:
+                # Still in our queue: it never starts. Resolved right here.
+                self._dispatcher.retire(job)
+                resolved.append(job)
+            elif table is not None:
+                grace = job.handle.cancel_grace
+                deadline = now + (self._grace if grace is None else grace)
+                ring = rings.get(job.worker, 0) if job.worker is not None else 0
+                self._timers.add(deadline, job.id, job.attempts, FORCE, ring)
+            if self._jobs.has_children(job.id):
+                resolved += self.cascade(job, f"was cancelled ({reason.value})")
+        return len(targets), resolved
 
     def cascade(self, parent: JobRecord, what: str) -> list[JobRecord]:
         """Cancel every live descendant of ``parent`` with reason PARENT; ``what`` says

@@ -379,8 +379,13 @@ class Supervisor:
         if not handle._belongs_to(self):
             raise ValueError(f"{handle!r} belongs to another pool")
         with self._lock:
-            self._absorb()
             job = self._job_table.of(handle)
+            if job is None:
+                # Submitted a moment ago, perhaps, and not registered yet. (The other
+                # incoming jobs wait for the supervisor: registering them here would
+                # put their cost on this cancellation's path.)
+                self._absorb()
+                job = self._job_table.of(handle)
             if job is None:
                 return False  # it has ended
             count, resolved = self._canceller.cancel([job], reason, message)

@@ -488,6 +488,9 @@ class Worker:
     # -- doorbell --------------------------------------------------------------------------
     def _on_bell(self) -> None:
         rings = self.bell.drain()
+        # The cancellations first: the bookkeeping below is not on their path.
+        for job in list(self.jobs.values()):
+            job.token.sync_from_table()
         if self.watchdog is not None:
             self.rings_heard += rings
             self.watchdog.heard_bell()
@@ -498,8 +501,6 @@ class Worker:
             if self.bell_timer is None:
                 assert self.loop is not None
                 self.bell_timer = self.loop.call_later(self.watchdog.step, self._say_bell_heard)
-        for job in list(self.jobs.values()):
-            job.token.sync_from_table()
 
     # -- outbox ----------------------------------------------------------------------------
     def _send(self, message: Any) -> None:
