@@ -57,9 +57,17 @@ async def _completed() -> None:
         await anyio.sleep(0)
 
 
+async def _token_read() -> None:
+    # The operation's token (what sync code and threads poll) refers back to it.
+    async with Cancelable.with_timeout(10, name="polled") as op:
+        assert not op.token.is_cancelled
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    "end", [_cancelled_by_token, _timed_out, _failed, _completed], ids=lambda f: f.__name__
+    "end",
+    [_cancelled_by_token, _timed_out, _failed, _completed, _token_read],
+    ids=lambda f: f.__name__,
 )
 async def test_an_ended_operation_leaves_no_cycle(
     end: Callable[[], Awaitable[None]], save_all: None

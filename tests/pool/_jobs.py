@@ -6,6 +6,7 @@ gate in ``_gate.py`` does that).
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -494,3 +495,19 @@ def first_process_only(path: str, exit_code: int | None) -> None:
         if exit_code is not None:
             os._exit(exit_code)
         raise RuntimeError("another process holds the resource") from None
+
+
+def keep_garbage() -> None:
+    """An initializer: from now on the collector keeps what it would free, for
+    :func:`garbage_census` to look at."""
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+
+
+async def garbage_census() -> list[str]:
+    """The types of the objects only the garbage collector could have freed since the
+    last census (reference cycles), sorted; empty when every object died by refcount."""
+    gc.collect()
+    found = sorted({f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage})
+    gc.garbage.clear()
+    return found

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -337,3 +338,23 @@ def test_children_of_a_job_on_a_replacement_worker_get_their_own_results(gate: G
             handle.exception(BACKSTOP)  # its outcome has been dealt with by now
         gate.release(b["two-0"], b["two-1"])
         assert second.result(BACKSTOP) == ["two-0", "two-1"]
+
+
+def test_jobs_that_end_leave_no_reference_cycle_in_their_worker(
+    make_pool: Callable[..., CancelPool], gate: Gate
+) -> None:
+    # A job its worker can only free with the garbage collector costs that worker a
+    # pause per collection (measured: 0.15-0.4 s with 5,000 jobs ended at once), so
+    # every way of ending is checked: the collector must find nothing of theirs.
+    pool = make_pool(workers=1, initializer=_jobs.keep_garbage)
+    assert pool.submit(_jobs.garbage_census).result(BACKSTOP) is not None  # the baseline
+    assert pool.submit(_jobs.add, 1, 2).result(BACKSTOP) == 3
+    assert pool.submit(_jobs.add_sync, 1, 2).result(BACKSTOP) == 3
+    assert pool.submit(_jobs.report_and_return, 5, "v").result(BACKSTOP) == "v"
+    with pytest.raises(_jobs.JobError):
+        pool.submit(_jobs.fail, "boom").result(BACKSTOP)
+    running = start_running(pool, gate, "cycle", partial=[1, 2])
+    running.cancel()
+    assert isinstance(running.exception(BACKSTOP), JobCancelled)
+    assert pool.submit(_jobs.nap, 10.0, timeout=0.05).exception(BACKSTOP) is not None
+    assert pool.submit(_jobs.garbage_census).result(BACKSTOP) == []

@@ -637,6 +637,8 @@ class Cancelable:
         self._task = None
         self.context.end_time = time.time()
         error, event = self._outcome(scope, exc, swallowed)
+        if self._token is not None:
+            self._token.release(self._on_token)
         if self._register:
             (OperationRegistry._instance or OperationRegistry.get_instance())._finish(self)
         if self._hooks is not None:

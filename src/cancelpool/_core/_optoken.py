@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from ._enums import CancelationReason
-from ._token import CancelationToken
+from ._token import CancelationToken, Listener
 
 #: Polls what the operation watches: ``(reason, message)`` of a cancellation found
 #: there (the operation has been told), or None.
@@ -57,6 +57,20 @@ class OperationToken(CancelationToken):
         self._deadline_message = message
         self._on_deadline = on_passed
 
+    def release(self, listener: Listener) -> None:
+        """The operation ended: from now on only the flag counts (an ended operation is
+        cancelled by nothing any more), and ``listener``, the operation's own, goes.
+
+        This also drops the token's references to its operation: it holds only
+        callables of its own, so an operation that ended is freed by reference
+        counting, not left in a cycle for the garbage collector. A thread reading the
+        token meanwhile sees either the old callables (which answer as an ended
+        operation does) or these.
+        """
+        self._poll = _nothing_watched
+        self._on_deadline = _deadline_gone
+        self.remove_listener(listener)
+
     @property
     def raised(self) -> bool:
         """Whether the flag is up already (no clock or watched token is read)."""
@@ -89,3 +103,13 @@ class OperationToken(CancelationToken):
             return False
         self._flag(*found)
         return True
+
+
+def _nothing_watched() -> None:
+    """The poll of an ended operation's token: it watches nothing."""
+    return None
+
+
+def _deadline_gone() -> bool:
+    """The deadline callback of an ended operation's token: it no longer applies."""
+    return False
