@@ -74,10 +74,10 @@ CHECKPOINT_INTERVAL = 0.05
 #: before it leaves the rest to the loop. The supervisor reads all the time, so a full
 #: pipe drains in milliseconds; longer only matters if the supervisor itself stalls.
 _SEND_NOW_PATIENCE = 1.0
-#: New container objects between two young collections in a worker (see
-#: _tune_collector): a burst of 5,000 job starts allocates ~200,000, and the default
-#: 700 made it a candidate for several full collections.
-GC_YOUNG_THRESHOLD = 50_000
+#: Collections of the middle generation between two full collections in a worker (see
+#: _tune_collector; CPython's default is 10): a burst of 5,000 job starts allocates
+#: ~200,000 objects, which made it a candidate for several full collections.
+GC_FULL_EVERY = 100
 
 
 class _Job:
@@ -645,15 +645,17 @@ def _tune_collector() -> None:
     objects, and every full collection walks them all (measured: 60-130 ms with 5,000
     jobs in flight, each pause holding up every job of the worker, their cancellations
     too). The pool's own objects die by reference counting (tests/test_reference_cycles.py
-    and the worker test say so), so collecting less often costs little: the objects of
-    the startup are frozen out of every pass, and a young collection waits for
-    ``GC_YOUNG_THRESHOLD`` new objects (700 by default). A job's code can set its own
-    thresholds (an ``initializer=`` runs after this).
+    and the worker test say so), so collecting the oldest generation less often costs
+    little: the objects of the startup are frozen out of every pass, and a full
+    collection waits for ``GC_FULL_EVERY`` middle ones. The young collections, which
+    free the cycles a job's own code makes (an exception kept with its traceback), keep
+    CPython's schedule. A job's code can set its own thresholds (an ``initializer=``
+    runs after this).
     """
     gc.collect()
     gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, GC_FULL_EVERY)
 
 
 def main(
