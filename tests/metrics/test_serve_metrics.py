@@ -172,7 +172,9 @@ def test_serve_metrics_comes_from_the_environment_too(
     server = Serve(db, tmp_path / "serve.log", CANCELPOOL_METRICS="127.0.0.1:0")
     try:
         url = server.metrics_url()
-        assert "cancelpool_workers" in scrape(url)
+        # /metrics answers before the server takes its signals: the worker it starts
+        # after that says it is ready for SIGTERM.
+        wait_for(lambda: scrape(url).get("cancelpool_workers") == 1, "the pool's worker")
     finally:
         assert server.stop() == 0, server.output()
 
